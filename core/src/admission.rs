@@ -1,0 +1,579 @@
+//! Who gets in: the resource guard, shard selection and slot accounting.
+//!
+//! The seed system lost 56.8 % of a surge because it checked a shard for a
+//! free slot, awaited, and only then took the slot: two connections saw the
+//! same free slot. Here [`Admission::admit`] checks the guard, selects the
+//! least-loaded shard and reserves the slot in one call on `&mut self`; no
+//! other admission can interleave, so the race cannot be written.
+//!
+//! A slot is *reserved* before the 101 is written, becomes *live* when the
+//! upgrade completes and is released exactly once: [`Reservation`] and
+//! [`LiveSlot`] are neither `Clone` nor `Copy`, and every way out of a state
+//! ([`Admission::complete`], [`Admission::abort`], [`Admission::close`])
+//! consumes the token. A driver that could drop a token without handing it
+//! back wraps it in a guard that returns it on `Drop`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use crate::Instant;
+
+/// A shard's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub u32);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A connection's identity, unique for the life of the process: the shard
+/// it lives on and a serial number assigned at admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId {
+    pub shard: ShardId,
+    pub serial: u64,
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.shard.0, self.serial)
+    }
+}
+
+/// One shard's slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotTable {
+    capacity: u32,
+    reserved: u32,
+    live: u32,
+}
+
+impl SlotTable {
+    pub fn new(capacity: u32) -> Self {
+        SlotTable {
+            capacity,
+            reserved: 0,
+            live: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Slots held by handshakes in progress.
+    pub fn reserved(&self) -> u32 {
+        self.reserved
+    }
+
+    /// Slots held by upgraded connections.
+    pub fn live(&self) -> u32 {
+        self.live
+    }
+
+    pub fn used(&self) -> u32 {
+        self.reserved + self.live
+    }
+
+    pub fn available(&self) -> u32 {
+        self.capacity - self.used()
+    }
+
+    /// Used share of capacity, 0.0 to 1.0 (1.0 for a zero-capacity shard).
+    pub fn utilization(&self) -> f64 {
+        if self.capacity == 0 {
+            1.0
+        } else {
+            f64::from(self.used()) / f64::from(self.capacity)
+        }
+    }
+
+    /// Whether `self` is less loaded than `other`: lower used/capacity,
+    /// compared exactly by cross-multiplying.
+    fn less_loaded_than(&self, other: &SlotTable) -> bool {
+        u64::from(self.used()) * u64::from(other.capacity)
+            < u64::from(other.used()) * u64::from(self.capacity)
+    }
+}
+
+/// Picks the shard for a new connection: the least loaded one with room,
+/// ties going to the lowest index, so the choice is deterministic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardSelector;
+
+impl ShardSelector {
+    pub fn select(&self, shards: &[SlotTable]) -> Option<ShardId> {
+        let mut best: Option<usize> = None;
+        for (i, table) in shards.iter().enumerate() {
+            if table.available() == 0 {
+                continue;
+            }
+            match best {
+                Some(b) if !table.less_loaded_than(&shards[b]) => {}
+                _ => best = Some(i),
+            }
+        }
+        best.map(|i| ShardId(i as u32))
+    }
+}
+
+/// A slot held by a handshake in progress.
+#[must_use = "a reservation must be completed or aborted, or its slot leaks"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reservation {
+    id: ConnId,
+}
+
+impl Reservation {
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+}
+
+/// A slot held by an upgraded connection.
+#[must_use = "a live slot must be closed, or it leaks"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct LiveSlot {
+    id: ConnId,
+}
+
+impl LiveSlot {
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+}
+
+/// Why a handshake ended without an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AbortCause {
+    /// The request was rejected (4xx).
+    Rejected,
+    /// The handshake deadline passed.
+    TimedOut,
+    /// The peer went away or the socket failed.
+    Io,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// Why a connection is not admitted. Each becomes a 503 with
+/// `Retry-After`, answered at once.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("every shard is at capacity ({capacity} connections)")]
+    Full { capacity: u64 },
+    #[error("CPU at {percent:.0} %, over the reject threshold of {threshold:.0} %")]
+    Cpu { percent: f64, threshold: f64 },
+    #[error("memory at {bytes} bytes, over the reject threshold of {threshold} bytes")]
+    Memory { bytes: u64, threshold: u64 },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl Refusal {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Refusal::Full { .. } => "full",
+            Refusal::Cpu { .. } => "cpu",
+            Refusal::Memory { .. } => "memory",
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Thresholds of the resource guard (seed 003: reject at 75 % CPU, pause
+/// the broker at 80 %).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardConfig {
+    pub cpu_reject_percent: f64,
+    pub cpu_pause_percent: f64,
+    /// `None` = no memory threshold.
+    pub memory_reject_bytes: Option<u64>,
+    pub memory_pause_bytes: Option<u64>,
+    /// CPU is judged on its mean over this window, so that the burst of
+    /// handshakes a surge brings does not, by itself, turn the surge away.
+    pub cpu_window: Duration,
+    /// The `Retry-After` given with every refusal.
+    pub retry_after: Duration,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            cpu_reject_percent: 75.0,
+            cpu_pause_percent: 80.0,
+            memory_reject_bytes: None,
+            memory_pause_bytes: None,
+            cpu_window: Duration::from_secs(5),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A measurement of the process, taken by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ResourceSample {
+    /// CPU used by the process, in percent of the whole machine (0–100).
+    pub cpu_percent: f64,
+    /// Resident memory.
+    pub memory_bytes: u64,
+}
+
+/// Decides, from recent samples, whether new connections are refused and
+/// whether broker consumption pauses.
+#[derive(Debug, Clone)]
+pub struct ResourceGuard {
+    config: GuardConfig,
+    cpu: VecDeque<(Instant, f64)>,
+    memory_bytes: u64,
+}
+
+impl ResourceGuard {
+    pub fn new(config: GuardConfig) -> Self {
+        ResourceGuard {
+            config,
+            cpu: VecDeque::new(),
+            memory_bytes: 0,
+        }
+    }
+
+    pub fn config(&self) -> &GuardConfig {
+        &self.config
+    }
+
+    pub fn observe(&mut self, sample: ResourceSample, now: Instant) {
+        self.cpu.push_back((now, sample.cpu_percent));
+        while let Some(&(at, _)) = self.cpu.front() {
+            if now.saturating_duration_since(at) > self.config.cpu_window && self.cpu.len() > 1 {
+                self.cpu.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.memory_bytes = sample.memory_bytes;
+    }
+
+    /// Mean CPU over the window (0 before any sample).
+    pub fn cpu_percent(&self) -> f64 {
+        if self.cpu.is_empty() {
+            return 0.0;
+        }
+        self.cpu.iter().map(|&(_, c)| c).sum::<f64>() / self.cpu.len() as f64
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
+    }
+
+    /// `Err` when new connections must be refused.
+    pub fn check(&self) -> Result<(), Refusal> {
+        let cpu = self.cpu_percent();
+        if cpu >= self.config.cpu_reject_percent {
+            return Err(Refusal::Cpu {
+                percent: cpu,
+                threshold: self.config.cpu_reject_percent,
+            });
+        }
+        if let Some(threshold) = self.config.memory_reject_bytes
+            && self.memory_bytes >= threshold
+        {
+            return Err(Refusal::Memory {
+                bytes: self.memory_bytes,
+                threshold,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether broker consumption should pause (messages stay in the
+    /// stream meanwhile).
+    pub fn pause_broker(&self) -> bool {
+        self.cpu_percent() >= self.config.cpu_pause_percent
+            || self
+                .config
+                .memory_pause_bytes
+                .is_some_and(|t| self.memory_bytes >= t)
+    }
+}
+
+/// Counts of slot transitions, for metrics and invariant checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotCounters {
+    pub reserved: u64,
+    pub completed: u64,
+    pub aborted: u64,
+    pub closed: u64,
+}
+
+/// All shards' slot tables, the selector and the guard, as one unit so
+/// that admission is a single atomic step.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    shards: Vec<SlotTable>,
+    selector: ShardSelector,
+    guard: ResourceGuard,
+    next_serial: u64,
+    shutting_down: bool,
+    counters: SlotCounters,
+}
+
+impl Admission {
+    /// Splits `max_connections` over `shards` shards as evenly as possible.
+    pub fn new(max_connections: u32, shards: u32, guard: GuardConfig) -> Self {
+        let shards = shards.max(1);
+        let tables = (0..shards)
+            .map(|i| {
+                let extra = u32::from(i < max_connections % shards);
+                SlotTable::new(max_connections / shards + extra)
+            })
+            .collect();
+        Self::with_tables(tables, guard)
+    }
+
+    /// Shards with explicit capacities.
+    pub fn with_tables(shards: Vec<SlotTable>, guard: GuardConfig) -> Self {
+        Admission {
+            shards,
+            selector: ShardSelector,
+            guard: ResourceGuard::new(guard),
+            next_serial: 1,
+            shutting_down: false,
+            counters: SlotCounters::default(),
+        }
+    }
+
+    /// Guard check, shard selection and reservation, all at once.
+    pub fn admit(&mut self) -> Result<Reservation, Refusal> {
+        if self.shutting_down {
+            return Err(Refusal::ShuttingDown);
+        }
+        self.guard.check()?;
+        let shard = self.selector.select(&self.shards).ok_or(Refusal::Full {
+            capacity: self.capacity(),
+        })?;
+        self.shards[shard.0 as usize].reserved += 1;
+        self.counters.reserved += 1;
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        Ok(Reservation {
+            id: ConnId { shard, serial },
+        })
+    }
+
+    /// The upgrade completed: the reserved slot becomes live.
+    pub fn complete(&mut self, reservation: Reservation) -> LiveSlot {
+        let table = &mut self.shards[reservation.id.shard.0 as usize];
+        table.reserved -= 1;
+        table.live += 1;
+        self.counters.completed += 1;
+        LiveSlot { id: reservation.id }
+    }
+
+    /// The handshake ended without an upgrade: the slot is free again.
+    pub fn abort(&mut self, reservation: Reservation, _cause: AbortCause) {
+        self.shards[reservation.id.shard.0 as usize].reserved -= 1;
+        self.counters.aborted += 1;
+    }
+
+    /// An upgraded connection ended: its slot is free again.
+    pub fn close(&mut self, slot: LiveSlot) {
+        self.shards[slot.id.shard.0 as usize].live -= 1;
+        self.counters.closed += 1;
+    }
+
+    /// Feeds the guard a new measurement.
+    pub fn observe(&mut self, sample: ResourceSample, now: Instant) {
+        self.guard.observe(sample, now);
+    }
+
+    /// From now on every admission is refused.
+    pub fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+    }
+
+    pub fn guard(&self) -> &ResourceGuard {
+        &self.guard
+    }
+
+    pub fn pause_broker(&self) -> bool {
+        self.guard.pause_broker()
+    }
+
+    pub fn retry_after(&self) -> Duration {
+        self.guard.config.retry_after
+    }
+
+    pub fn shards(&self) -> &[SlotTable] {
+        &self.shards
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.shards.iter().map(|s| u64::from(s.capacity)).sum()
+    }
+
+    /// Reserved plus live slots over all shards.
+    pub fn used(&self) -> u64 {
+        self.shards.iter().map(|s| u64::from(s.used())).sum()
+    }
+
+    pub fn live(&self) -> u64 {
+        self.shards.iter().map(|s| u64::from(s.live)).sum()
+    }
+
+    pub fn counters(&self) -> SlotCounters {
+        self.counters
+    }
+
+    /// Spread between the most and least utilised shards, in percentage
+    /// points (what the seed's `/health` called imbalance).
+    pub fn imbalance_percent(&self) -> f64 {
+        let utils = self.shards.iter().map(SlotTable::utilization);
+        let (lo, hi) = utils.fold((f64::MAX, f64::MIN), |(lo, hi), u| (lo.min(u), hi.max(u)));
+        if self.shards.is_empty() {
+            0.0
+        } else {
+            (hi - lo) * 100.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max: u32, shards: u32) -> Admission {
+        Admission::new(max, shards, GuardConfig::default())
+    }
+
+    #[test]
+    fn capacity_is_split_evenly() {
+        let a = admission(10, 3);
+        let caps: Vec<u32> = a.shards().iter().map(SlotTable::capacity).collect();
+        assert_eq!(caps, [4, 3, 3]);
+        assert_eq!(a.capacity(), 10);
+    }
+
+    #[test]
+    fn fills_least_loaded_first_then_refuses() {
+        let mut a = admission(6, 3);
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            held.push(a.admit().expect("room"));
+        }
+        let shards: Vec<u32> = held.iter().map(|r| r.id().shard.0).collect();
+        assert_eq!(shards, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(a.admit(), Err(Refusal::Full { capacity: 6 }));
+        // Freeing one slot on shard 1 makes it the only choice.
+        let r = held.remove(1);
+        a.abort(r, AbortCause::TimedOut);
+        assert_eq!(a.admit().expect("room again").id().shard, ShardId(1));
+    }
+
+    #[test]
+    fn slots_move_reserved_live_free() {
+        let mut a = admission(2, 1);
+        let r = a.admit().expect("room");
+        assert_eq!((a.shards()[0].reserved(), a.shards()[0].live()), (1, 0));
+        let live = a.complete(r);
+        assert_eq!((a.shards()[0].reserved(), a.shards()[0].live()), (0, 1));
+        a.close(live);
+        assert_eq!(a.used(), 0);
+        assert_eq!(
+            a.counters(),
+            SlotCounters {
+                reserved: 1,
+                completed: 1,
+                aborted: 0,
+                closed: 1
+            }
+        );
+    }
+
+    #[test]
+    fn serials_are_unique() {
+        let mut a = admission(100, 4);
+        let mut ids: Vec<ConnId> = (0..100).map(|_| a.admit().expect("room").id()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 100);
+    }
+
+    #[test]
+    fn selector_compares_utilization_with_unequal_capacities() {
+        let mut big = SlotTable::new(100);
+        big.live = 40;
+        let mut small = SlotTable::new(10);
+        small.live = 3;
+        assert_eq!(ShardSelector.select(&[big, small]), Some(ShardId(1)));
+        small.live = 5;
+        assert_eq!(ShardSelector.select(&[big, small]), Some(ShardId(0)));
+        small.live = 4;
+        assert_eq!(
+            ShardSelector.select(&[big, small]),
+            Some(ShardId(0)),
+            "tie goes to the lower index"
+        );
+        assert_eq!(ShardSelector.select(&[SlotTable::new(0)]), None);
+    }
+
+    #[test]
+    fn guard_judges_cpu_over_its_window() {
+        let mut a = admission(10, 1);
+        let t = Instant::from_millis;
+        a.observe(
+            ResourceSample {
+                cpu_percent: 100.0,
+                memory_bytes: 0,
+            },
+            t(0),
+        );
+        assert!(matches!(a.admit(), Err(Refusal::Cpu { .. })));
+        for i in 1..=5 {
+            a.observe(ResourceSample::default(), t(i * 1000));
+        }
+        // One spike averaged with five idle seconds is under 75 %.
+        assert!(a.admit().is_ok());
+        assert!(!a.pause_broker());
+    }
+
+    #[test]
+    fn guard_memory_thresholds() {
+        let mut a = Admission::new(
+            10,
+            1,
+            GuardConfig {
+                memory_reject_bytes: Some(1000),
+                memory_pause_bytes: Some(2000),
+                ..GuardConfig::default()
+            },
+        );
+        let sample = |m| ResourceSample {
+            cpu_percent: 0.0,
+            memory_bytes: m,
+        };
+        a.observe(sample(1500), Instant::ZERO);
+        assert!(matches!(a.admit(), Err(Refusal::Memory { .. })));
+        assert!(!a.pause_broker());
+        a.observe(sample(2000), Instant::ZERO);
+        assert!(a.pause_broker());
+        a.observe(sample(10), Instant::ZERO);
+        assert!(a.admit().is_ok());
+    }
+
+    #[test]
+    fn shutdown_refuses_everyone() {
+        let mut a = admission(10, 2);
+        a.begin_shutdown();
+        assert_eq!(a.admit(), Err(Refusal::ShuttingDown));
+    }
+
+    #[test]
+    fn imbalance_is_the_utilization_spread() {
+        let mut a = admission(20, 2);
+        let _r = a.admit().expect("room");
+        assert!((a.imbalance_percent() - 10.0).abs() < 1e-9);
+    }
+}

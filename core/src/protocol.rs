@@ -1,0 +1,724 @@
+//! The wire contract between browsers and surge (`PROTOCOL.md`, "Messages").
+//!
+//! Client requests are parsed here into typed values; anything that is not a
+//! valid request becomes a [`RequestError`] that the session answers with an
+//! `error` frame: a client never gets silence. Server frames are serde types
+//! too, except `message` frames, which are encoded in two halves so that a
+//! published payload is encoded once and shared by every subscriber (see
+//! [`Published`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::subjects::Subject;
+
+/// A request a client sent, with the `id` it wants echoed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRequest {
+    pub id: Option<Value>,
+    pub kind: RequestKind,
+}
+
+/// What a client asked for. Channels stay strings here: validating them is
+/// the session's job, because each invalid channel gets its own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKind {
+    Subscribe { channels: Vec<String> },
+    Unsubscribe { channels: Vec<String> },
+    Replay { from_seq: u64, to_seq: u64 },
+    Ping,
+    Resume { channels: Vec<String>, since_sseq: u64 },
+}
+
+/// The typed body of a request, as serde sees it. `ping` has the alias
+/// `heartbeat` because the seed system's clients send that.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum WireRequest {
+    Subscribe {
+        #[allow(dead_code)]
+        id: Option<Value>,
+        channels: Vec<String>,
+    },
+    Unsubscribe {
+        #[allow(dead_code)]
+        id: Option<Value>,
+        channels: Vec<String>,
+    },
+    Replay {
+        #[allow(dead_code)]
+        id: Option<Value>,
+        from_seq: u64,
+        to_seq: u64,
+    },
+    #[serde(alias = "heartbeat")]
+    Ping {
+        #[allow(dead_code)]
+        id: Option<Value>,
+    },
+    Resume {
+        #[allow(dead_code)]
+        id: Option<Value>,
+        channels: Vec<String>,
+        since_sseq: u64,
+    },
+}
+
+const REQUEST_TYPES: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "replay",
+    "ping",
+    "heartbeat",
+    "resume",
+];
+
+/// Why a client frame could not be turned into a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    /// The `id` of the request, when one could be read.
+    pub id: Option<Value>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Parses one text frame from a client.
+pub fn parse_request(text: &str) -> Result<ClientRequest, RequestError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| RequestError {
+        id: None,
+        code: ErrorCode::InvalidJson,
+        message: format!("the frame is not valid JSON: {e}"),
+    })?;
+    let id = value.get("id").cloned();
+    let fail = |code, message: String| RequestError {
+        id: id.clone(),
+        code,
+        message,
+    };
+    let Some(obj) = value.as_object() else {
+        return Err(fail(
+            ErrorCode::InvalidMessage,
+            "a request must be a JSON object with a \"type\" field".into(),
+        ));
+    };
+    let Some(kind) = obj.get("type") else {
+        return Err(fail(
+            ErrorCode::InvalidMessage,
+            "the request has no \"type\" field".into(),
+        ));
+    };
+    let Some(kind) = kind.as_str() else {
+        return Err(fail(
+            ErrorCode::InvalidMessage,
+            "\"type\" must be a string".into(),
+        ));
+    };
+    if !REQUEST_TYPES.contains(&kind) {
+        return Err(fail(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown request type {kind:?}; expected one of: {}",
+                REQUEST_TYPES.join(", ")
+            ),
+        ));
+    }
+    let wire: WireRequest = serde_json::from_value(value.clone()).map_err(|e| {
+        fail(
+            ErrorCode::InvalidMessage,
+            format!("invalid {kind} request: {e}"),
+        )
+    })?;
+    let kind = match wire {
+        WireRequest::Subscribe { channels, .. } => RequestKind::Subscribe { channels },
+        WireRequest::Unsubscribe { channels, .. } => RequestKind::Unsubscribe { channels },
+        WireRequest::Replay {
+            from_seq, to_seq, ..
+        } => RequestKind::Replay { from_seq, to_seq },
+        WireRequest::Ping { .. } => RequestKind::Ping,
+        WireRequest::Resume {
+            channels,
+            since_sseq,
+            ..
+        } => RequestKind::Resume {
+            channels,
+            since_sseq,
+        },
+    };
+    Ok(ClientRequest { id, kind })
+}
+
+/// Error codes a client can act on, as they appear in `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not JSON.
+    InvalidJson,
+    /// JSON, but not a request of a known shape (missing or mistyped field).
+    InvalidMessage,
+    /// A `type` this server does not know.
+    UnknownType,
+    /// A channel is not a valid NATS subject pattern.
+    InvalidSubject,
+    /// The per-connection subscription limit would be exceeded.
+    TooManySubscriptions,
+    /// `replay` with `from_seq` > `to_seq`, or a range never delivered.
+    InvalidRange,
+    /// The client sends requests faster than its inbound rate limit.
+    RateLimited,
+    /// A binary frame: the protocol is JSON text only.
+    BinaryNotSupported,
+    /// A `resume` while another is still running.
+    ResumeInProgress,
+    /// The broker could not serve a `resume` right now.
+    BrokerUnavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidSubject => "invalid_subject",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::InvalidRange => "invalid_range",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::ResumeInProgress => "resume_in_progress",
+            ErrorCode::BrokerUnavailable => "broker_unavailable",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes surge uses (RFC 6455 §7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// 1000: normal closure.
+    Normal,
+    /// 1001: the server is shutting down.
+    GoingAway,
+    /// 1008: policy: too slow at the heaviest throttle, unauthorized, idle.
+    Policy,
+    /// 1009: a client frame exceeded the size limit.
+    TooBig,
+    /// 1011: an internal error.
+    Internal,
+    /// 1013: overloaded, try again later.
+    TryAgainLater,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::Policy => 1008,
+            CloseCode::TooBig => 1009,
+            CloseCode::Internal => 1011,
+            CloseCode::TryAgainLater => 1013,
+        }
+    }
+
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::GoingAway => "going_away",
+            CloseCode::Policy => "policy",
+            CloseCode::TooBig => "too_big",
+            CloseCode::Internal => "internal",
+            CloseCode::TryAgainLater => "try_again_later",
+        }
+    }
+}
+
+/// Limits announced to the client in `welcome`, so it can pace itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WelcomeLimits {
+    pub max_subscriptions: u32,
+    pub replay_window: u32,
+    pub max_message_bytes: u32,
+    pub client_rate_per_sec: u32,
+    pub client_burst: u32,
+    pub ping_interval_ms: u64,
+    pub idle_timeout_ms: u64,
+}
+
+/// Every server frame except `message` (see [`Published`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Welcome {
+        conn_id: String,
+        shard: u32,
+        limits: WelcomeLimits,
+    },
+    Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<Value>,
+        channels: Vec<String>,
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<Value>,
+        channels: Vec<String>,
+    },
+    ReplayGap {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<Value>,
+        from_seq: u64,
+        to_seq: u64,
+        oldest_seq: u64,
+    },
+    ReplayDone {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<Value>,
+        from_seq: u64,
+        to_seq: u64,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<Value>,
+    },
+    ResumeGap {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<Value>,
+        oldest_sseq: u64,
+    },
+    Resumed {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<Value>,
+        channels: Vec<String>,
+        last_sseq: u64,
+    },
+    ThrottleUpdate {
+        level: u8,
+        rate_percent: u8,
+        message: String,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<Value>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    /// The frame's JSON text.
+    pub fn encode(&self) -> Bytes {
+        // Serialising these types cannot fail: every field is a string,
+        // number, or a JSON value that was itself parsed from text.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn error(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<RequestError> for ServerMessage {
+    fn from(e: RequestError) -> Self {
+        ServerMessage::Error {
+            id: e.id,
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+/// How much a message matters when a slow client must lose some.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Low,
+    #[default]
+    Medium,
+    High,
+    /// Never dropped by throttling.
+    Critical,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 4] = [
+        Priority::Low,
+        Priority::Medium,
+        Priority::High,
+        Priority::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Medium => "medium",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+
+    /// Parses `low|medium|high|critical`, case-insensitively.
+    pub fn parse(s: &str) -> Option<Priority> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A message published on the broker, encoded once for all subscribers.
+///
+/// A `message` frame is `{"type":"message","seq":N` + per-connection flags +
+/// the shared tail `,"subject":…,"sseq":…,"data":…}`. Only the head depends
+/// on the connection, so fan-out and replay rings hold an `Arc<Published>`
+/// and never copy the payload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Published {
+    pub subject: Subject,
+    pub sseq: u64,
+    pub priority: Priority,
+    tail: Bytes,
+}
+
+impl Published {
+    /// Encodes a message. `data` becomes JSON when it parses as JSON,
+    /// otherwise a JSON string (invalid UTF-8 replaced).
+    pub fn new(subject: Subject, sseq: u64, priority: Priority, data: &[u8]) -> Arc<Self> {
+        let mut tail = BytesMut::with_capacity(data.len() + subject.as_str().len() + 48);
+        tail.put_slice(b",\"subject\":");
+        // A validated subject has no characters JSON needs to escape except
+        // possibly `"` or `\`, so go through serde to stay correct.
+        tail.put_slice(&json_string(subject.as_str()));
+        tail.put_slice(b",\"sseq\":");
+        tail.put_slice(sseq.to_string().as_bytes());
+        tail.put_slice(b",\"data\":");
+        match serde_json::from_slice::<serde::de::IgnoredAny>(data) {
+            Ok(_) => tail.put_slice(trim_ascii(data)),
+            Err(_) => tail.put_slice(&json_string(&String::from_utf8_lossy(data))),
+        }
+        tail.put_u8(b'}');
+        Arc::new(Published {
+            subject,
+            sseq,
+            priority,
+            tail: tail.freeze(),
+        })
+    }
+
+    /// Bytes of the shared part, for memory and queue accounting.
+    pub fn tail_len(&self) -> usize {
+        self.tail.len()
+    }
+
+    /// The shared tail of the frame.
+    pub fn tail(&self) -> &Bytes {
+        &self.tail
+    }
+}
+
+fn json_string(s: &str) -> Vec<u8> {
+    serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
+}
+
+fn trim_ascii(data: &[u8]) -> &[u8] {
+    data.trim_ascii()
+}
+
+/// How a message frame is marked besides its `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageMark {
+    /// Delivered live.
+    Live,
+    /// Sent again in answer to `replay`.
+    Replayed,
+    /// Delivered from the broker's retention in answer to `resume`.
+    Recovered,
+}
+
+/// One frame ready to be written: either a whole control frame, or a
+/// message frame in two parts whose tail is shared with other connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutFrame {
+    Control(Bytes),
+    Message { head: Bytes, tail: Bytes },
+}
+
+impl OutFrame {
+    pub fn control(msg: &ServerMessage) -> Self {
+        OutFrame::Control(msg.encode())
+    }
+
+    pub fn message(seq: u64, mark: MessageMark, published: &Published) -> Self {
+        let mut head = BytesMut::with_capacity(48);
+        head.put_slice(b"{\"type\":\"message\",\"seq\":");
+        head.put_slice(seq.to_string().as_bytes());
+        match mark {
+            MessageMark::Live => {}
+            MessageMark::Replayed => head.put_slice(b",\"replayed\":true"),
+            MessageMark::Recovered => head.put_slice(b",\"recovered\":true"),
+        }
+        OutFrame::Message {
+            head: head.freeze(),
+            tail: published.tail.clone(),
+        }
+    }
+
+    /// Length of the frame's text in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            OutFrame::Control(b) => b.len(),
+            OutFrame::Message { head, tail } => head.len() + tail.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's text as one buffer (copies a message frame's two parts).
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            OutFrame::Control(b) => b.clone(),
+            OutFrame::Message { head, tail } => {
+                let mut out = BytesMut::with_capacity(head.len() + tail.len());
+                out.put_slice(head);
+                out.put_slice(tail);
+                out.freeze()
+            }
+        }
+    }
+
+    /// Appends the frame's text to `out` (for coalescing writes).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            OutFrame::Control(b) => out.extend_from_slice(b),
+            OutFrame::Message { head, tail } => {
+                out.extend_from_slice(head);
+                out.extend_from_slice(tail);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(s: &str) -> Subject {
+        Subject::parse(s).expect("valid subject")
+    }
+
+    fn text(frame: &OutFrame) -> String {
+        String::from_utf8(frame.to_bytes().to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn parses_every_request_kind() {
+        let cases = [
+            (
+                r#"{"type":"subscribe","channels":["odin.token.BTC.trade"],"id":1}"#,
+                RequestKind::Subscribe {
+                    channels: vec!["odin.token.BTC.trade".into()],
+                },
+            ),
+            (
+                r#"{"type":"unsubscribe","channels":["a.>"]}"#,
+                RequestKind::Unsubscribe {
+                    channels: vec!["a.>".into()],
+                },
+            ),
+            (
+                r#"{"type":"replay","from_seq":40,"to_seq":60}"#,
+                RequestKind::Replay {
+                    from_seq: 40,
+                    to_seq: 60,
+                },
+            ),
+            (r#"{"type":"ping"}"#, RequestKind::Ping),
+            (r#"{"type":"heartbeat"}"#, RequestKind::Ping),
+            (
+                r#"{"type":"resume","channels":["a.b"],"since_sseq":1200}"#,
+                RequestKind::Resume {
+                    channels: vec!["a.b".into()],
+                    since_sseq: 1200,
+                },
+            ),
+        ];
+        for (input, want) in cases {
+            let got = parse_request(input).expect(input);
+            assert_eq!(got.kind, want, "{input}");
+        }
+        let with_id = parse_request(r#"{"type":"ping","id":"abc"}"#).expect("ping");
+        assert_eq!(with_id.id, Some(Value::String("abc".into())));
+    }
+
+    #[test]
+    fn bad_requests_get_a_code_and_keep_the_id() {
+        let cases = [
+            ("not json", ErrorCode::InvalidJson, None),
+            ("[1,2]", ErrorCode::InvalidMessage, None),
+            (r#"{"channels":[]}"#, ErrorCode::InvalidMessage, None),
+            (r#"{"type":7}"#, ErrorCode::InvalidMessage, None),
+            (
+                r#"{"type":"dance","id":4}"#,
+                ErrorCode::UnknownType,
+                Some(Value::from(4)),
+            ),
+            (
+                r#"{"type":"subscribe","id":"x"}"#,
+                ErrorCode::InvalidMessage,
+                Some(Value::from("x")),
+            ),
+            (
+                r#"{"type":"replay","from_seq":-1,"to_seq":3}"#,
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+            (
+                r#"{"type":"subscribe","channels":["a"],"extra":true}"#,
+                ErrorCode::InvalidMessage,
+                None,
+            ),
+        ];
+        for (input, code, id) in cases {
+            let err = parse_request(input).expect_err(input);
+            assert_eq!(err.code, code, "{input}: {}", err.message);
+            assert_eq!(err.id, id, "{input}");
+            assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn message_frames_share_the_encoded_tail() {
+        let p = Published::new(
+            subject("odin.token.BTC.trade"),
+            1234,
+            Priority::Medium,
+            br#"{"px": 1.5}"#,
+        );
+        let a = OutFrame::message(17, MessageMark::Live, &p);
+        let b = OutFrame::message(3, MessageMark::Replayed, &p);
+        assert_eq!(
+            text(&a),
+            r#"{"type":"message","seq":17,"subject":"odin.token.BTC.trade","sseq":1234,"data":{"px": 1.5}}"#
+        );
+        assert_eq!(
+            text(&b),
+            r#"{"type":"message","seq":3,"replayed":true,"subject":"odin.token.BTC.trade","sseq":1234,"data":{"px": 1.5}}"#
+        );
+        let (OutFrame::Message { tail: ta, .. }, OutFrame::Message { tail: tb, .. }) = (&a, &b)
+        else {
+            panic!("message frames expected");
+        };
+        assert_eq!(ta.as_ptr(), tb.as_ptr(), "the tail must not be copied");
+        assert_eq!(a.len(), text(&a).len());
+    }
+
+    #[test]
+    fn non_json_payload_becomes_a_string() {
+        let p = Published::new(subject("a.b"), 1, Priority::Low, b"hello \"world\"");
+        let frame = text(&OutFrame::message(1, MessageMark::Recovered, &p));
+        let v: Value = serde_json::from_str(&frame).expect("valid JSON");
+        assert_eq!(v["data"], Value::from("hello \"world\""));
+        assert_eq!(v["recovered"], Value::from(true));
+    }
+
+    #[test]
+    fn priority_parses_case_insensitively() {
+        assert_eq!(Priority::parse("CRITICAL"), Some(Priority::Critical));
+        assert_eq!(Priority::parse(" low "), Some(Priority::Low));
+        assert_eq!(Priority::parse("urgent"), None);
+        assert!(Priority::Low < Priority::Critical);
+    }
+
+    #[test]
+    fn snapshots_of_every_server_message() {
+        let p = Published::new(
+            subject("odin.token.BTC.trade"),
+            1234,
+            Priority::High,
+            br#"{"price":64000.5,"qty":0.25}"#,
+        );
+        let frames = [
+            OutFrame::control(&ServerMessage::Welcome {
+                conn_id: "0-17".into(),
+                shard: 0,
+                limits: WelcomeLimits {
+                    max_subscriptions: 100,
+                    replay_window: 100,
+                    max_message_bytes: 16384,
+                    client_rate_per_sec: 20,
+                    client_burst: 40,
+                    ping_interval_ms: 25000,
+                    idle_timeout_ms: 60000,
+                },
+            }),
+            OutFrame::control(&ServerMessage::Subscribed {
+                id: Some(Value::from(1)),
+                channels: vec!["odin.token.BTC.trade".into(), "odin.global.>".into()],
+            }),
+            OutFrame::control(&ServerMessage::Unsubscribed {
+                id: None,
+                channels: vec!["odin.global.>".into()],
+            }),
+            OutFrame::message(17, MessageMark::Live, &p),
+            OutFrame::message(17, MessageMark::Replayed, &p),
+            OutFrame::message(18, MessageMark::Recovered, &p),
+            OutFrame::control(&ServerMessage::ReplayGap {
+                id: None,
+                from_seq: 40,
+                to_seq: 60,
+                oldest_seq: 52,
+            }),
+            OutFrame::control(&ServerMessage::ReplayDone {
+                id: None,
+                from_seq: 40,
+                to_seq: 60,
+            }),
+            OutFrame::control(&ServerMessage::Pong {
+                id: Some(Value::from("hb-1")),
+            }),
+            OutFrame::control(&ServerMessage::ResumeGap {
+                id: None,
+                oldest_sseq: 1100,
+            }),
+            OutFrame::control(&ServerMessage::Resumed {
+                id: None,
+                channels: vec!["odin.token.BTC.trade".into()],
+                last_sseq: 1300,
+            }),
+            OutFrame::control(&ServerMessage::ThrottleUpdate {
+                level: 1,
+                rate_percent: 75,
+                message: "Your connection is slightly slow. Receiving 75% of updates.".into(),
+            }),
+            OutFrame::control(&ServerMessage::error(
+                Some(Value::from(9)),
+                ErrorCode::InvalidSubject,
+                "channel \"odin..x\" is invalid: subject has an empty token at position 2",
+            )),
+        ];
+        let all: Vec<String> = frames.iter().map(text).collect();
+        for line in &all {
+            serde_json::from_str::<Value>(line).expect("every frame is JSON");
+        }
+        insta::assert_snapshot!(all.join("\n"));
+    }
+}

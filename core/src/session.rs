@@ -1,0 +1,745 @@
+//! One WebSocket connection's state after the upgrade, and every decision
+//! about it: which requests are valid, what each gets back, which published
+//! message is sent, with which `seq`, and what happens when the client is
+//! too slow, too chatty or silent.
+//!
+//! The driver feeds it client frames ([`Session::handle_text`]), published
+//! messages ([`Session::deliver`]) and time ([`Session::handle_timeout`]);
+//! it takes frames to write from [`Session::pop_frame`] and actions from
+//! [`Session::poll_action`]. The outbound queue lives here, bounded in
+//! bytes, so the throttle sees exactly what the socket is not draining.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::Instant;
+use crate::admission::ConnId;
+use crate::protocol::{
+    CloseCode, ErrorCode, MessageMark, OutFrame, Priority, Published, RequestKind, ServerMessage,
+    WelcomeLimits, parse_request,
+};
+use crate::ratelimit::TokenBucket;
+use crate::replay::ReplayRing;
+use crate::subjects::{Pattern, SubjectError};
+use crate::throttle::{Throttle, ThrottleChange, ThrottleConfig, ThrottleLevel};
+
+/// Per-connection limits (from `config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionConfig {
+    pub max_subscriptions: u32,
+    pub replay_window: u32,
+    pub replay_max_bytes: usize,
+    /// Soft bound of the outbound queue: ordinary messages that do not fit
+    /// are dropped and feed the throttle.
+    pub outbound_queue_bytes: usize,
+    pub max_message_bytes: usize,
+    pub client_rate_per_sec: u32,
+    pub client_burst: u32,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub throttle: ThrottleConfig,
+    /// Live messages held while a `resume` catches up; past it the client
+    /// is asked to reconnect (1013) and resume again, so nothing is lost.
+    pub resume_buffer_messages: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_subscriptions: 100,
+            replay_window: 100,
+            replay_max_bytes: 256 * 1024,
+            outbound_queue_bytes: 256 * 1024,
+            max_message_bytes: 16 * 1024,
+            client_rate_per_sec: 20,
+            client_burst: 40,
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            throttle: ThrottleConfig::default(),
+            resume_buffer_messages: 10_000,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Hard bound of the queue: critical messages may use the room between
+    /// the soft bound and this; past it the client is disconnected rather
+    /// than a critical message dropped.
+    pub fn hard_queue_bytes(&self) -> usize {
+        self.outbound_queue_bytes
+            .saturating_mul(2)
+            .saturating_add(self.replay_max_bytes)
+    }
+
+    fn welcome_limits(&self) -> WelcomeLimits {
+        WelcomeLimits {
+            max_subscriptions: self.max_subscriptions,
+            replay_window: self.replay_window,
+            max_message_bytes: u32::try_from(self.max_message_bytes).unwrap_or(u32::MAX),
+            client_rate_per_sec: self.client_rate_per_sec,
+            client_burst: self.client_burst,
+            ping_interval_ms: millis(self.ping_interval),
+            idle_timeout_ms: millis(self.idle_timeout),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Something the driver must do besides writing queued frames. Actions are
+/// returned in the order they arose; apply each before writing frames
+/// queued after it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Add these patterns for this connection to the shard's subscription
+    /// index, then call [`Session::confirm`] with `reply`: the client is
+    /// told only once every later publish will reach it.
+    Subscribe {
+        patterns: Vec<Pattern>,
+        reply: ServerMessage,
+    },
+    /// Remove these patterns from the index, then [`Session::confirm`].
+    Unsubscribe {
+        patterns: Vec<Pattern>,
+        reply: ServerMessage,
+    },
+    /// Add `subscribe` to the index, then fetch from the broker every
+    /// retained message on `patterns` with stream sequence > `since_sseq`
+    /// and hand them in order to [`Session::recover`]; finish with
+    /// [`Session::resume_complete`] (or [`Session::resume_failed`]).
+    Resume {
+        subscribe: Vec<Pattern>,
+        patterns: Vec<Pattern>,
+        since_sseq: u64,
+    },
+    /// Send a WebSocket ping.
+    Ping,
+    /// Send a close frame with this code and reason, then drop the
+    /// connection; the session accepts nothing more.
+    Close { code: CloseCode, reason: String },
+}
+
+/// What [`Session::deliver`] did with a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued with this `seq`.
+    Queued(u64),
+    /// Skipped by the throttle's sampling at the current level.
+    Throttled,
+    /// The queue was full; the message is not sent (it stays in the broker).
+    QueueFull,
+    /// Held until a `resume` in progress completes.
+    Held,
+    /// Already delivered by a `resume` catch-up.
+    Duplicate,
+    /// The session is closing.
+    Closed,
+}
+
+/// Counters of what happened to this connection's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub delivered: u64,
+    pub throttled: u64,
+    pub queue_full: u64,
+    pub duplicates: u64,
+    pub recovered: u64,
+    pub replayed: u64,
+    pub requests: u64,
+    pub request_errors: u64,
+    pub rate_limited: u64,
+}
+
+/// A `recover` that must wait: the queue has no room until the driver
+/// writes some of it. Retry the same message after writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backpressure;
+
+/// A `resume` between its request and its completion.
+#[derive(Debug)]
+struct CatchUp {
+    id: Option<Value>,
+    channels: Vec<String>,
+    patterns: Vec<Pattern>,
+    held: VecDeque<Arc<Published>>,
+}
+
+/// After a `resume` completes, live messages on its patterns up to this
+/// stream sequence were already recovered: a broker consumer that lags
+/// behind the catch-up fetch may still deliver them live.
+#[derive(Debug)]
+struct RecoveredFloor {
+    patterns: Vec<Pattern>,
+    sseq: u64,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Session {
+    id: ConnId,
+    config: Arc<SessionConfig>,
+    subscriptions: BTreeSet<Pattern>,
+    next_seq: u64,
+    ring: ReplayRing,
+    throttle: Throttle,
+    inbound: TokenBucket,
+    denied_in_a_row: u32,
+    queue: VecDeque<OutFrame>,
+    queued_bytes: usize,
+    actions: VecDeque<Action>,
+    last_heard: Instant,
+    last_ping: Option<Instant>,
+    catch_up: Option<CatchUp>,
+    floor: Option<RecoveredFloor>,
+    closed: bool,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A session for a connection that just upgraded; its `welcome` frame
+    /// is already queued.
+    pub fn new(id: ConnId, config: Arc<SessionConfig>, now: Instant) -> Self {
+        let ring = ReplayRing::new(config.replay_window as usize, config.replay_max_bytes);
+        let inbound = TokenBucket::new(config.client_rate_per_sec, config.client_burst, now);
+        let throttle = Throttle::new(config.throttle, now);
+        let welcome = ServerMessage::Welcome {
+            conn_id: id.to_string(),
+            shard: id.shard.0,
+            limits: config.welcome_limits(),
+        };
+        let mut session = Session {
+            id,
+            config,
+            subscriptions: BTreeSet::new(),
+            next_seq: 1,
+            ring,
+            throttle,
+            inbound,
+            denied_in_a_row: 0,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            actions: VecDeque::new(),
+            last_heard: now,
+            last_ping: None,
+            catch_up: None,
+            floor: None,
+            closed: false,
+            stats: SessionStats::default(),
+        };
+        session.push_control(&welcome);
+        session
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Pattern> {
+        self.subscriptions.iter()
+    }
+
+    pub fn throttle_level(&self) -> ThrottleLevel {
+        self.throttle.level()
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// The `seq` the next delivered message will take.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn is_resuming(&self) -> bool {
+        self.catch_up.is_some()
+    }
+
+    /// The next frame to write, oldest first.
+    pub fn pop_frame(&mut self) -> Option<OutFrame> {
+        let frame = self.queue.pop_front()?;
+        self.queued_bytes -= frame.len();
+        Some(frame)
+    }
+
+    pub fn has_frames(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// The next action for the driver.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Queues the reply of a [`Action::Subscribe`] / [`Action::Unsubscribe`]
+    /// once the index reflects it.
+    pub fn confirm(&mut self, reply: ServerMessage) {
+        self.push_control(&reply);
+    }
+
+    /// Any frame (data, ping, pong) arrived from the client.
+    pub fn on_heard(&mut self, now: Instant) {
+        self.last_heard = self.last_heard.max(now);
+        self.last_ping = None;
+    }
+
+    /// A text frame from the client.
+    pub fn handle_text(&mut self, text: &str, now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.on_heard(now);
+        if text.len() > self.config.max_message_bytes {
+            self.close(
+                CloseCode::TooBig,
+                format!(
+                    "message of {} bytes exceeds the limit of {}",
+                    text.len(),
+                    self.config.max_message_bytes
+                ),
+            );
+            return;
+        }
+        self.stats.requests += 1;
+        if !self.inbound.is_unlimited() && !self.inbound.try_acquire(1, now) {
+            self.stats.rate_limited += 1;
+            self.denied_in_a_row += 1;
+            // A client that keeps pushing past its limit is not answered
+            // forever: after a burst's worth of refusals it is closed.
+            if self.denied_in_a_row > self.config.client_burst.max(1) {
+                self.close(CloseCode::Policy, "request rate limit exceeded".into());
+            } else {
+                let id = parse_request(text).ok().and_then(|r| r.id);
+                self.error(
+                    id,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {} requests per second (burst {}); this request was not processed",
+                        self.config.client_rate_per_sec, self.config.client_burst
+                    ),
+                );
+            }
+            return;
+        }
+        self.denied_in_a_row = 0;
+        match parse_request(text) {
+            Ok(request) => self.handle_request(request.id, request.kind),
+            Err(e) => {
+                self.stats.request_errors += 1;
+                self.push_control(&e.into());
+            }
+        }
+    }
+
+    /// A binary frame from the client: the protocol is JSON text only.
+    pub fn handle_binary(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.on_heard(now);
+        self.error(
+            None,
+            ErrorCode::BinaryNotSupported,
+            "binary frames are not supported; send JSON text frames".into(),
+        );
+    }
+
+    fn handle_request(&mut self, id: Option<Value>, kind: RequestKind) {
+        match kind {
+            RequestKind::Ping => self.push_control(&ServerMessage::Pong { id }),
+            RequestKind::Subscribe { channels } => self.subscribe(id, channels),
+            RequestKind::Unsubscribe { channels } => self.unsubscribe(id, channels),
+            RequestKind::Replay { from_seq, to_seq } => self.replay(id, from_seq, to_seq),
+            RequestKind::Resume {
+                channels,
+                since_sseq,
+            } => self.begin_resume(id, channels, since_sseq),
+        }
+    }
+
+    /// Parses a channel list; on any invalid channel, queues one error
+    /// naming each and returns `None` (a request applies whole or not at all).
+    fn parse_channels(
+        &mut self,
+        id: &Option<Value>,
+        channels: &[String],
+    ) -> Option<(Vec<String>, Vec<Pattern>)> {
+        if channels.is_empty() {
+            self.error(
+                id.clone(),
+                ErrorCode::InvalidMessage,
+                "\"channels\" must list at least one channel".into(),
+            );
+            return None;
+        }
+        let mut names = Vec::new();
+        let mut patterns = Vec::new();
+        let mut bad: Vec<(String, SubjectError)> = Vec::new();
+        for channel in channels {
+            match Pattern::parse(channel) {
+                Ok(p) => {
+                    if !patterns.contains(&p) {
+                        names.push(p.as_str().to_owned());
+                        patterns.push(p);
+                    }
+                }
+                Err(e) => bad.push((channel.clone(), e)),
+            }
+        }
+        if !bad.is_empty() {
+            let detail: Vec<String> = bad.iter().map(|(c, e)| format!("{c:?}: {e}")).collect();
+            self.error(
+                id.clone(),
+                ErrorCode::InvalidSubject,
+                format!("invalid channel {}", detail.join("; ")),
+            );
+            return None;
+        }
+        Some((names, patterns))
+    }
+
+    /// Of `patterns`, those not yet subscribed, if the limit allows them.
+    fn new_within_limit(&mut self, id: &Option<Value>, patterns: &[Pattern]) -> Option<Vec<Pattern>> {
+        let new: Vec<Pattern> = patterns
+            .iter()
+            .filter(|p| !self.subscriptions.contains(*p))
+            .cloned()
+            .collect();
+        let total = self.subscriptions.len() + new.len();
+        if total > self.config.max_subscriptions as usize {
+            self.error(
+                id.clone(),
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "this would make {total} subscriptions; the limit per connection is {}",
+                    self.config.max_subscriptions
+                ),
+            );
+            return None;
+        }
+        Some(new)
+    }
+
+    fn subscribe(&mut self, id: Option<Value>, channels: Vec<String>) {
+        let Some((names, patterns)) = self.parse_channels(&id, &channels) else {
+            return;
+        };
+        let Some(new) = self.new_within_limit(&id, &patterns) else {
+            return;
+        };
+        self.subscriptions.extend(new.iter().cloned());
+        self.actions.push_back(Action::Subscribe {
+            patterns: new,
+            reply: ServerMessage::Subscribed {
+                id,
+                channels: names,
+            },
+        });
+    }
+
+    fn unsubscribe(&mut self, id: Option<Value>, channels: Vec<String>) {
+        let Some((names, patterns)) = self.parse_channels(&id, &channels) else {
+            return;
+        };
+        let removed: Vec<Pattern> = patterns
+            .into_iter()
+            .filter(|p| self.subscriptions.remove(p))
+            .collect();
+        self.actions.push_back(Action::Unsubscribe {
+            patterns: removed,
+            reply: ServerMessage::Unsubscribed {
+                id,
+                channels: names,
+            },
+        });
+    }
+
+    fn replay(&mut self, id: Option<Value>, from_seq: u64, to_seq: u64) {
+        let slice = match self.ring.slice(from_seq, to_seq) {
+            Ok(slice) => slice,
+            Err(e) => {
+                self.error(id, ErrorCode::InvalidRange, e.to_string());
+                return;
+            }
+        };
+        if let Some(oldest_seq) = slice.gap_oldest {
+            self.push_control(&ServerMessage::ReplayGap {
+                id: id.clone(),
+                from_seq,
+                to_seq,
+                oldest_seq,
+            });
+        }
+        for (seq, message) in &slice.messages {
+            // Replayed frames are bounded by the ring's byte bound, which
+            // the hard queue bound leaves room for.
+            self.push_frame(OutFrame::message(*seq, MessageMark::Replayed, message));
+            self.stats.replayed += 1;
+        }
+        self.push_control(&ServerMessage::ReplayDone {
+            id,
+            from_seq,
+            to_seq,
+        });
+    }
+
+    fn begin_resume(&mut self, id: Option<Value>, channels: Vec<String>, since: u64) {
+        if self.catch_up.is_some() {
+            self.error(
+                id,
+                ErrorCode::ResumeInProgress,
+                "a resume is already in progress on this connection".into(),
+            );
+            return;
+        }
+        let Some((names, patterns)) = self.parse_channels(&id, &channels) else {
+            return;
+        };
+        let Some(new) = self.new_within_limit(&id, &patterns) else {
+            return;
+        };
+        self.subscriptions.extend(new.iter().cloned());
+        self.catch_up = Some(CatchUp {
+            id,
+            channels: names,
+            patterns: patterns.clone(),
+            held: VecDeque::new(),
+        });
+        self.actions.push_back(Action::Resume {
+            subscribe: new,
+            patterns,
+            since_sseq: since,
+        });
+    }
+
+    /// The broker no longer retains everything after the requested
+    /// sequence: `oldest_sseq` is the oldest it still has.
+    pub fn resume_gap(&mut self, oldest_sseq: u64) {
+        let Some(catch_up) = &self.catch_up else {
+            return;
+        };
+        let id = catch_up.id.clone();
+        self.push_control(&ServerMessage::ResumeGap { id, oldest_sseq });
+    }
+
+    /// One retained message found by the catch-up fetch, in stream order.
+    pub fn recover(&mut self, message: &Arc<Published>) -> Result<(), Backpressure> {
+        if self.closed || self.catch_up.is_none() {
+            return Ok(());
+        }
+        let frame_len = self.frame_len(message, MessageMark::Recovered);
+        if self.queued_bytes + frame_len > self.config.outbound_queue_bytes && self.has_frames() {
+            return Err(Backpressure);
+        }
+        self.stats.recovered += 1;
+        self.send_message(message, MessageMark::Recovered);
+        Ok(())
+    }
+
+    /// The catch-up fetch delivered every retained message on the resumed
+    /// patterns up to stream sequence `last_sseq`.
+    pub fn resume_complete(&mut self, last_sseq: u64, now: Instant) {
+        let Some(catch_up) = self.catch_up.take() else {
+            return;
+        };
+        self.push_control(&ServerMessage::Resumed {
+            id: catch_up.id,
+            channels: catch_up.channels,
+            last_sseq,
+        });
+        self.floor = Some(RecoveredFloor {
+            patterns: catch_up.patterns,
+            sseq: last_sseq,
+        });
+        for message in catch_up.held {
+            self.deliver(&message, now);
+        }
+    }
+
+    /// The catch-up fetch failed (broker unavailable): the client is told,
+    /// its subscriptions stay, and held live messages are delivered.
+    pub fn resume_failed(&mut self, reason: &str, now: Instant) {
+        let Some(catch_up) = self.catch_up.take() else {
+            return;
+        };
+        self.error(
+            catch_up.id,
+            ErrorCode::BrokerUnavailable,
+            format!("resume could not read the stream: {reason}; try again later"),
+        );
+        for message in catch_up.held {
+            self.deliver(&message, now);
+        }
+    }
+
+    /// A live message that matched one of this connection's patterns.
+    pub fn deliver(&mut self, message: &Arc<Published>, now: Instant) -> Delivery {
+        if self.closed {
+            return Delivery::Closed;
+        }
+        if let Some(floor) = &self.floor {
+            if message.sseq > floor.sseq {
+                // Live messages arrive in stream order: past the floor, no
+                // later one can be a duplicate.
+                self.floor = None;
+            } else if floor.patterns.iter().any(|p| p.matches(&message.subject)) {
+                self.stats.duplicates += 1;
+                return Delivery::Duplicate;
+            }
+        }
+        if let Some(catch_up) = &mut self.catch_up {
+            if catch_up.held.len() >= self.config.resume_buffer_messages {
+                self.close(
+                    CloseCode::TryAgainLater,
+                    "too many live messages during resume; reconnect and resume again".into(),
+                );
+                return Delivery::Closed;
+            }
+            catch_up.held.push_back(Arc::clone(message));
+            return Delivery::Held;
+        }
+        if !self.throttle.admits(message.priority) {
+            self.stats.throttled += 1;
+            return Delivery::Throttled;
+        }
+        let frame_len = self.frame_len(message, MessageMark::Live);
+        let after = self.queued_bytes + frame_len;
+        let fits = after <= self.config.outbound_queue_bytes || !self.has_frames();
+        let critical_fits =
+            message.priority == Priority::Critical && after <= self.config.hard_queue_bytes();
+        if !fits && !critical_fits {
+            self.stats.queue_full += 1;
+            if message.priority == Priority::Critical {
+                self.close(
+                    CloseCode::Policy,
+                    "client too slow to receive critical messages".into(),
+                );
+                return Delivery::Closed;
+            }
+            match self.throttle.on_queue_full(now) {
+                Some(ThrottleChange::Raised(level)) => self.push_control(&level.notice()),
+                Some(ThrottleChange::Disconnect) => {
+                    self.close(
+                        CloseCode::Policy,
+                        "client too slow even at the heaviest throttle".into(),
+                    );
+                    return Delivery::Closed;
+                }
+                Some(ThrottleChange::Lowered(_)) | None => {}
+            }
+            return Delivery::QueueFull;
+        }
+        if fits {
+            self.throttle.on_enqueued();
+        }
+        Delivery::Queued(self.send_message(message, MessageMark::Live))
+    }
+
+    /// When the driver must next call [`Session::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let idle = self.last_heard + self.config.idle_timeout;
+        let ping = self.last_ping.unwrap_or(self.last_heard) + self.config.ping_interval;
+        let mut next = idle.min(ping);
+        if let Some(t) = self.throttle.poll_timeout() {
+            next = next.min(t);
+        }
+        Some(next)
+    }
+
+    /// Heartbeats, idle detection and throttle recovery.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if now >= self.last_heard + self.config.idle_timeout {
+            self.close(
+                CloseCode::Policy,
+                format!(
+                    "nothing heard from the client for {} s",
+                    self.config.idle_timeout.as_secs()
+                ),
+            );
+            return;
+        }
+        let ping_due = self.last_ping.unwrap_or(self.last_heard) + self.config.ping_interval;
+        if now >= ping_due {
+            self.last_ping = Some(now);
+            self.actions.push_back(Action::Ping);
+        }
+        if let Some(ThrottleChange::Lowered(level)) = self.throttle.handle_timeout(now) {
+            self.push_control(&level.notice());
+        }
+    }
+
+    /// Ends the session with a close frame (e.g. shutdown: 1001).
+    pub fn close(&mut self, code: CloseCode, reason: String) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.actions.push_back(Action::Close { code, reason });
+    }
+
+    fn frame_len(&self, message: &Published, mark: MessageMark) -> usize {
+        // Exact length of the head written by OutFrame::message.
+        let head = match mark {
+            MessageMark::Live => 0,
+            MessageMark::Replayed => 16,
+            MessageMark::Recovered => 17,
+        };
+        24 + decimal_len(self.next_seq) + head + message.tail_len()
+    }
+
+    fn send_message(&mut self, message: &Arc<Published>, mark: MessageMark) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let frame = OutFrame::message(seq, mark, message);
+        self.ring.push(seq, Arc::clone(message), frame.len());
+        self.push_frame(frame);
+        self.stats.delivered += 1;
+        seq
+    }
+
+    fn error(&mut self, id: Option<Value>, code: ErrorCode, message: String) {
+        self.stats.request_errors += 1;
+        self.push_control(&ServerMessage::error(id, code, message));
+    }
+
+    fn push_control(&mut self, message: &ServerMessage) {
+        self.push_frame(OutFrame::control(message));
+    }
+
+    fn push_frame(&mut self, frame: OutFrame) {
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+    }
+}
+
+fn decimal_len(mut n: u64) -> usize {
+    let mut len = 1;
+    while n >= 10 {
+        n /= 10;
+        len += 1;
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,422 @@
+use super::*;
+use crate::admission::ShardId;
+use crate::subjects::Subject;
+
+fn ms(v: u64) -> Instant {
+    Instant::from_millis(v)
+}
+
+fn id() -> ConnId {
+    ConnId {
+        shard: ShardId(0),
+        serial: 7,
+    }
+}
+
+fn session(config: SessionConfig) -> Session {
+    let mut s = Session::new(id(), Arc::new(config), ms(0));
+    let welcome = frames(&mut s);
+    assert_eq!(welcome.len(), 1);
+    assert_eq!(welcome[0]["type"], "welcome");
+    assert_eq!(welcome[0]["conn_id"], "0-7");
+    s
+}
+
+fn published(subject: &str, sseq: u64, priority: Priority) -> Arc<Published> {
+    let subject = Subject::parse(subject).expect("valid subject");
+    Published::new(subject, sseq, priority, format!("{{\"n\":{sseq}}}").as_bytes())
+}
+
+fn frames(s: &mut Session) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(f) = s.pop_frame() {
+        out.push(serde_json::from_slice(&f.to_bytes()).expect("frames are JSON"));
+    }
+    assert_eq!(s.queued_bytes(), 0, "byte count returns to zero");
+    out
+}
+
+/// Applies actions the way a driver does, returning what is left to do.
+fn apply(s: &mut Session) -> Vec<Action> {
+    let mut other = Vec::new();
+    while let Some(a) = s.poll_action() {
+        match a {
+            Action::Subscribe { reply, .. } | Action::Unsubscribe { reply, .. } => s.confirm(reply),
+            a => other.push(a),
+        }
+    }
+    other
+}
+
+fn request(s: &mut Session, text: &str) -> Vec<Value> {
+    s.handle_text(text, ms(1));
+    apply(s);
+    frames(s)
+}
+
+#[test]
+fn frame_length_arithmetic_matches_the_encoder() {
+    let s = session(SessionConfig::default());
+    let m = published("a.b", 5, Priority::Medium);
+    for mark in [MessageMark::Live, MessageMark::Replayed, MessageMark::Recovered] {
+        assert_eq!(
+            s.frame_len(&m, mark),
+            OutFrame::message(s.next_seq(), mark, &m).len()
+        );
+    }
+    assert_eq!(decimal_len(0), 1);
+    assert_eq!(decimal_len(9), 1);
+    assert_eq!(decimal_len(10), 2);
+    assert_eq!(decimal_len(u64::MAX), 20);
+}
+
+#[test]
+fn subscribe_is_confirmed_only_after_the_index_action() {
+    let mut s = session(SessionConfig::default());
+    s.handle_text(
+        r#"{"type":"subscribe","id":3,"channels":["odin.token.*.trade","odin.global.>","odin.token.*.trade"]}"#,
+        ms(1),
+    );
+    assert!(frames(&mut s).is_empty(), "no reply before the index is updated");
+    let Some(Action::Subscribe { patterns, reply }) = s.poll_action() else {
+        panic!("subscribe action expected");
+    };
+    assert_eq!(patterns.len(), 2, "duplicates collapse");
+    s.confirm(reply);
+    let out = frames(&mut s);
+    assert_eq!(
+        out[0],
+        serde_json::json!({"type":"subscribed","id":3,"channels":["odin.token.*.trade","odin.global.>"]})
+    );
+    assert_eq!(s.subscriptions().count(), 2);
+}
+
+#[test]
+fn invalid_channels_are_named_and_nothing_is_applied() {
+    let mut s = session(SessionConfig::default());
+    let out = request(
+        &mut s,
+        r#"{"type":"subscribe","channels":["ok.one","bad..x","a.>.b"]}"#,
+    );
+    assert_eq!(out[0]["code"], "invalid_subject");
+    let message = out[0]["message"].as_str().expect("text");
+    assert!(message.contains("bad..x") && message.contains("a.>.b"), "{message}");
+    assert_eq!(s.subscriptions().count(), 0);
+}
+
+#[test]
+fn subscription_limit_is_enforced() {
+    let mut s = session(SessionConfig {
+        max_subscriptions: 2,
+        ..SessionConfig::default()
+    });
+    request(&mut s, r#"{"type":"subscribe","channels":["a","b"]}"#);
+    let out = request(&mut s, r#"{"type":"subscribe","channels":["a","c"]}"#);
+    assert_eq!(out[0]["code"], "too_many_subscriptions");
+    // Re-subscribing to what is held is fine.
+    let out = request(&mut s, r#"{"type":"subscribe","channels":["b"]}"#);
+    assert_eq!(out[0]["type"], "subscribed");
+}
+
+#[test]
+fn unsubscribe_reports_and_removes() {
+    let mut s = session(SessionConfig::default());
+    request(&mut s, r#"{"type":"subscribe","channels":["a.*","b"]}"#);
+    s.handle_text(r#"{"type":"unsubscribe","channels":["a.*","zzz"]}"#, ms(2));
+    let Some(Action::Unsubscribe { patterns, reply }) = s.poll_action() else {
+        panic!("unsubscribe action expected");
+    };
+    assert_eq!(patterns, vec![Pattern::parse("a.*").expect("valid")]);
+    s.confirm(reply);
+    assert_eq!(frames(&mut s)[0]["channels"], serde_json::json!(["a.*", "zzz"]));
+    assert_eq!(s.subscriptions().count(), 1);
+}
+
+#[test]
+fn bad_frames_get_errors_never_silence() {
+    let mut s = session(SessionConfig::default());
+    for (text, code) in [
+        ("{", "invalid_json"),
+        (r#"{"type":"nope"}"#, "unknown_type"),
+        (r#"{"type":"subscribe","channels":[]}"#, "invalid_message"),
+        (r#"{"type":"replay","from_seq":5,"to_seq":1}"#, "invalid_range"),
+        (r#"{"type":"replay","from_seq":1,"to_seq":1}"#, "invalid_range"),
+    ] {
+        let out = request(&mut s, text);
+        assert_eq!(out.len(), 1, "{text}");
+        assert_eq!(out[0]["type"], "error", "{text}");
+        assert_eq!(out[0]["code"], code, "{text}");
+    }
+    s.handle_binary(ms(3));
+    assert_eq!(frames(&mut s)[0]["code"], "binary_not_supported");
+    assert_eq!(request(&mut s, r#"{"type":"heartbeat","id":"h"}"#)[0], serde_json::json!({"type":"pong","id":"h"}));
+}
+
+#[test]
+fn messages_are_numbered_from_one_and_replayed_with_a_gap() {
+    let mut s = session(SessionConfig {
+        replay_window: 5,
+        ..SessionConfig::default()
+    });
+    for sseq in 100..110 {
+        assert_eq!(
+            s.deliver(&published("a.b", sseq, Priority::Medium), ms(1)),
+            Delivery::Queued(sseq - 99)
+        );
+    }
+    let live = frames(&mut s);
+    let seqs: Vec<u64> = live.iter().map(|f| f["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert_eq!(live[0]["sseq"], 100);
+
+    let out = request(&mut s, r#"{"type":"replay","from_seq":4,"to_seq":7,"id":1}"#);
+    assert_eq!(
+        out[0],
+        serde_json::json!({"type":"replay_gap","id":1,"from_seq":4,"to_seq":7,"oldest_seq":6})
+    );
+    assert_eq!(out[1]["seq"], 6);
+    assert_eq!(out[1]["replayed"], true);
+    assert_eq!(out[1]["sseq"], 105);
+    assert_eq!(out[2]["seq"], 7);
+    assert_eq!(out[3]["type"], "replay_done");
+    // Replay does not advance seq.
+    assert_eq!(s.next_seq(), 11);
+}
+
+#[test]
+fn slow_client_is_throttled_then_disconnected_and_critical_always_goes() {
+    let mut s = session(SessionConfig {
+        outbound_queue_bytes: 200,
+        ..SessionConfig::default()
+    });
+    let mut outcomes = Vec::new();
+    for sseq in 1..=200 {
+        outcomes.push(s.deliver(&published("a.b", sseq, Priority::Medium), ms(sseq)));
+        if sseq % 10 == 0 {
+            // Critical messages get through whatever the level.
+            let c = s.deliver(&published("a.b", 1000 + sseq, Priority::Critical), ms(sseq));
+            assert!(
+                matches!(c, Delivery::Queued(_) | Delivery::Closed),
+                "critical: {c:?}"
+            );
+        }
+        if s.is_closed() {
+            break;
+        }
+    }
+    assert!(outcomes.contains(&Delivery::QueueFull));
+    assert!(outcomes.contains(&Delivery::Throttled));
+    assert!(s.is_closed());
+    let actions = apply(&mut s);
+    assert!(matches!(
+        actions.last(),
+        Some(Action::Close {
+            code: CloseCode::Policy,
+            ..
+        })
+    ));
+    let notices: Vec<u64> = frames(&mut s)
+        .iter()
+        .filter(|f| f["type"] == "throttle_update")
+        .map(|f| f["level"].as_u64().expect("level"))
+        .collect();
+    assert_eq!(notices, [1, 2, 3]);
+}
+
+#[test]
+fn throttle_recovers_and_tells_the_client() {
+    let mut s = session(SessionConfig {
+        outbound_queue_bytes: 100,
+        ..SessionConfig::default()
+    });
+    for sseq in 1..=4 {
+        s.deliver(&published("a.b", sseq, Priority::Medium), ms(0));
+    }
+    assert_eq!(s.throttle_level(), ThrottleLevel::Light);
+    frames(&mut s);
+    let due = s.poll_timeout().expect("a timeout");
+    assert!(due <= ms(30_000));
+    s.on_heard(ms(29_000));
+    s.handle_timeout(ms(30_000));
+    assert_eq!(s.throttle_level(), ThrottleLevel::None);
+    let out = frames(&mut s);
+    assert_eq!(out[0]["type"], "throttle_update");
+    assert_eq!(out[0]["rate_percent"], 100);
+}
+
+#[test]
+fn heartbeat_pings_then_closes_an_idle_client() {
+    let mut s = session(SessionConfig::default());
+    assert_eq!(s.poll_timeout(), Some(ms(25_000)));
+    s.handle_timeout(ms(25_000));
+    assert_eq!(apply(&mut s), [Action::Ping]);
+    assert_eq!(s.poll_timeout(), Some(ms(50_000)));
+    s.on_heard(ms(30_000));
+    assert_eq!(s.poll_timeout(), Some(ms(55_000)));
+    s.handle_timeout(ms(55_000));
+    assert_eq!(apply(&mut s), [Action::Ping]);
+    s.handle_timeout(ms(80_000));
+    assert_eq!(apply(&mut s), [Action::Ping]);
+    s.handle_timeout(ms(90_000));
+    assert!(matches!(
+        apply(&mut s).as_slice(),
+        [Action::Close {
+            code: CloseCode::Policy,
+            ..
+        }]
+    ));
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn inbound_rate_limit_answers_then_closes() {
+    let mut s = session(SessionConfig {
+        client_rate_per_sec: 1,
+        client_burst: 2,
+        ..SessionConfig::default()
+    });
+    let ping = r#"{"type":"ping","id":1}"#;
+    assert_eq!(request(&mut s, ping)[0]["type"], "pong");
+    assert_eq!(request(&mut s, ping)[0]["type"], "pong");
+    let limited = request(&mut s, ping);
+    assert_eq!(limited[0]["code"], "rate_limited");
+    assert_eq!(limited[0]["id"], 1);
+    request(&mut s, ping);
+    s.handle_text(ping, ms(1));
+    assert!(s.is_closed());
+    assert!(matches!(
+        apply(&mut s).last(),
+        Some(Action::Close {
+            code: CloseCode::Policy,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn oversized_frame_closes_with_1009() {
+    let mut s = session(SessionConfig {
+        max_message_bytes: 600,
+        ..SessionConfig::default()
+    });
+    s.handle_text(&"x".repeat(601), ms(1));
+    assert!(matches!(
+        apply(&mut s).as_slice(),
+        [Action::Close {
+            code: CloseCode::TooBig,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn resume_recovers_then_dedupes_the_live_seam() {
+    let mut s = session(SessionConfig::default());
+    request(&mut s, r#"{"type":"subscribe","channels":["other.x"]}"#);
+    s.handle_text(
+        r#"{"type":"resume","id":"r","channels":["a.*"],"since_sseq":10}"#,
+        ms(1),
+    );
+    let Some(Action::Resume {
+        subscribe,
+        patterns,
+        since_sseq,
+    }) = s.poll_action()
+    else {
+        panic!("resume action expected");
+    };
+    assert_eq!(since_sseq, 10);
+    assert_eq!(subscribe, patterns);
+    // Live traffic arrives while the fetch runs: 12 is also in the fetch,
+    // 13 is on a subject the resume does not cover.
+    for (subject, sseq) in [("a.b", 12), ("other.x", 13)] {
+        assert_eq!(s.deliver(&published(subject, sseq, Priority::Medium), ms(2)), Delivery::Held);
+    }
+    s.resume_gap(11);
+    for (subject, sseq) in [("a.b", 11), ("a.b", 12), ("a.c", 14)] {
+        s.recover(&published(subject, sseq, Priority::Medium)).expect("room");
+    }
+    s.resume_complete(14, ms(3));
+    // The live consumer lags: its copy of 14 arrives after completion.
+    assert_eq!(s.deliver(&published("a.c", 14, Priority::Medium), ms(4)), Delivery::Duplicate);
+    assert_eq!(s.deliver(&published("a.b", 15, Priority::Medium), ms(4)), Delivery::Queued(5));
+    // Past the floor nothing is treated as a duplicate any more.
+    assert_eq!(s.stats().duplicates, 2);
+    let out = frames(&mut s);
+    let summary: Vec<String> = out
+        .iter()
+        .map(|f| match f["type"].as_str() {
+            Some("message") => format!(
+                "seq {} sseq {}{}",
+                f["seq"],
+                f["sseq"],
+                if f["recovered"] == true { " recovered" } else { "" }
+            ),
+            Some(t) => t.to_owned(),
+            None => "?".into(),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "resume_gap",
+            "seq 1 sseq 11 recovered",
+            "seq 2 sseq 12 recovered",
+            "seq 3 sseq 14 recovered",
+            "resumed",
+            "seq 4 sseq 13",
+            "seq 5 sseq 15",
+        ]
+        .map(String::from)
+        .to_vec()
+    );
+    assert_eq!(out[4]["last_sseq"], 14);
+    assert_eq!(out[4]["id"], "r");
+}
+
+#[test]
+fn recover_pushes_back_when_the_queue_is_full() {
+    let mut s = session(SessionConfig {
+        outbound_queue_bytes: 200,
+        ..SessionConfig::default()
+    });
+    request(&mut s, r#"{"type":"resume","channels":["a.b"],"since_sseq":0}"#);
+    let m = published("a.b", 1, Priority::Low);
+    s.recover(&m).expect("first fits");
+    s.recover(&published("a.b", 2, Priority::Low)).expect("second fits");
+    assert_eq!(s.recover(&published("a.b", 3, Priority::Low)), Err(Backpressure));
+    frames(&mut s);
+    s.recover(&published("a.b", 3, Priority::Low)).expect("room after writing");
+    assert_eq!(s.stats().recovered, 3);
+}
+
+#[test]
+fn a_second_resume_while_one_runs_is_refused() {
+    let mut s = session(SessionConfig::default());
+    request(&mut s, r#"{"type":"resume","channels":["a.b"],"since_sseq":0}"#);
+    let out = request(&mut s, r#"{"type":"resume","channels":["a.c"],"since_sseq":0}"#);
+    assert_eq!(out[0]["code"], "resume_in_progress");
+    s.resume_failed("broker down", ms(5));
+    assert_eq!(frames(&mut s)[0]["code"], "broker_unavailable");
+    assert!(!s.is_resuming());
+}
+
+#[test]
+fn resume_buffer_overflow_asks_the_client_to_come_back() {
+    let mut s = session(SessionConfig {
+        resume_buffer_messages: 2,
+        ..SessionConfig::default()
+    });
+    request(&mut s, r#"{"type":"resume","channels":["a.b"],"since_sseq":0}"#);
+    for sseq in 1..=2 {
+        assert_eq!(s.deliver(&published("a.b", sseq, Priority::Medium), ms(1)), Delivery::Held);
+    }
+    assert_eq!(s.deliver(&published("a.b", 3, Priority::Medium), ms(1)), Delivery::Closed);
+    assert!(matches!(
+        apply(&mut s).last(),
+        Some(Action::Close {
+            code: CloseCode::TryAgainLater,
+            ..
+        })
+    ));
+}

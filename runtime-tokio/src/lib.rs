@@ -1,0 +1,1 @@
+//! Drives surge-core with tokio.
