@@ -27,11 +27,21 @@ pub struct ClientRequest {
 /// the session's job, because each invalid channel gets its own error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestKind {
-    Subscribe { channels: Vec<String> },
-    Unsubscribe { channels: Vec<String> },
-    Replay { from_seq: u64, to_seq: u64 },
+    Subscribe {
+        channels: Vec<String>,
+    },
+    Unsubscribe {
+        channels: Vec<String>,
+    },
+    Replay {
+        from_seq: u64,
+        to_seq: u64,
+    },
     Ping,
-    Resume { channels: Vec<String>, since_sseq: u64 },
+    Resume {
+        channels: Vec<String>,
+        since_sseq: u64,
+    },
 }
 
 /// The typed body of a request, as serde sees it. `ping` has the alias

@@ -413,7 +413,11 @@ impl Session {
     }
 
     /// Of `patterns`, those not yet subscribed, if the limit allows them.
-    fn new_within_limit(&mut self, id: &Option<Value>, patterns: &[Pattern]) -> Option<Vec<Pattern>> {
+    fn new_within_limit(
+        &mut self,
+        id: &Option<Value>,
+        patterns: &[Pattern],
+    ) -> Option<Vec<Pattern>> {
         let new: Vec<Pattern> = patterns
             .iter()
             .filter(|p| !self.subscriptions.contains(*p))

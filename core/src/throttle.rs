@@ -191,7 +191,8 @@ impl Throttle {
 
     /// When the level may next fall, if it is above none.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.level != ThrottleLevel::None).then(|| self.last_pressure + self.config.recovery_window)
+        (self.level != ThrottleLevel::None)
+            .then(|| self.last_pressure + self.config.recovery_window)
     }
 
     /// Lowers the level by one when a whole quiet window has passed.
@@ -275,7 +276,11 @@ mod tests {
             t.level = level;
             for p in Priority::ALL {
                 let sent = (0..400).filter(|_| t.admits(p)).count();
-                assert_eq!(sent, usize::from(level.kept_quarters(p)) * 100, "{level:?} {p:?}");
+                assert_eq!(
+                    sent,
+                    usize::from(level.kept_quarters(p)) * 100,
+                    "{level:?} {p:?}"
+                );
             }
             let medium = (0..100).filter(|_| t.admits(Priority::Medium)).count();
             assert_eq!(medium, usize::from(level.rate_percent()));

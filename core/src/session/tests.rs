@@ -24,7 +24,12 @@ fn session(config: SessionConfig) -> Session {
 
 fn published(subject: &str, sseq: u64, priority: Priority) -> Arc<Published> {
     let subject = Subject::parse(subject).expect("valid subject");
-    Published::new(subject, sseq, priority, format!("{{\"n\":{sseq}}}").as_bytes())
+    Published::new(
+        subject,
+        sseq,
+        priority,
+        format!("{{\"n\":{sseq}}}").as_bytes(),
+    )
 }
 
 fn frames(s: &mut Session) -> Vec<Value> {
@@ -58,7 +63,11 @@ fn request(s: &mut Session, text: &str) -> Vec<Value> {
 fn frame_length_arithmetic_matches_the_encoder() {
     let s = session(SessionConfig::default());
     let m = published("a.b", 5, Priority::Medium);
-    for mark in [MessageMark::Live, MessageMark::Replayed, MessageMark::Recovered] {
+    for mark in [
+        MessageMark::Live,
+        MessageMark::Replayed,
+        MessageMark::Recovered,
+    ] {
         assert_eq!(
             s.frame_len(&m, mark),
             OutFrame::message(s.next_seq(), mark, &m).len()
@@ -77,7 +86,10 @@ fn subscribe_is_confirmed_only_after_the_index_action() {
         r#"{"type":"subscribe","id":3,"channels":["odin.token.*.trade","odin.global.>","odin.token.*.trade"]}"#,
         ms(1),
     );
-    assert!(frames(&mut s).is_empty(), "no reply before the index is updated");
+    assert!(
+        frames(&mut s).is_empty(),
+        "no reply before the index is updated"
+    );
     let Some(Action::Subscribe { patterns, reply }) = s.poll_action() else {
         panic!("subscribe action expected");
     };
@@ -100,7 +112,10 @@ fn invalid_channels_are_named_and_nothing_is_applied() {
     );
     assert_eq!(out[0]["code"], "invalid_subject");
     let message = out[0]["message"].as_str().expect("text");
-    assert!(message.contains("bad..x") && message.contains("a.>.b"), "{message}");
+    assert!(
+        message.contains("bad..x") && message.contains("a.>.b"),
+        "{message}"
+    );
     assert_eq!(s.subscriptions().count(), 0);
 }
 
@@ -128,7 +143,10 @@ fn unsubscribe_reports_and_removes() {
     };
     assert_eq!(patterns, vec![Pattern::parse("a.*").expect("valid")]);
     s.confirm(reply);
-    assert_eq!(frames(&mut s)[0]["channels"], serde_json::json!(["a.*", "zzz"]));
+    assert_eq!(
+        frames(&mut s)[0]["channels"],
+        serde_json::json!(["a.*", "zzz"])
+    );
     assert_eq!(s.subscriptions().count(), 1);
 }
 
@@ -139,8 +157,14 @@ fn bad_frames_get_errors_never_silence() {
         ("{", "invalid_json"),
         (r#"{"type":"nope"}"#, "unknown_type"),
         (r#"{"type":"subscribe","channels":[]}"#, "invalid_message"),
-        (r#"{"type":"replay","from_seq":5,"to_seq":1}"#, "invalid_range"),
-        (r#"{"type":"replay","from_seq":1,"to_seq":1}"#, "invalid_range"),
+        (
+            r#"{"type":"replay","from_seq":5,"to_seq":1}"#,
+            "invalid_range",
+        ),
+        (
+            r#"{"type":"replay","from_seq":1,"to_seq":1}"#,
+            "invalid_range",
+        ),
     ] {
         let out = request(&mut s, text);
         assert_eq!(out.len(), 1, "{text}");
@@ -149,7 +173,10 @@ fn bad_frames_get_errors_never_silence() {
     }
     s.handle_binary(ms(3));
     assert_eq!(frames(&mut s)[0]["code"], "binary_not_supported");
-    assert_eq!(request(&mut s, r#"{"type":"heartbeat","id":"h"}"#)[0], serde_json::json!({"type":"pong","id":"h"}));
+    assert_eq!(
+        request(&mut s, r#"{"type":"heartbeat","id":"h"}"#)[0],
+        serde_json::json!({"type":"pong","id":"h"})
+    );
 }
 
 #[test]
@@ -165,11 +192,17 @@ fn messages_are_numbered_from_one_and_replayed_with_a_gap() {
         );
     }
     let live = frames(&mut s);
-    let seqs: Vec<u64> = live.iter().map(|f| f["seq"].as_u64().expect("seq")).collect();
+    let seqs: Vec<u64> = live
+        .iter()
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
     assert_eq!(live[0]["sseq"], 100);
 
-    let out = request(&mut s, r#"{"type":"replay","from_seq":4,"to_seq":7,"id":1}"#);
+    let out = request(
+        &mut s,
+        r#"{"type":"replay","from_seq":4,"to_seq":7,"id":1}"#,
+    );
     assert_eq!(
         out[0],
         serde_json::json!({"type":"replay_gap","id":1,"from_seq":4,"to_seq":7,"oldest_seq":6})
@@ -330,16 +363,26 @@ fn resume_recovers_then_dedupes_the_live_seam() {
     // Live traffic arrives while the fetch runs: 12 is also in the fetch,
     // 13 is on a subject the resume does not cover.
     for (subject, sseq) in [("a.b", 12), ("other.x", 13)] {
-        assert_eq!(s.deliver(&published(subject, sseq, Priority::Medium), ms(2)), Delivery::Held);
+        assert_eq!(
+            s.deliver(&published(subject, sseq, Priority::Medium), ms(2)),
+            Delivery::Held
+        );
     }
     s.resume_gap(11);
     for (subject, sseq) in [("a.b", 11), ("a.b", 12), ("a.c", 14)] {
-        s.recover(&published(subject, sseq, Priority::Medium)).expect("room");
+        s.recover(&published(subject, sseq, Priority::Medium))
+            .expect("room");
     }
     s.resume_complete(14, ms(3));
     // The live consumer lags: its copy of 14 arrives after completion.
-    assert_eq!(s.deliver(&published("a.c", 14, Priority::Medium), ms(4)), Delivery::Duplicate);
-    assert_eq!(s.deliver(&published("a.b", 15, Priority::Medium), ms(4)), Delivery::Queued(5));
+    assert_eq!(
+        s.deliver(&published("a.c", 14, Priority::Medium), ms(4)),
+        Delivery::Duplicate
+    );
+    assert_eq!(
+        s.deliver(&published("a.b", 15, Priority::Medium), ms(4)),
+        Delivery::Queued(5)
+    );
     // Past the floor nothing is treated as a duplicate any more.
     assert_eq!(s.stats().duplicates, 2);
     let out = frames(&mut s);
@@ -350,7 +393,11 @@ fn resume_recovers_then_dedupes_the_live_seam() {
                 "seq {} sseq {}{}",
                 f["seq"],
                 f["sseq"],
-                if f["recovered"] == true { " recovered" } else { "" }
+                if f["recovered"] == true {
+                    " recovered"
+                } else {
+                    ""
+                }
             ),
             Some(t) => t.to_owned(),
             None => "?".into(),
@@ -380,21 +427,35 @@ fn recover_pushes_back_when_the_queue_is_full() {
         outbound_queue_bytes: 200,
         ..SessionConfig::default()
     });
-    request(&mut s, r#"{"type":"resume","channels":["a.b"],"since_sseq":0}"#);
+    request(
+        &mut s,
+        r#"{"type":"resume","channels":["a.b"],"since_sseq":0}"#,
+    );
     let m = published("a.b", 1, Priority::Low);
     s.recover(&m).expect("first fits");
-    s.recover(&published("a.b", 2, Priority::Low)).expect("second fits");
-    assert_eq!(s.recover(&published("a.b", 3, Priority::Low)), Err(Backpressure));
+    s.recover(&published("a.b", 2, Priority::Low))
+        .expect("second fits");
+    assert_eq!(
+        s.recover(&published("a.b", 3, Priority::Low)),
+        Err(Backpressure)
+    );
     frames(&mut s);
-    s.recover(&published("a.b", 3, Priority::Low)).expect("room after writing");
+    s.recover(&published("a.b", 3, Priority::Low))
+        .expect("room after writing");
     assert_eq!(s.stats().recovered, 3);
 }
 
 #[test]
 fn a_second_resume_while_one_runs_is_refused() {
     let mut s = session(SessionConfig::default());
-    request(&mut s, r#"{"type":"resume","channels":["a.b"],"since_sseq":0}"#);
-    let out = request(&mut s, r#"{"type":"resume","channels":["a.c"],"since_sseq":0}"#);
+    request(
+        &mut s,
+        r#"{"type":"resume","channels":["a.b"],"since_sseq":0}"#,
+    );
+    let out = request(
+        &mut s,
+        r#"{"type":"resume","channels":["a.c"],"since_sseq":0}"#,
+    );
     assert_eq!(out[0]["code"], "resume_in_progress");
     s.resume_failed("broker down", ms(5));
     assert_eq!(frames(&mut s)[0]["code"], "broker_unavailable");
@@ -407,11 +468,20 @@ fn resume_buffer_overflow_asks_the_client_to_come_back() {
         resume_buffer_messages: 2,
         ..SessionConfig::default()
     });
-    request(&mut s, r#"{"type":"resume","channels":["a.b"],"since_sseq":0}"#);
+    request(
+        &mut s,
+        r#"{"type":"resume","channels":["a.b"],"since_sseq":0}"#,
+    );
     for sseq in 1..=2 {
-        assert_eq!(s.deliver(&published("a.b", sseq, Priority::Medium), ms(1)), Delivery::Held);
+        assert_eq!(
+            s.deliver(&published("a.b", sseq, Priority::Medium), ms(1)),
+            Delivery::Held
+        );
     }
-    assert_eq!(s.deliver(&published("a.b", 3, Priority::Medium), ms(1)), Delivery::Closed);
+    assert_eq!(
+        s.deliver(&published("a.b", 3, Priority::Medium), ms(1)),
+        Delivery::Closed
+    );
     assert!(matches!(
         apply(&mut s).last(),
         Some(Action::Close {

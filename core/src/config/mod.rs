@@ -1,0 +1,1045 @@
+//! The typed configuration of the gateway and the rules it must follow.
+//!
+//! The server binary reads command-line flags, the environment and a `.env`
+//! file and hands them here as plain string maps ([`Source`]); this module
+//! resolves them by precedence (flag > environment > `.env` file > default),
+//! parses every value into a typed [`Config`] and checks range and
+//! cross-field rules. It does no I/O, so every rule is unit-tested.
+//!
+//! Why it matters: the seed team lost a deploy to an overwritten env file
+//! that silently changed the mode, and shipped typo'd variables that simply
+//! did nothing. Here an invalid value, an unknown `SURGE_*` name (with the
+//! closest real name suggested) or a contradiction between two settings
+//! stops the start with every problem listed at once, each naming where the
+//! value came from; and the effective configuration, with the origin of
+//! each value, is printed ([`Config::print_effective`]) and exposed
+//! ([`Config::to_json`]).
+//!
+//! Every setting is described once, in [`SETTINGS`]; the server generates
+//! `--help` and `.env.example` from that table.
+
+mod rules;
+mod settings;
+mod units;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rules::Value;
+pub use settings::{DERIVED, SETTINGS, Setting, UNSET};
+pub use units::{
+    BytesError, DurationError, format_bytes, format_duration, parse_bytes, parse_duration,
+};
+
+/// Where a value came from, in order of precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Origin {
+    /// A command-line flag: wins over everything.
+    Flag,
+    /// A process environment variable: wins over the `.env` file.
+    Env,
+    /// The `.env` file.
+    DotEnv,
+}
+
+impl Origin {
+    /// Highest precedence first.
+    pub const BY_PRECEDENCE: [Origin; 3] = [Origin::Flag, Origin::Env, Origin::DotEnv];
+
+    /// Short machine name: `flag`, `env`, `dotenv`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Flag => "flag",
+            Origin::Env => "env",
+            Origin::DotEnv => "dotenv",
+        }
+    }
+
+    /// Words for people: `command line`, `environment`, `.env file`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Origin::Flag => "command line",
+            Origin::Env => "environment",
+            Origin::DotEnv => ".env file",
+        }
+    }
+}
+
+/// One source of settings. `values` is keyed by environment variable name
+/// (the server translates flags to those names); keys that do not start
+/// with `SURGE_` are ignored, so the whole process environment can be passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub origin: Origin,
+    pub values: BTreeMap<String, String>,
+}
+
+impl Source {
+    /// A source from `(name, value)` pairs.
+    pub fn new<K: Into<String>, V: Into<String>>(
+        origin: Origin,
+        values: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Source {
+            origin,
+            values: values
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+/// A credential. Its `Debug` prints `***`, and it has no `Display`, so a
+/// logged `Config` cannot leak it; [`Secret::expose`] is the one way in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The credential itself, for the code that sends or compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Socket option bundles applied to accepted connections by the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SocketPreset {
+    /// Balanced settings for mixed traffic.
+    #[default]
+    Default,
+    /// Favour latency: small buffers, no Nagle delay.
+    LowLatency,
+    /// Favour throughput: large socket buffers.
+    HighThroughput,
+}
+
+/// Least severe level of log line written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// For people at a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `as_str`, `from_name` (case-insensitive), `Display` and the list of
+/// names for the enums of the configuration.
+macro_rules! named_enum {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every accepted name, in the order error messages list them.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+
+            /// The value named `name`, ignoring ASCII case.
+            pub fn from_name(name: &str) -> Option<Self> {
+                [$($ty::$variant),+]
+                    .into_iter()
+                    .find(|value| value.as_str().eq_ignore_ascii_case(name))
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum!(SocketPreset {
+    Default => "default",
+    LowLatency => "low-latency",
+    HighThroughput => "high-throughput",
+});
+named_enum!(LogLevel {
+    Error => "error",
+    Warn => "warn",
+    Info => "info",
+    Debug => "debug",
+    Trace => "trace",
+});
+named_enum!(LogFormat {
+    Text => "text",
+    Json => "json",
+});
+
+/// The gateway's configuration. Field names are the [`Setting::key`]s;
+/// [`SETTINGS`] documents each one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub ws_path: String,
+    /// `None`: the server derives it from memory and the open-file limit.
+    pub max_connections: Option<u32>,
+    /// `None`: one shard per CPU.
+    pub shards: Option<u32>,
+    pub backlog: u32,
+    pub handshake_timeout: Duration,
+    pub max_head_bytes: usize,
+    /// Empty: any origin is accepted.
+    pub allowed_origins: Vec<String>,
+    /// Empty: no authentication.
+    pub auth_tokens: Vec<Secret>,
+    pub max_message_bytes: usize,
+    /// Requests per second per client; 0 = unlimited.
+    pub client_rate: u32,
+    pub client_burst: u32,
+    pub max_subscriptions: u32,
+    pub outbound_queue_bytes: usize,
+    /// Messages kept per connection; 0 disables replay.
+    pub replay_window: u32,
+    pub replay_max_bytes: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub throttle_full_events: u32,
+    pub throttle_recovery: Duration,
+    pub cpu_reject_percent: f64,
+    pub cpu_pause_percent: f64,
+    /// `None`: the server derives it (90 % of the memory limit).
+    pub memory_reject_bytes: Option<u64>,
+    /// `None`: the server derives it from the memory limit.
+    pub memory_pause_bytes: Option<u64>,
+    /// Sent as `Retry-After`; always whole seconds.
+    pub retry_after: Duration,
+    /// Messages per second consumed from the broker; 0 = unlimited.
+    pub broker_rate: u32,
+    /// Messages per second fanned out; 0 = unlimited.
+    pub broadcast_rate: u32,
+    /// `None`: the embedded broker. Otherwise one or more comma-separated
+    /// URLs; see [`Config::nats_servers`].
+    pub nats_url: Option<String>,
+    pub nats_token: Option<Secret>,
+    pub nats_user: Option<String>,
+    pub nats_password: Option<Secret>,
+    /// Existence is checked by the server, which does the I/O.
+    pub nats_creds: Option<PathBuf>,
+    pub nats_tls_ca: Option<PathBuf>,
+    pub js_stream: String,
+    pub js_subjects: Vec<String>,
+    pub js_max_age: Duration,
+    pub js_max_msgs: u64,
+    pub js_max_bytes: u64,
+    pub js_replicas: u32,
+    pub js_update_stream: bool,
+    pub socket_preset: SocketPreset,
+    pub shutdown_drain: Duration,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+    /// Where each setting given explicitly came from, by environment
+    /// variable name; a setting missing here has its default.
+    pub origins: BTreeMap<&'static str, Origin>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            // Public: clients connect straight to the gateway, no proxy hop.
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            // Loopback: POST /publish has no credentials of its own.
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            ws_path: "/ws".to_owned(),
+            // Derived by the server from what this host can actually hold.
+            max_connections: None,
+            // One per CPU, derived by the server.
+            shards: None,
+            // A ~128 backlog dropped 18.5 % of a 100 conn/s surge (seed 000).
+            backlog: 4096,
+            // 5 s lost 2.9 % of clients under load, 10 s none (seed 004).
+            handshake_timeout: Duration::from_secs(10),
+            // Fits browsers' headers with large cookies; bounds a pending handshake.
+            max_head_bytes: 8 << 10,
+            // Open by default: non-browser clients send no Origin.
+            allowed_origins: Vec::new(),
+            auth_tokens: Vec::new(),
+            // Client requests are small JSON.
+            max_message_bytes: 16 << 10,
+            // Far above subscribe/ping traffic; stops a flooding client.
+            client_rate: 20,
+            // Lets a reconnecting client resubscribe and replay at once.
+            client_burst: 40,
+            max_subscriptions: 100,
+            // Absorbs a burst without unbounded buffering for a slow reader.
+            outbound_queue_bytes: 256 << 10,
+            // The seed's replay buffer size, which covered their gaps.
+            replay_window: 100,
+            replay_max_bytes: 256 << 10,
+            // Under the 30 s+ idle cut of common proxies and load balancers.
+            ping_interval: Duration::from_secs(25),
+            // More than two ping intervals: one lost pong is not fatal.
+            idle_timeout: Duration::from_secs(60),
+            // The seed's escalation and recovery (seed 003).
+            throttle_full_events: 3,
+            throttle_recovery: Duration::from_secs(30),
+            // Reject newcomers at 75 %, pause the feed only at 80 % (seed 003).
+            cpu_reject_percent: 75.0,
+            cpu_pause_percent: 80.0,
+            // Derived by the server from the memory limit.
+            memory_reject_bytes: None,
+            memory_pause_bytes: None,
+            // Spreads retries without leaving clients waiting long.
+            retry_after: Duration::from_secs(5),
+            // Unlimited unless an operator needs a cap.
+            broker_rate: 0,
+            broadcast_rate: 0,
+            // The embedded broker: one binary runs with no dependencies.
+            nats_url: None,
+            nats_token: None,
+            nats_user: None,
+            nats_password: None,
+            nats_creds: None,
+            nats_tls_ca: None,
+            // The seed's stream (seed 003).
+            js_stream: "ODIN_TOKENS".to_owned(),
+            js_subjects: vec!["odin.token.>".to_owned(), "odin.global.>".to_owned()],
+            js_max_age: Duration::from_secs(30),
+            js_max_msgs: 100_000,
+            js_max_bytes: 50 << 20,
+            // A single server; a cluster should use 3.
+            js_replicas: 1,
+            // Never rewrite a shared stream unless asked to.
+            js_update_stream: false,
+            socket_preset: SocketPreset::Default,
+            // Fits inside common orchestrators' grace periods.
+            shutdown_drain: Duration::from_secs(10),
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+            origins: BTreeMap::new(),
+        }
+    }
+}
+
+/// One problem with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Environment variable name of the setting (for an unknown key, the key
+    /// as given, hence a `String`).
+    pub setting: String,
+    /// Where the value came from; `None` for a default or a value set in code.
+    pub origin: Option<Origin>,
+    /// The value as given, `***` for a credential.
+    pub value: String,
+    /// What the value must be, in words.
+    pub rule: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A value from the command line is named by its flag, the way the
+        // user wrote it.
+        let name = match (self.origin, Setting::by_env(&self.setting)) {
+            (Some(Origin::Flag), Some(setting)) => setting.flag,
+            _ => self.setting.as_str(),
+        };
+        let quote = self.value.is_empty()
+            || self
+                .value
+                .contains(|c: char| c.is_whitespace() || c.is_control() || c == '"');
+        if quote {
+            write!(f, "{name}={:?}", self.value)?;
+        } else {
+            write!(f, "{name}={}", self.value)?;
+        }
+        if let Some(origin) = self.origin {
+            write!(f, " (from {})", origin.describe())?;
+        }
+        write!(f, ": {}", self.rule)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found, not just the first, so one restart fixes them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.0.len() == 1 { "" } else { "s" };
+        write!(
+            f,
+            "invalid configuration ({} problem{plural}):",
+            self.0.len()
+        )?;
+        for error in &self.0 {
+            write!(f, "\n  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+const LISTEN: &str = "SURGE_LISTEN";
+const ADMIN_LISTEN: &str = "SURGE_ADMIN_LISTEN";
+const MAX_CONNECTIONS: &str = "SURGE_MAX_CONNECTIONS";
+const SHARDS: &str = "SURGE_SHARDS";
+const PING_INTERVAL: &str = "SURGE_PING_INTERVAL";
+const IDLE_TIMEOUT: &str = "SURGE_IDLE_TIMEOUT";
+const CPU_REJECT: &str = "SURGE_CPU_REJECT_PERCENT";
+const CPU_PAUSE: &str = "SURGE_CPU_PAUSE_PERCENT";
+const MEMORY_REJECT: &str = "SURGE_MEMORY_REJECT_BYTES";
+const MEMORY_PAUSE: &str = "SURGE_MEMORY_PAUSE_BYTES";
+const NATS_URL: &str = "SURGE_NATS_URL";
+const NATS_TOKEN: &str = "SURGE_NATS_TOKEN";
+const NATS_USER: &str = "SURGE_NATS_USER";
+const NATS_PASSWORD: &str = "SURGE_NATS_PASSWORD";
+const NATS_CREDS: &str = "SURGE_NATS_CREDS";
+const NATS_TLS_CA: &str = "SURGE_NATS_TLS_CA";
+const JS_REPLICAS: &str = "SURGE_JS_REPLICAS";
+
+impl Config {
+    /// Builds the configuration from its sources. For each setting the value
+    /// of the highest-precedence origin wins (flag > environment > `.env`
+    /// file), whatever the order of `sources`; between two sources of the
+    /// same origin the earlier one wins. Values shadowed by a higher origin
+    /// are not parsed. Unknown `SURGE_*` keys in any source are errors.
+    /// Returns every problem found.
+    pub fn from_sources(sources: &[Source]) -> Result<Config, ConfigErrors> {
+        let mut errors = Vec::new();
+        for origin in Origin::BY_PRECEDENCE {
+            for source in sources.iter().filter(|s| s.origin == origin) {
+                for (key, value) in &source.values {
+                    if key.starts_with("SURGE_") && Setting::by_env(key).is_none() {
+                        errors.push(unknown_key(key, value, origin));
+                    }
+                }
+            }
+        }
+
+        let mut config = Config::default();
+        let mut unparsed = BTreeSet::new();
+        for setting in SETTINGS {
+            let Some((origin, raw)) = winning_value(sources, setting.env) else {
+                continue;
+            };
+            config.origins.insert(setting.env, origin);
+            let spec = setting.spec();
+            if let Err(rule) = spec
+                .parse(raw)
+                .and_then(|value| config.set(setting.env, value))
+            {
+                unparsed.insert(setting.env);
+                errors.push(ConfigError {
+                    setting: setting.env.to_owned(),
+                    origin: Some(origin),
+                    value: spec.redact(raw),
+                    rule,
+                });
+            }
+        }
+
+        // Rules involving a value that could not be read would only report
+        // noise about the default standing in for it.
+        errors.extend(config.problems(&unparsed));
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Checks every range and cross-field rule (also for a `Config` built in
+    /// code) and returns every problem found.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let problems = self.problems(&BTreeSet::new());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// The NATS servers of `nats_url`, empty for the embedded broker.
+    pub fn nats_servers(&self) -> Vec<&str> {
+        self.nats_url
+            .as_deref()
+            .map(|urls| urls.split(',').map(str::trim).collect())
+            .unwrap_or_default()
+    }
+
+    /// One line per setting: its environment variable, its value and where
+    /// the value came from, in aligned columns. Credentials show as `***`;
+    /// settings the server derives show as `derived`.
+    pub fn print_effective(&self) -> String {
+        // Longer values push their own origin right instead of the whole column.
+        const MAX_VALUE_COLUMN: usize = 32;
+        let rows: Vec<(&str, String, &str)> = SETTINGS
+            .iter()
+            .map(|setting| {
+                let origin = self
+                    .origins
+                    .get(setting.env)
+                    .map_or("default", |origin| origin.describe());
+                (setting.env, self.shown(setting.env), origin)
+            })
+            .collect();
+        let name_width = rows.iter().map(|(name, ..)| name.len()).max().unwrap_or(0);
+        let value_width = rows
+            .iter()
+            .map(|(_, value, _)| value.chars().count())
+            .max()
+            .unwrap_or(0)
+            .min(MAX_VALUE_COLUMN);
+        let mut out = String::new();
+        for (name, value, origin) in rows {
+            let line = format!("{name:<name_width$}  {value:<value_width$}  {origin}");
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The effective configuration as JSON, for the structured start-up log
+    /// line and the admin endpoint: `{"settings": {key: value}, "sources":
+    /// {key: "flag"|"env"|"dotenv"}}`, where `sources` lists only settings
+    /// given explicitly. Sizes are numbers of bytes, durations strings such
+    /// as `"10s"`, unset values `null`, credentials `"***"`. Keys are sorted,
+    /// so the output does not depend on serde_json's map features.
+    pub fn to_json(&self) -> serde_json::Value {
+        let settings: BTreeMap<&str, serde_json::Value> = SETTINGS
+            .iter()
+            .map(|setting| {
+                let value = self.get(setting.env).unwrap_or(Value::Unset);
+                let json = match (setting.is_secret(), value.is_empty()) {
+                    (true, true) => serde_json::Value::Null,
+                    (true, false) => serde_json::Value::from("***"),
+                    (false, _) => value.json(),
+                };
+                (setting.key, json)
+            })
+            .collect();
+        let sources: BTreeMap<&str, &str> = SETTINGS
+            .iter()
+            .filter_map(|s| self.origins.get(s.env).map(|o| (s.key, o.as_str())))
+            .collect();
+        serde_json::json!({ "settings": settings, "sources": sources })
+    }
+
+    /// Per-value rules of every setting not in `skip`, then the cross-field
+    /// rules that involve none of `skip`.
+    fn problems(&self, skip: &BTreeSet<&str>) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        for setting in SETTINGS.iter().filter(|s| !skip.contains(s.env)) {
+            let value = self.get(setting.env).unwrap_or(Value::Unset);
+            if let Err(rule) = setting.spec().check(&value) {
+                out.push(self.error(setting.env, rule));
+            }
+        }
+        let usable = |names: &[&str]| names.iter().all(|name| !skip.contains(name));
+
+        if usable(&[LISTEN, ADMIN_LISTEN]) && addrs_overlap(self.listen, self.admin_listen) {
+            let (blamed, other) = self.blame(ADMIN_LISTEN, LISTEN);
+            out.push(self.error(
+                blamed,
+                format!(
+                    "must not overlap {} ({}): both would bind port {}",
+                    self.name(other),
+                    self.shown(other),
+                    self.listen.port()
+                ),
+            ));
+        }
+        let too_many_shards = matches!(
+            (self.shards, self.max_connections),
+            (Some(shards), Some(max)) if shards > max
+        );
+        if too_many_shards && usable(&[SHARDS, MAX_CONNECTIONS]) {
+            out.push(self.order_error(SHARDS, "<=", MAX_CONNECTIONS, ">=", ""));
+        }
+        if usable(&[IDLE_TIMEOUT, PING_INTERVAL]) && self.idle_timeout <= self.ping_interval {
+            out.push(self.order_error(
+                IDLE_TIMEOUT,
+                ">",
+                PING_INTERVAL,
+                "<",
+                "; otherwise live clients are cut off before they can answer a ping",
+            ));
+        }
+        if usable(&[CPU_PAUSE, CPU_REJECT]) && self.cpu_pause_percent < self.cpu_reject_percent {
+            out.push(self.order_error(CPU_PAUSE, ">=", CPU_REJECT, "<=", ""));
+        }
+        let memory_pause_first = matches!(
+            (self.memory_pause_bytes, self.memory_reject_bytes),
+            (Some(pause), Some(reject)) if pause < reject
+        );
+        if memory_pause_first && usable(&[MEMORY_PAUSE, MEMORY_REJECT]) {
+            out.push(self.order_error(MEMORY_PAUSE, ">=", MEMORY_REJECT, "<=", ""));
+        }
+
+        let user = self.nats_user.is_some();
+        let password = self.nats_password.is_some();
+        if usable(&[NATS_USER, NATS_PASSWORD]) {
+            if user && !password {
+                out.push(self.error(NATS_USER, format!("needs {NATS_PASSWORD} as well")));
+            }
+            if password && !user {
+                out.push(self.error(NATS_PASSWORD, format!("needs {NATS_USER} as well")));
+            }
+        }
+        let token = self.nats_token.is_some();
+        if token && (user || password) && usable(&[NATS_TOKEN, NATS_USER, NATS_PASSWORD]) {
+            out.push(self.error(
+                NATS_TOKEN,
+                format!(
+                    "cannot be combined with {NATS_USER}/{NATS_PASSWORD}; choose one way to authenticate"
+                ),
+            ));
+        }
+        if self.nats_creds.is_some() && usable(&[NATS_CREDS, NATS_TOKEN, NATS_USER, NATS_PASSWORD])
+        {
+            let others: Vec<&str> = [
+                (NATS_TOKEN, token),
+                (NATS_USER, user),
+                (NATS_PASSWORD, password),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect();
+            if !others.is_empty() {
+                out.push(self.error(
+                    NATS_CREDS,
+                    format!(
+                        "cannot be combined with {}; choose one way to authenticate",
+                        others.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.nats_url.is_none() && usable(&[NATS_URL]) {
+            let broker_only = [
+                (NATS_TOKEN, token),
+                (NATS_USER, user),
+                (NATS_PASSWORD, password),
+                (NATS_CREDS, self.nats_creds.is_some()),
+                (NATS_TLS_CA, self.nats_tls_ca.is_some()),
+            ];
+            for (name, set) in broker_only {
+                if set && usable(&[name]) {
+                    out.push(self.error(
+                        name,
+                        format!(
+                            "has no effect without {NATS_URL}: the embedded broker takes no credentials or TLS"
+                        ),
+                    ));
+                }
+            }
+            if self.js_replicas > 1 && usable(&[JS_REPLICAS]) {
+                out.push(self.error(
+                    JS_REPLICAS,
+                    format!(
+                        "must be 1 with the embedded broker; replicas need {NATS_URL} pointing at a NATS cluster"
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
+    /// An error about setting `env` with its current value and origin.
+    fn error(&self, env: &'static str, rule: String) -> ConfigError {
+        ConfigError {
+            setting: env.to_owned(),
+            origin: self.origins.get(env).copied(),
+            value: self.shown(env),
+            rule,
+        }
+    }
+
+    /// A rule between two settings, reported on `first` (e.g. the pause
+    /// threshold) unless only `second` was given explicitly: the user should
+    /// be pointed at the value they wrote, not at a default.
+    fn order_error(
+        &self,
+        first: &'static str,
+        first_must_be: &str,
+        second: &'static str,
+        second_must_be: &str,
+        why: &str,
+    ) -> ConfigError {
+        let (blamed, other) = self.blame(first, second);
+        let relation = if blamed == first {
+            first_must_be
+        } else {
+            second_must_be
+        };
+        self.error(
+            blamed,
+            format!(
+                "must be {relation} {} ({}){why}",
+                self.name(other),
+                self.shown(other)
+            ),
+        )
+    }
+
+    /// `(blamed, other)`: `first`, unless only `second` was given explicitly.
+    fn blame(&self, first: &'static str, second: &'static str) -> (&'static str, &'static str) {
+        if self.origins.contains_key(first) || !self.origins.contains_key(second) {
+            (first, second)
+        } else {
+            (second, first)
+        }
+    }
+
+    /// A setting's name as the user gave it: its flag if it came from the
+    /// command line, else its environment variable.
+    fn name(&self, env: &'static str) -> &'static str {
+        match (self.origins.get(env), Setting::by_env(env)) {
+            (Some(Origin::Flag), Some(setting)) => setting.flag,
+            _ => env,
+        }
+    }
+
+    /// A setting's value for people: credentials masked, unset values as
+    /// `derived` or `unset`.
+    fn shown(&self, env: &str) -> String {
+        let Some(setting) = Setting::by_env(env) else {
+            return String::new();
+        };
+        let value = self.get(env).unwrap_or(Value::Unset);
+        if value.is_empty() {
+            if setting.default == DERIVED {
+                DERIVED.to_owned()
+            } else {
+                UNSET.to_owned()
+            }
+        } else if setting.is_secret() {
+            "***".to_owned()
+        } else {
+            value.text()
+        }
+    }
+
+    /// The value of the setting named `env`.
+    fn get(&self, env: &str) -> Option<Value> {
+        fn opt_int(n: Option<u32>) -> Value {
+            n.map_or(Value::Unset, |n| Value::Int(n.into()))
+        }
+        fn opt_bytes(n: Option<u64>) -> Value {
+            n.map_or(Value::Unset, Value::Bytes)
+        }
+        fn opt_text(text: Option<&str>) -> Value {
+            text.map_or(Value::Unset, |t| Value::Text(t.to_owned()))
+        }
+        fn opt_path(path: Option<&PathBuf>) -> Value {
+            path.map_or(Value::Unset, |p| {
+                Value::Text(p.to_string_lossy().into_owned())
+            })
+        }
+        fn bytes(n: usize) -> Value {
+            Value::Bytes(u64::try_from(n).unwrap_or(u64::MAX))
+        }
+        let int = |n: u32| Value::Int(n.into());
+        Some(match env {
+            "SURGE_LISTEN" => Value::Addr(self.listen),
+            "SURGE_ADMIN_LISTEN" => Value::Addr(self.admin_listen),
+            "SURGE_WS_PATH" => Value::Text(self.ws_path.clone()),
+            "SURGE_MAX_CONNECTIONS" => opt_int(self.max_connections),
+            "SURGE_SHARDS" => opt_int(self.shards),
+            "SURGE_BACKLOG" => int(self.backlog),
+            "SURGE_HANDSHAKE_TIMEOUT" => Value::Dur(self.handshake_timeout),
+            "SURGE_MAX_HEAD_BYTES" => bytes(self.max_head_bytes),
+            "SURGE_ALLOWED_ORIGINS" => Value::List(self.allowed_origins.clone()),
+            "SURGE_AUTH_TOKENS" => Value::List(
+                self.auth_tokens
+                    .iter()
+                    .map(|t| t.expose().to_owned())
+                    .collect(),
+            ),
+            "SURGE_MAX_MESSAGE_BYTES" => bytes(self.max_message_bytes),
+            "SURGE_CLIENT_RATE" => int(self.client_rate),
+            "SURGE_CLIENT_BURST" => int(self.client_burst),
+            "SURGE_MAX_SUBSCRIPTIONS" => int(self.max_subscriptions),
+            "SURGE_OUTBOUND_QUEUE_BYTES" => bytes(self.outbound_queue_bytes),
+            "SURGE_REPLAY_WINDOW" => int(self.replay_window),
+            "SURGE_REPLAY_MAX_BYTES" => bytes(self.replay_max_bytes),
+            "SURGE_PING_INTERVAL" => Value::Dur(self.ping_interval),
+            "SURGE_IDLE_TIMEOUT" => Value::Dur(self.idle_timeout),
+            "SURGE_THROTTLE_FULL_EVENTS" => int(self.throttle_full_events),
+            "SURGE_THROTTLE_RECOVERY" => Value::Dur(self.throttle_recovery),
+            "SURGE_CPU_REJECT_PERCENT" => Value::Percent(self.cpu_reject_percent),
+            "SURGE_CPU_PAUSE_PERCENT" => Value::Percent(self.cpu_pause_percent),
+            "SURGE_MEMORY_REJECT_BYTES" => opt_bytes(self.memory_reject_bytes),
+            "SURGE_MEMORY_PAUSE_BYTES" => opt_bytes(self.memory_pause_bytes),
+            "SURGE_RETRY_AFTER" => Value::Dur(self.retry_after),
+            "SURGE_BROKER_RATE" => int(self.broker_rate),
+            "SURGE_BROADCAST_RATE" => int(self.broadcast_rate),
+            "SURGE_NATS_URL" => opt_text(self.nats_url.as_deref()),
+            "SURGE_NATS_TOKEN" => opt_text(self.nats_token.as_ref().map(Secret::expose)),
+            "SURGE_NATS_USER" => opt_text(self.nats_user.as_deref()),
+            "SURGE_NATS_PASSWORD" => opt_text(self.nats_password.as_ref().map(Secret::expose)),
+            "SURGE_NATS_CREDS" => opt_path(self.nats_creds.as_ref()),
+            "SURGE_NATS_TLS_CA" => opt_path(self.nats_tls_ca.as_ref()),
+            "SURGE_JS_STREAM" => Value::Text(self.js_stream.clone()),
+            "SURGE_JS_SUBJECTS" => Value::List(self.js_subjects.clone()),
+            "SURGE_JS_MAX_AGE" => Value::Dur(self.js_max_age),
+            "SURGE_JS_MAX_MSGS" => Value::Int(self.js_max_msgs),
+            "SURGE_JS_MAX_BYTES" => Value::Bytes(self.js_max_bytes),
+            "SURGE_JS_REPLICAS" => int(self.js_replicas),
+            "SURGE_JS_UPDATE_STREAM" => Value::Bool(self.js_update_stream),
+            "SURGE_SOCKET_PRESET" => Value::Choice(self.socket_preset.as_str()),
+            "SURGE_SHUTDOWN_DRAIN" => Value::Dur(self.shutdown_drain),
+            "SURGE_LOG_LEVEL" => Value::Choice(self.log_level.as_str()),
+            "SURGE_LOG_FORMAT" => Value::Choice(self.log_format.as_str()),
+            _ => return None,
+        })
+    }
+
+    /// Stores a parsed value in the field of the setting named `env`. The
+    /// value already passed the setting's rule, so the conversions fit.
+    fn set(&mut self, env: &str, value: Value) -> Result<(), String> {
+        let v = value;
+        match env {
+            "SURGE_LISTEN" => self.listen = addr(v)?,
+            "SURGE_ADMIN_LISTEN" => self.admin_listen = addr(v)?,
+            "SURGE_WS_PATH" => self.ws_path = text(v)?,
+            "SURGE_MAX_CONNECTIONS" => self.max_connections = optional(v, int)?,
+            "SURGE_SHARDS" => self.shards = optional(v, int)?,
+            "SURGE_BACKLOG" => self.backlog = int(v)?,
+            "SURGE_HANDSHAKE_TIMEOUT" => self.handshake_timeout = duration(v)?,
+            "SURGE_MAX_HEAD_BYTES" => self.max_head_bytes = bytes(v)?,
+            "SURGE_ALLOWED_ORIGINS" => self.allowed_origins = list(v)?,
+            "SURGE_AUTH_TOKENS" => {
+                self.auth_tokens = list(v)?.into_iter().map(Secret).collect();
+            }
+            "SURGE_MAX_MESSAGE_BYTES" => self.max_message_bytes = bytes(v)?,
+            "SURGE_CLIENT_RATE" => self.client_rate = int(v)?,
+            "SURGE_CLIENT_BURST" => self.client_burst = int(v)?,
+            "SURGE_MAX_SUBSCRIPTIONS" => self.max_subscriptions = int(v)?,
+            "SURGE_OUTBOUND_QUEUE_BYTES" => self.outbound_queue_bytes = bytes(v)?,
+            "SURGE_REPLAY_WINDOW" => self.replay_window = int(v)?,
+            "SURGE_REPLAY_MAX_BYTES" => self.replay_max_bytes = bytes(v)?,
+            "SURGE_PING_INTERVAL" => self.ping_interval = duration(v)?,
+            "SURGE_IDLE_TIMEOUT" => self.idle_timeout = duration(v)?,
+            "SURGE_THROTTLE_FULL_EVENTS" => self.throttle_full_events = int(v)?,
+            "SURGE_THROTTLE_RECOVERY" => self.throttle_recovery = duration(v)?,
+            "SURGE_CPU_REJECT_PERCENT" => self.cpu_reject_percent = percent(v)?,
+            "SURGE_CPU_PAUSE_PERCENT" => self.cpu_pause_percent = percent(v)?,
+            "SURGE_MEMORY_REJECT_BYTES" => self.memory_reject_bytes = optional(v, bytes)?,
+            "SURGE_MEMORY_PAUSE_BYTES" => self.memory_pause_bytes = optional(v, bytes)?,
+            "SURGE_RETRY_AFTER" => self.retry_after = duration(v)?,
+            "SURGE_BROKER_RATE" => self.broker_rate = int(v)?,
+            "SURGE_BROADCAST_RATE" => self.broadcast_rate = int(v)?,
+            "SURGE_NATS_URL" => self.nats_url = optional(v, text)?,
+            "SURGE_NATS_TOKEN" => self.nats_token = optional(v, text)?.map(Secret),
+            "SURGE_NATS_USER" => self.nats_user = optional(v, text)?,
+            "SURGE_NATS_PASSWORD" => self.nats_password = optional(v, text)?.map(Secret),
+            "SURGE_NATS_CREDS" => self.nats_creds = optional(v, text)?.map(PathBuf::from),
+            "SURGE_NATS_TLS_CA" => self.nats_tls_ca = optional(v, text)?.map(PathBuf::from),
+            "SURGE_JS_STREAM" => self.js_stream = text(v)?,
+            "SURGE_JS_SUBJECTS" => self.js_subjects = list(v)?,
+            "SURGE_JS_MAX_AGE" => self.js_max_age = duration(v)?,
+            "SURGE_JS_MAX_MSGS" => self.js_max_msgs = int(v)?,
+            "SURGE_JS_MAX_BYTES" => self.js_max_bytes = bytes(v)?,
+            "SURGE_JS_REPLICAS" => self.js_replicas = int(v)?,
+            "SURGE_JS_UPDATE_STREAM" => self.js_update_stream = boolean(v)?,
+            "SURGE_SOCKET_PRESET" => self.socket_preset = choice(v, SocketPreset::from_name)?,
+            "SURGE_SHUTDOWN_DRAIN" => self.shutdown_drain = duration(v)?,
+            "SURGE_LOG_LEVEL" => self.log_level = choice(v, LogLevel::from_name)?,
+            "SURGE_LOG_FORMAT" => self.log_format = choice(v, LogFormat::from_name)?,
+            _ => return Err(mismatch()),
+        }
+        Ok(())
+    }
+}
+
+// Conversions from a parsed `Value` to a field's type. A kind mismatch is a
+// bug in this module (the tests set every setting), reported, not panicked.
+
+fn mismatch() -> String {
+    "internal error: this setting has no field of that kind".to_owned()
+}
+
+fn addr(v: Value) -> Result<SocketAddr, String> {
+    match v {
+        Value::Addr(addr) => Ok(addr),
+        _ => Err(mismatch()),
+    }
+}
+
+fn int<T: TryFrom<u64>>(v: Value) -> Result<T, String> {
+    match v {
+        Value::Int(n) => T::try_from(n).map_err(|_| mismatch()),
+        _ => Err(mismatch()),
+    }
+}
+
+fn bytes<T: TryFrom<u64>>(v: Value) -> Result<T, String> {
+    match v {
+        Value::Bytes(n) => T::try_from(n).map_err(|_| mismatch()),
+        _ => Err(mismatch()),
+    }
+}
+
+fn duration(v: Value) -> Result<Duration, String> {
+    match v {
+        Value::Dur(d) => Ok(d),
+        _ => Err(mismatch()),
+    }
+}
+
+fn percent(v: Value) -> Result<f64, String> {
+    match v {
+        Value::Percent(p) => Ok(p),
+        _ => Err(mismatch()),
+    }
+}
+
+fn boolean(v: Value) -> Result<bool, String> {
+    match v {
+        Value::Bool(b) => Ok(b),
+        _ => Err(mismatch()),
+    }
+}
+
+fn text(v: Value) -> Result<String, String> {
+    match v {
+        Value::Text(t) => Ok(t),
+        _ => Err(mismatch()),
+    }
+}
+
+fn list(v: Value) -> Result<Vec<String>, String> {
+    match v {
+        Value::List(items) => Ok(items),
+        _ => Err(mismatch()),
+    }
+}
+
+fn choice<T>(v: Value, from_name: fn(&str) -> Option<T>) -> Result<T, String> {
+    match v {
+        Value::Choice(name) => from_name(name).ok_or_else(mismatch),
+        _ => Err(mismatch()),
+    }
+}
+
+fn optional<T>(v: Value, convert: fn(Value) -> Result<T, String>) -> Result<Option<T>, String> {
+    match v {
+        Value::Unset => Ok(None),
+        v => convert(v).map(Some),
+    }
+}
+
+/// The value of the highest-precedence source that has `env`.
+fn winning_value<'a>(sources: &'a [Source], env: &str) -> Option<(Origin, &'a str)> {
+    Origin::BY_PRECEDENCE.into_iter().find_map(|origin| {
+        sources
+            .iter()
+            .filter(|s| s.origin == origin)
+            .find_map(|s| s.values.get(env))
+            .map(|value| (origin, value.as_str()))
+    })
+}
+
+/// Whether two listeners would fight over a port: the same non-zero port on
+/// the same address, or on any address when one of them binds all of them.
+fn addrs_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The error for an unknown `SURGE_*` key, suggesting the closest real one.
+fn unknown_key(key: &str, value: &str, origin: Origin) -> ConfigError {
+    let suggestion = closest_setting(key);
+    // The value of a misspelt credential is still a credential.
+    let looks_secret = suggestion.is_some_and(Setting::is_secret)
+        || ["TOKEN", "PASS", "SECRET", "CRED", "KEY"]
+            .iter()
+            .any(|word| key.contains(word));
+    let rule = match suggestion {
+        Some(setting) => format!("unknown setting; did you mean {}?", setting.env),
+        None => "unknown setting (see --help for the list)".to_owned(),
+    };
+    ConfigError {
+        setting: key.to_owned(),
+        origin: Some(origin),
+        value: if looks_secret && !value.is_empty() {
+            "***".to_owned()
+        } else {
+            value.to_owned()
+        },
+        rule,
+    }
+}
+
+/// The known setting nearest to `key` by edit distance, if it is close
+/// enough to be a typo (or one name is a prefix of the other). Ties go to
+/// the first in [`SETTINGS`], so the suggestion is deterministic.
+fn closest_setting(key: &str) -> Option<&'static Setting> {
+    let (distance, setting) = SETTINGS
+        .iter()
+        .map(|s| (edit_distance(key, s.env), s))
+        .min_by_key(|(distance, _)| *distance)?;
+    if distance <= (setting.env.len() / 5).max(2) {
+        return Some(setting);
+    }
+    SETTINGS.iter().find(|s| {
+        key.len() > "SURGE_".len() + 2 && (s.env.starts_with(key) || key.starts_with(s.env))
+    })
+}
+
+/// Levenshtein distance over bytes (setting names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.as_bytes().iter().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}

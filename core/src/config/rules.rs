@@ -1,0 +1,443 @@
+//! What a value of each kind of setting must look like: parsing the text a
+//! user wrote into a typed [`Value`], and the per-value rule (range, shape)
+//! it must pass. The same [`Spec::check`] serves values read from text and
+//! values a program put into a `Config`, so both meet the same rules.
+
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use super::units::{format_bytes, format_duration, parse_bytes, parse_duration};
+
+/// The largest limit a setting can have: NATS stores stream limits as
+/// signed 64-bit numbers. A rule with this maximum reads "at least <min>".
+pub(super) const UNBOUNDED: u64 = i64::MAX as u64;
+
+/// The kind of a setting and its limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Spec {
+    SocketAddr,
+    WsPath,
+    Int {
+        min: u64,
+        max: u64,
+        optional: bool,
+    },
+    Percent,
+    Dur {
+        min: Duration,
+        max: Duration,
+        whole_seconds: bool,
+    },
+    Bytes {
+        min: u64,
+        max: u64,
+        optional: bool,
+    },
+    Bool,
+    Choice(&'static [&'static str]),
+    Origins,
+    Tokens,
+    NatsUrl,
+    Text,
+    Secret,
+    FilePath,
+    StreamName,
+    Subjects,
+    Unknown,
+}
+
+/// A setting's value, independent of the `Config` field that holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Value {
+    /// An optional setting with no value (derived by the server, or off).
+    Unset,
+    Addr(std::net::SocketAddr),
+    Int(u64),
+    Percent(f64),
+    Dur(Duration),
+    Bytes(u64),
+    Bool(bool),
+    Choice(&'static str),
+    Text(String),
+    List(Vec<String>),
+}
+
+impl Value {
+    /// The value in the notation a user would write.
+    pub(super) fn text(&self) -> String {
+        match self {
+            Value::Unset => String::new(),
+            Value::Addr(addr) => addr.to_string(),
+            Value::Int(n) => n.to_string(),
+            Value::Bytes(n) => format_bytes(*n),
+            Value::Percent(p) => p.to_string(),
+            Value::Dur(d) => format_duration(*d),
+            Value::Bool(b) => b.to_string(),
+            Value::Choice(name) => (*name).to_owned(),
+            Value::Text(text) => text.clone(),
+            Value::List(items) => items.join(","),
+        }
+    }
+
+    /// The value for structured output: numbers as numbers, sizes in bytes,
+    /// durations in the configuration's notation (the key has no unit).
+    pub(super) fn json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Unset => J::Null,
+            Value::Int(n) | Value::Bytes(n) => J::from(*n),
+            Value::Percent(p) => J::from(*p),
+            Value::Bool(b) => J::Bool(*b),
+            Value::List(items) => J::from(items.clone()),
+            other => J::String(other.text()),
+        }
+    }
+
+    /// Whether there is nothing to show (unset, or an empty list).
+    pub(super) fn is_empty(&self) -> bool {
+        match self {
+            Value::Unset => true,
+            Value::List(items) => items.is_empty(),
+            _ => false,
+        }
+    }
+}
+
+impl Spec {
+    /// Credentials: never printed, only `***`.
+    pub(super) fn is_secret(self) -> bool {
+        matches!(self, Spec::Tokens | Spec::Secret)
+    }
+
+    /// Whether an empty value means "unset" rather than being an error.
+    fn is_optional(self) -> bool {
+        match self {
+            Spec::Int { optional, .. } | Spec::Bytes { optional, .. } => optional,
+            Spec::NatsUrl | Spec::Text | Spec::Secret | Spec::FilePath => true,
+            _ => false,
+        }
+    }
+
+    /// The rule in words, as it appears after the value in an error.
+    pub(super) fn rule(self) -> String {
+        let derived = |optional: bool| {
+            if optional {
+                ", or empty to derive it at start"
+            } else {
+                ""
+            }
+        };
+        match self {
+            Spec::SocketAddr => "must be an IP address and port, e.g. 0.0.0.0:8080".to_owned(),
+            Spec::WsPath => "must be a path that starts with '/' and has no spaces, '?' or '#'".to_owned(),
+            Spec::Int { min, max, optional } if max >= UNBOUNDED => {
+                format!("must be an integer of at least {min}{}", derived(optional))
+            }
+            Spec::Int { min, max, optional } => {
+                format!("must be an integer from {min} to {max}{}", derived(optional))
+            }
+            Spec::Percent => "must be a percentage above 0 and at most 100".to_owned(),
+            Spec::Dur { min, max, whole_seconds: true } => format!(
+                "must be a whole number of seconds from {} to {}",
+                format_duration(min),
+                format_duration(max)
+            ),
+            Spec::Dur { min, max, .. } => format!(
+                "must be a duration from {} to {}",
+                format_duration(min),
+                format_duration(max)
+            ),
+            Spec::Bytes { min, max, optional } if max >= UNBOUNDED => format!(
+                "must be a size of at least {}{}",
+                format_bytes(min),
+                derived(optional)
+            ),
+            Spec::Bytes { min, max, optional } => format!(
+                "must be a size from {} to {}{}",
+                format_bytes(min),
+                format_bytes(max),
+                derived(optional)
+            ),
+            Spec::Bool => "must be true or false (or 1/0, yes/no)".to_owned(),
+            Spec::Choice(names) => format!("must be one of: {}", names.join(", ")),
+            Spec::Origins => "must be a comma-separated list of origins like https://example.com or http://localhost:3000, or empty to accept any origin".to_owned(),
+            Spec::Tokens => "must be a comma-separated list of tokens of visible ASCII characters, or empty for no authentication".to_owned(),
+            Spec::NatsUrl => "must be nats://host[:port] or tls://host[:port], comma-separated for a cluster, or empty for the embedded broker".to_owned(),
+            Spec::Text | Spec::Secret => "must not be empty (leave it unset instead)".to_owned(),
+            Spec::FilePath => "must be a file path (leave it unset instead of empty)".to_owned(),
+            Spec::StreamName => "must be a stream name without spaces, '.', '*', '>', '/' or '\\'".to_owned(),
+            Spec::Subjects => "must be a comma-separated list of NATS subjects like odin.token.>: dot-separated non-empty tokens, '*' only as a whole token, '>' only as the whole last token".to_owned(),
+            Spec::Unknown => "unknown setting".to_owned(),
+        }
+    }
+
+    /// The rule followed by what exactly is wrong.
+    fn rule_with(self, detail: impl std::fmt::Display) -> String {
+        format!("{} ({detail})", self.rule())
+    }
+
+    /// Reads the text of a value and checks it against the rule. Surrounding
+    /// whitespace is ignored; for an optional setting, empty means unset.
+    pub(super) fn parse(self, raw: &str) -> Result<Value, String> {
+        let text = raw.trim();
+        if text.is_empty() && self.is_optional() {
+            return Ok(Value::Unset);
+        }
+        let value = match self {
+            Spec::SocketAddr => Value::Addr(text.parse().map_err(|_| self.rule())?),
+            Spec::Int { .. } => Value::Int(text.parse().map_err(|_| self.rule())?),
+            Spec::Percent => {
+                let number = text.strip_suffix('%').unwrap_or(text).trim_end();
+                Value::Percent(number.parse().map_err(|_| self.rule())?)
+            }
+            Spec::Dur { .. } => Value::Dur(parse_duration(text).map_err(|e| self.rule_with(e))?),
+            Spec::Bytes { .. } => Value::Bytes(parse_bytes(text).map_err(|e| self.rule_with(e))?),
+            Spec::Bool => Value::Bool(match text.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => return Err(self.rule()),
+            }),
+            Spec::Choice(names) => Value::Choice(
+                names
+                    .iter()
+                    .find(|name| name.eq_ignore_ascii_case(text))
+                    .ok_or_else(|| self.rule())?,
+            ),
+            Spec::Origins | Spec::Tokens | Spec::Subjects => Value::List(split_list(text)),
+            Spec::WsPath
+            | Spec::NatsUrl
+            | Spec::Text
+            | Spec::Secret
+            | Spec::FilePath
+            | Spec::StreamName => Value::Text(text.to_owned()),
+            Spec::Unknown => return Err(self.rule()),
+        };
+        self.check(&value)?;
+        Ok(value)
+    }
+
+    /// Checks a value against the rule; the error is the rule in words,
+    /// with the offending part when the value has several.
+    pub(super) fn check(self, value: &Value) -> Result<(), String> {
+        let within = |ok: bool| if ok { Ok(()) } else { Err(self.rule()) };
+        match (self, value) {
+            (Spec::SocketAddr, Value::Addr(_)) | (Spec::Bool, Value::Bool(_)) => Ok(()),
+            (Spec::WsPath, Value::Text(path)) => within(
+                path.starts_with('/')
+                    && !path
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#'),
+            ),
+            (Spec::Int { min, max, .. }, Value::Int(n))
+            | (Spec::Bytes { min, max, .. }, Value::Bytes(n)) => within((min..=max).contains(n)),
+            (Spec::Percent, Value::Percent(p)) => within(p.is_finite() && *p > 0.0 && *p <= 100.0),
+            (
+                Spec::Dur {
+                    min,
+                    max,
+                    whole_seconds,
+                },
+                Value::Dur(d),
+            ) => within((min..=max).contains(d) && (!whole_seconds || d.subsec_nanos() == 0)),
+            (Spec::Choice(names), Value::Choice(name)) => within(names.contains(name)),
+            (Spec::Origins, Value::List(items)) => items
+                .iter()
+                .try_for_each(|o| check_origin(o))
+                .map_err(|e| self.rule_with(e)),
+            (Spec::Tokens, Value::List(items)) => {
+                check_tokens(items).map_err(|e| self.rule_with(e))
+            }
+            (Spec::Subjects, Value::List(items)) if items.is_empty() => {
+                Err(self.rule_with("the stream needs at least one subject"))
+            }
+            (Spec::Subjects, Value::List(items)) => items
+                .iter()
+                .try_for_each(|s| check_subject(s))
+                .map_err(|e| self.rule_with(e)),
+            (Spec::NatsUrl, Value::Text(urls)) => urls
+                .split(',')
+                .try_for_each(|url| check_nats_url(url.trim()))
+                .map_err(|e| self.rule_with(e)),
+            (Spec::Text | Spec::Secret | Spec::FilePath, Value::Text(text)) => {
+                within(!text.trim().is_empty())
+            }
+            (Spec::StreamName, Value::Text(name)) => {
+                check_stream_name(name).map_err(|e| self.rule_with(e))
+            }
+            (_, Value::Unset) if self.is_optional() => Ok(()),
+            _ => Err(format!(
+                "internal error: a value of the wrong kind for this setting ({})",
+                self.rule()
+            )),
+        }
+    }
+
+    /// A value as it may appear in an error message: credentials masked,
+    /// including ones mistakenly put in a NATS URL.
+    pub(super) fn redact(self, raw: &str) -> String {
+        if self.is_secret() && !raw.is_empty() {
+            return "***".to_owned();
+        }
+        if self == Spec::NatsUrl && raw.contains('@') {
+            return raw
+                .split(',')
+                .map(|url| match (url.find("://"), url.rfind('@')) {
+                    (Some(start), Some(at)) if at > start => {
+                        format!("{}***{}", &url[..start + 3], &url[at..])
+                    }
+                    _ => url.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        raw.to_owned()
+    }
+}
+
+/// Splits a comma-separated list, trimming each entry; empty text is an
+/// empty list, while an empty entry (`a,,b`) is kept for the check to report.
+fn split_list(text: &str) -> Vec<String> {
+    if text.is_empty() {
+        return Vec::new();
+    }
+    text.split(',').map(|item| item.trim().to_owned()).collect()
+}
+
+const EMPTY_ENTRY: &str = "an entry is empty: two commas in a row, or one at an end";
+
+/// `scheme://host[:port]`, the form browsers send in `Origin`.
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin.is_empty() {
+        return Err(EMPTY_ENTRY.to_owned());
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Err(format!(
+            "\"{origin}\" has no scheme; write e.g. https://{origin}"
+        ));
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(format!("\"{origin}\" has an invalid scheme"));
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Err(format!(
+            "\"{origin}\" has a path; an origin is only scheme://host[:port], with no trailing '/'"
+        ));
+    }
+    let bad_host = || format!("\"{origin}\" has an invalid host");
+    let (host_ok, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((ip, after)) = bracketed.split_once(']') else {
+            return Err(bad_host());
+        };
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(bad_host)?),
+        };
+        (ip.parse::<Ipv6Addr>().is_ok(), port)
+    } else {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        let ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+        (ok, port)
+    };
+    if !host_ok {
+        return Err(bad_host());
+    }
+    match port.map(str::parse::<u16>) {
+        None | Some(Ok(1..)) => Ok(()),
+        Some(_) => Err(format!("\"{origin}\" has an invalid port")),
+    }
+}
+
+/// Tokens travel in a header or a query string: visible ASCII only. The
+/// error names the entry by position, never by its (secret) text.
+fn check_tokens(tokens: &[String]) -> Result<(), String> {
+    for (index, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err(EMPTY_ENTRY.to_owned());
+        }
+        if !token.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(format!(
+                "token {} has a space or a character outside visible ASCII",
+                index + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One server of `SURGE_NATS_URL`.
+fn check_nats_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Err(EMPTY_ENTRY.to_owned());
+    }
+    let Some(rest) = url
+        .strip_prefix("nats://")
+        .or_else(|| url.strip_prefix("tls://"))
+    else {
+        return Err(format!("\"{url}\" does not start with nats:// or tls://"));
+    };
+    if rest.contains('@') {
+        return Err("credentials belong in SURGE_NATS_USER and SURGE_NATS_PASSWORD or SURGE_NATS_TOKEN, not in the URL, which is printed".to_owned());
+    }
+    if rest.is_empty() || rest.starts_with(':') {
+        return Err(format!("\"{url}\" has no host"));
+    }
+    if rest.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/') {
+        return Err(format!("\"{url}\" has a space or a path"));
+    }
+    Ok(())
+}
+
+/// A JetStream stream name. NATS forbids these characters because stream
+/// names become subject tokens and file names.
+fn check_stream_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    match name
+        .chars()
+        .find(|&c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+    {
+        Some(c) if c.is_whitespace() || c.is_control() => Err("it contains a space".to_owned()),
+        Some(c) => Err(format!("it contains '{c}'")),
+        None => Ok(()),
+    }
+}
+
+/// A NATS subject or pattern: dot-separated non-empty tokens, where `*` is a
+/// whole token and `>` a whole last token. (The subjects module has the
+/// full grammar; configuration only needs to refuse what NATS would.)
+fn check_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err(EMPTY_ENTRY.to_owned());
+    }
+    if subject.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("\"{subject}\" contains a space"));
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (index, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err(format!(
+                "\"{subject}\" has an empty token: a leading, trailing or double dot"
+            ));
+        }
+        if *token == ">" && index + 1 != tokens.len() {
+            return Err(format!("\"{subject}\" has '>' before its last token"));
+        }
+        if *token != "*" && *token != ">" && token.contains(['*', '>']) {
+            return Err(format!(
+                "\"{subject}\" has a wildcard inside a token; '*' and '>' must stand alone between dots"
+            ));
+        }
+    }
+    Ok(())
+}
