@@ -736,6 +736,18 @@ impl Session {
     }
 }
 
+/// Whether a `resume` after `since_sseq` misses messages the broker no
+/// longer retains: some sequence in `since_sseq + 1 ..= last_sseq` is older
+/// than the oldest retained one. Returns that oldest sequence, which the
+/// client is told in `resume_gap` (`last_sseq + 1` when nothing is left).
+pub fn resume_gap(since_sseq: u64, first_retained: Option<u64>, last_sseq: u64) -> Option<u64> {
+    if since_sseq >= last_sseq {
+        return None;
+    }
+    let oldest = first_retained.unwrap_or(last_sseq + 1);
+    (oldest > since_sseq + 1).then_some(oldest)
+}
+
 fn decimal_len(mut n: u64) -> usize {
     let mut len = 1;
     while n >= 10 {

@@ -1,1 +1,21 @@
-//! Drives surge-core with tokio.
+//! surge-runtime: drives surge-core with real async I/O.
+//!
+//! Core decides; this crate moves bytes and time. It is generic over a
+//! [`transport::Transport`], so the simulator runs this same code over a
+//! simulated network, and [`gateway::Gateway`] is the one place the parts
+//! are assembled, for the `surge` binary and the simulator alike.
+
+pub mod broker;
+pub mod clock;
+mod conn;
+pub mod embedded;
+pub mod gateway;
+pub mod metrics;
+mod shard;
+pub mod tcp;
+pub mod transport;
+
+pub use broker::{Broker, BrokerError, Fetched, Hub};
+pub use clock::Clock;
+pub use gateway::{Gateway, GatewayConfig, Health};
+pub use transport::{Listener, Transport};

@@ -490,3 +490,17 @@ fn resume_buffer_overflow_asks_the_client_to_come_back() {
         })
     ));
 }
+
+#[test]
+fn resume_gap_only_when_something_in_range_expired() {
+    assert_eq!(resume_gap(10, Some(11), 20), None, "all retained");
+    assert_eq!(resume_gap(10, Some(5), 20), None);
+    assert_eq!(resume_gap(10, Some(15), 20), Some(15));
+    assert_eq!(
+        resume_gap(20, Some(25), 20),
+        None,
+        "nothing newer than since"
+    );
+    assert_eq!(resume_gap(10, None, 20), Some(21), "everything expired");
+    assert_eq!(resume_gap(0, None, 0), None, "empty stream");
+}

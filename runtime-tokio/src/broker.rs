@@ -1,0 +1,100 @@
+//! What the gateway needs from a message broker, and the hub that carries
+//! published messages to the shards.
+//!
+//! A broker assigns each message its stream sequence (`sseq`), hands live
+//! messages to the [`Hub`] in stream order, and can read back what it
+//! retains for `resume`. The embedded broker lives in [`crate::embedded`];
+//! the NATS JetStream bridge lives in the server.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use surge_core::protocol::{Priority, Published};
+use surge_core::subjects::{Pattern, Subject};
+use tokio::sync::mpsc;
+
+/// A boxed future, so `Broker` can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Retained messages read back for a `resume`.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// The oldest stream sequence the broker still retains (on any
+    /// subject), `None` when it retains nothing.
+    pub first_retained: Option<u64>,
+    /// Messages on the requested patterns with sseq > `since`, in order.
+    pub messages: Vec<Arc<Published>>,
+    /// The stream sequence up to which the fetch is complete.
+    pub last_sseq: u64,
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("broker refused: {0}")]
+    Refused(String),
+}
+
+/// A message broker as the gateway sees it.
+pub trait Broker: Send + Sync + 'static {
+    /// `"embedded"` or `"nats"`.
+    fn kind(&self) -> &'static str;
+
+    /// Whether the broker is reachable now.
+    fn connected(&self) -> bool;
+
+    /// Publishes a message; resolves to its stream sequence.
+    fn publish(
+        &self,
+        subject: Subject,
+        data: Bytes,
+        priority: Priority,
+    ) -> BoxFuture<'_, Result<u64, BrokerError>>;
+
+    /// Retained messages on `patterns` with sseq > `since_sseq`.
+    fn fetch(
+        &self,
+        patterns: Vec<Pattern>,
+        since_sseq: u64,
+    ) -> BoxFuture<'_, Result<Fetched, BrokerError>>;
+
+    /// Stops or resumes consumption (resource guard); messages stay in
+    /// the stream meanwhile. Brokers that push synchronously ignore it.
+    fn set_paused(&self, _paused: bool) {}
+}
+
+/// Carries each live message to every shard, in the order received.
+/// A full shard queue makes `dispatch` wait: backpressure reaches the
+/// broker, which keeps the message, instead of anything being dropped.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    shards: Arc<Vec<mpsc::Sender<Arc<Published>>>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Hub {
+    pub(crate) fn new(
+        shards: Vec<mpsc::Sender<Arc<Published>>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Hub {
+            shards: Arc::new(shards),
+            metrics,
+        }
+    }
+
+    /// Hands `message` to every shard. Returns false once the gateway has
+    /// stopped.
+    pub async fn dispatch(&self, message: Arc<Published>) -> bool {
+        self.metrics.published.inc();
+        let mut delivered = false;
+        for shard in self.shards.iter() {
+            delivered |= shard.send(Arc::clone(&message)).await.is_ok();
+        }
+        delivered
+    }
+}

@@ -1,0 +1,471 @@
+//! The gateway assembled from its parts: listener, acceptor, shards, hub
+//! and broker. Both the `surge` binary and the simulator build it here, so
+//! the simulator runs exactly what production runs.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use surge_core::admission::{Admission, GuardConfig, ResourceSample};
+use surge_core::config::Config;
+use surge_core::handshake::{HandshakeConfig, overloaded_response};
+use surge_core::session::SessionConfig;
+use surge_core::throttle::ThrottleConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::broker::{Broker, Hub};
+use crate::clock::Clock;
+use crate::conn::{self, SlotGuard};
+use crate::metrics::Metrics;
+use crate::shard::{self, Shard, lock};
+use crate::transport::{Listener, SocketOptionReport, Transport};
+
+/// Everything the gateway needs to know, resolved from `Config` (and from
+/// host facts the server derived, such as max connections and shards).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub backlog: u32,
+    pub max_connections: u32,
+    pub shards: u32,
+    pub handshake: HandshakeConfig,
+    pub session: SessionConfig,
+    pub guard: GuardConfig,
+    /// Messages buffered between the hub and each shard's fan-out.
+    pub shard_queue: usize,
+    /// Bytes tungstenite reads at a time; allocated per connection.
+    pub read_buffer_bytes: usize,
+    /// A connection whose writes stall this long is closed.
+    pub write_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// From the validated configuration plus the derived values.
+    pub fn from_config(config: &Config, max_connections: u32, shards: u32) -> Self {
+        GatewayConfig {
+            listen: config.listen,
+            backlog: config.backlog,
+            max_connections,
+            shards,
+            handshake: HandshakeConfig {
+                path: config.ws_path.clone(),
+                max_head_bytes: config.max_head_bytes,
+                timeout: config.handshake_timeout,
+                allowed_origins: config.allowed_origins.clone(),
+                subprotocols: Vec::new(),
+                auth_tokens: config
+                    .auth_tokens
+                    .iter()
+                    .map(|t| t.expose().to_owned())
+                    .collect(),
+            },
+            session: SessionConfig {
+                max_subscriptions: config.max_subscriptions,
+                replay_window: config.replay_window,
+                replay_max_bytes: config.replay_max_bytes,
+                outbound_queue_bytes: config.outbound_queue_bytes,
+                max_message_bytes: config.max_message_bytes,
+                client_rate_per_sec: config.client_rate,
+                client_burst: config.client_burst,
+                ping_interval: config.ping_interval,
+                idle_timeout: config.idle_timeout,
+                throttle: ThrottleConfig {
+                    full_events_to_escalate: config.throttle_full_events,
+                    recovery_window: config.throttle_recovery,
+                },
+                ..SessionConfig::default()
+            },
+            guard: GuardConfig {
+                cpu_reject_percent: config.cpu_reject_percent,
+                cpu_pause_percent: config.cpu_pause_percent,
+                memory_reject_bytes: config.memory_reject_bytes,
+                memory_pause_bytes: config.memory_pause_bytes,
+                retry_after: config.retry_after,
+                ..GuardConfig::default()
+            },
+            shard_queue: 1024,
+            read_buffer_bytes: 1024,
+            write_timeout: config.idle_timeout,
+        }
+    }
+
+    /// A small configuration for tests and the simulator.
+    pub fn for_tests(listen: SocketAddr, max_connections: u32, shards: u32) -> Self {
+        Self::from_config(
+            &Config {
+                listen,
+                ..Config::default()
+            },
+            max_connections,
+            shards,
+        )
+    }
+}
+
+/// What connection tasks share.
+pub(crate) struct Context {
+    pub clock: Clock,
+    pub admission: Arc<Mutex<Admission>>,
+    pub shards: Vec<Arc<Shard>>,
+    pub handshake_config: Arc<HandshakeConfig>,
+    pub session_config: Arc<SessionConfig>,
+    pub ws_config: WebSocketConfig,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: watch::Receiver<bool>,
+    pub write_timeout: Duration,
+    broker: OnceLock<Arc<dyn Broker>>,
+}
+
+impl Context {
+    pub fn broker(&self) -> &dyn Broker {
+        // Set in `Gateway::start` before the first connection is accepted.
+        self.broker.get().map(|b| b.as_ref()).unwrap_or(&NO_BROKER)
+    }
+}
+
+/// Stands in for the broker in the instant between assembly and start.
+struct NoBroker;
+static NO_BROKER: NoBroker = NoBroker;
+
+impl Broker for NoBroker {
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+    fn connected(&self) -> bool {
+        false
+    }
+    fn publish(
+        &self,
+        _: surge_core::subjects::Subject,
+        _: bytes::Bytes,
+        _: surge_core::protocol::Priority,
+    ) -> crate::broker::BoxFuture<'_, Result<u64, crate::broker::BrokerError>> {
+        Box::pin(async {
+            Err(crate::broker::BrokerError::Unavailable(
+                "no broker yet".into(),
+            ))
+        })
+    }
+    fn fetch(
+        &self,
+        _: Vec<surge_core::subjects::Pattern>,
+        _: u64,
+    ) -> crate::broker::BoxFuture<'_, Result<crate::broker::Fetched, crate::broker::BrokerError>>
+    {
+        Box::pin(async {
+            Err(crate::broker::BrokerError::Unavailable(
+                "no broker yet".into(),
+            ))
+        })
+    }
+}
+
+/// `/health` as JSON (PROTOCOL.md, "Admin listener").
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub connections: ConnectionsHealth,
+    pub shards: Vec<ShardHealth>,
+    pub imbalance_percent: f64,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub broker: BrokerHealth,
+    pub uptime_s: u64,
+    pub version: &'static str,
+    /// Why the status is degraded, if it is.
+    pub problems: Vec<String>,
+    pub socket_options: Vec<SocketOptionReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionsHealth {
+    pub current: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardHealth {
+    pub id: u32,
+    pub connections: u32,
+    pub available: u32,
+    pub utilization: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerHealth {
+    pub kind: &'static str,
+    pub connected: bool,
+    pub paused: bool,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    ctx: Arc<Context>,
+    hub: Hub,
+    local_addr: SocketAddr,
+    socket_report: Vec<SocketOptionReport>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds the listener and starts accepting. `make_broker` receives the
+    /// hub the broker must feed.
+    pub async fn start<T, F>(
+        transport: &T,
+        config: GatewayConfig,
+        make_broker: F,
+    ) -> io::Result<Gateway>
+    where
+        T: Transport,
+        F: FnOnce(Hub, Clock) -> Arc<dyn Broker>,
+    {
+        let clock = Clock::start();
+        let metrics = Arc::new(Metrics::new());
+        metrics
+            .connections_max
+            .set(i64::from(config.max_connections));
+        let admission = Arc::new(Mutex::new(Admission::new(
+            config.max_connections,
+            config.shards,
+            config.guard.clone(),
+        )));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shards: Vec<Arc<Shard>> = (0..config.shards.max(1))
+            .map(|_| Arc::new(Shard::new()))
+            .collect();
+        let mut ws_config = WebSocketConfig::default();
+        ws_config.read_buffer_size = config.read_buffer_bytes;
+        ws_config.write_buffer_size = 0;
+        ws_config.max_write_buffer_size = config.session.hard_queue_bytes().saturating_mul(2);
+        ws_config.max_message_size = Some(config.session.max_message_bytes);
+        ws_config.max_frame_size = Some(config.session.max_message_bytes);
+        let ctx = Arc::new(Context {
+            clock,
+            admission: Arc::clone(&admission),
+            shards: shards.clone(),
+            handshake_config: Arc::new(config.handshake.clone()),
+            session_config: Arc::new(config.session.clone()),
+            ws_config,
+            metrics: Arc::clone(&metrics),
+            shutdown: shutdown_rx,
+            write_timeout: config.write_timeout,
+            broker: OnceLock::new(),
+        });
+        let mut tasks = Vec::new();
+        let mut senders = Vec::new();
+        for shard in &shards {
+            let (tx, rx) = mpsc::channel(config.shard_queue.max(1));
+            senders.push(tx);
+            tasks.push(tokio::spawn(shard::run_fan_out(
+                Arc::clone(shard),
+                rx,
+                clock,
+                Arc::clone(&metrics),
+            )));
+        }
+        let hub = Hub::new(senders, Arc::clone(&metrics));
+        let broker = make_broker(hub.clone(), clock);
+        let _ = ctx.broker.set(broker);
+        let listener = transport.bind(config.listen, config.backlog).await?;
+        let local_addr = listener.local_addr()?;
+        let socket_report = listener.report();
+        tracing::info!(%local_addr, max_connections = config.max_connections, shards = config.shards, "gateway listening");
+        let retry_after =
+            u32::try_from(config.guard.retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&ctx),
+            retry_after,
+        )));
+        Ok(Gateway {
+            ctx,
+            hub,
+            local_addr,
+            socket_report,
+            shutdown: shutdown_tx,
+            tasks,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn broker(&self) -> &dyn Broker {
+        self.ctx.broker()
+    }
+
+    /// The hub, for tests that feed messages directly.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.ctx.clock
+    }
+
+    /// Feeds the resource guard and applies its pause decision.
+    pub fn observe(&self, sample: ResourceSample) {
+        let paused = {
+            let mut admission = lock(&self.ctx.admission);
+            admission.observe(sample, self.ctx.clock.now());
+            admission.pause_broker()
+        };
+        self.ctx.broker().set_paused(paused);
+        let m = &self.ctx.metrics;
+        m.broker_paused.set(i64::from(paused));
+        m.cpu_percent.set(sample.cpu_percent.round() as i64);
+        m.memory_bytes
+            .set(i64::try_from(sample.memory_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Slots in use (reserved + live) over all shards.
+    pub fn slots_used(&self) -> u64 {
+        lock(&self.ctx.admission).used()
+    }
+
+    pub fn health(&self) -> Health {
+        let admission = lock(&self.ctx.admission);
+        let shards: Vec<ShardHealth> = admission
+            .shards()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ShardHealth {
+                id: i as u32,
+                connections: t.live(),
+                available: t.available(),
+                utilization: (t.utilization() * 10_000.0).round() / 10_000.0,
+            })
+            .collect();
+        let broker = self.ctx.broker();
+        let mut problems = Vec::new();
+        if !broker.connected() {
+            problems.push(format!("{} broker disconnected", broker.kind()));
+        }
+        if let Err(refusal) = admission.guard().check() {
+            problems.push(format!("refusing new connections: {refusal}"));
+        }
+        let paused = admission.pause_broker();
+        if paused {
+            problems.push("broker consumption paused by the resource guard".into());
+        }
+        Health {
+            status: if problems.is_empty() {
+                "ok"
+            } else {
+                "degraded"
+            },
+            connections: ConnectionsHealth {
+                current: admission.live(),
+                max: admission.capacity(),
+            },
+            shards,
+            imbalance_percent: (admission.imbalance_percent() * 100.0).round() / 100.0,
+            cpu_percent: (admission.guard().cpu_percent() * 10.0).round() / 10.0,
+            memory_bytes: admission.guard().memory_bytes(),
+            broker: BrokerHealth {
+                kind: broker.kind(),
+                connected: broker.connected(),
+                paused,
+            },
+            uptime_s: self.ctx.clock.uptime().as_secs(),
+            version: env!("CARGO_PKG_VERSION"),
+            problems,
+            socket_options: self.socket_report.clone(),
+        }
+    }
+
+    /// Prometheus text, with the summarising gauges refreshed.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.ctx.metrics;
+        {
+            let admission = lock(&self.ctx.admission);
+            for (i, t) in admission.shards().iter().enumerate() {
+                m.set_shard_connections(i as u32, t.live());
+            }
+        }
+        let mut levels = [0u64; 4];
+        let mut queue_bytes = 0u64;
+        for shard in &self.ctx.shards {
+            for conn in shard.connections() {
+                let session = lock(&conn.session);
+                levels[session.throttle_level() as usize] += 1;
+                queue_bytes += session.queued_bytes() as u64;
+            }
+        }
+        m.set_throttled(levels);
+        m.queue_bytes
+            .set(i64::try_from(queue_bytes).unwrap_or(i64::MAX));
+        let broker = self.ctx.broker();
+        m.broker_connected.set(i64::from(broker.connected()));
+        m.encode()
+    }
+
+    /// Stops accepting, closes every connection with 1001, and waits up to
+    /// `drain` for them to finish.
+    pub async fn shutdown(self, drain: Duration) {
+        lock(&self.ctx.admission).begin_shutdown();
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + drain;
+        while lock(&self.ctx.admission).used() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = lock(&self.ctx.admission).used();
+        if left > 0 {
+            tracing::warn!(left, "drain timeout: connections still open");
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Accepts connections, admits or refuses each at once, and never waits on
+/// a handshake.
+async fn accept_loop<L: Listener>(mut listener: L, ctx: Arc<Context>, retry_after: u32) {
+    let refusal_response: Arc<[u8]> = overloaded_response(retry_after).response.into();
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (mut stream, _peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                ctx.metrics.accept_errors.inc();
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let admitted = lock(&ctx.admission).admit();
+        match admitted {
+            Ok(reservation) => {
+                let guard = SlotGuard::new(Arc::clone(&ctx.admission), reservation);
+                tokio::spawn(conn::run(stream, guard, Arc::clone(&ctx)));
+            }
+            Err(refusal) => {
+                ctx.metrics.refused(&refusal);
+                let response = Arc::clone(&refusal_response);
+                tokio::spawn(async move {
+                    let answer = async {
+                        stream.write_all(&response).await?;
+                        stream.shutdown().await
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The gateway's Prometheus metrics. Every limit that can bite has a metric
+//! here that shows it biting; every name is prefixed `surge_`.
+//!
+//! Hot-path counters are plain handles created once at start, so counting
+//! is an atomic add with no label lookup. Gauges that summarise many
+//! connections (queue bytes, throttle levels) are computed when scraped.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use surge_core::admission::Refusal;
+use surge_core::handshake::RejectReason;
+use surge_core::protocol::CloseCode;
+use surge_core::throttle::ThrottleLevel;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Level {
+    level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Code {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: String,
+}
+
+/// Every metric of the gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    handshakes: Family<Outcome, Counter>,
+    rejections: Family<Reason, Counter>,
+    pub handshake_seconds: Histogram,
+    pub connections: Gauge,
+    pub connections_max: Gauge,
+    shard_connections: Family<ShardLabel, Gauge>,
+    pub published: Counter,
+    pub delivered: Counter,
+    dropped: Family<Reason, Counter>,
+    pub deduplicated: Counter,
+    pub recovered: Counter,
+    pub replayed: Counter,
+    pub queue_bytes: Gauge,
+    throttled: Family<Level, Gauge>,
+    pub throttle_changes: Counter,
+    pub slow_disconnects: Counter,
+    disconnects: Family<Code, Counter>,
+    pub client_requests: Counter,
+    pub client_errors: Counter,
+    pub rate_limited: Counter,
+    pub resumes: Counter,
+    pub resume_gaps: Counter,
+    pub broker_connected: Gauge,
+    pub broker_paused: Gauge,
+    pub broker_disconnects: Counter,
+    pub cpu_percent: Gauge,
+    pub memory_bytes: Gauge,
+    pub accept_errors: Counter,
+    pub fd_exhaustion_answers: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("surge");
+        let handshakes = Family::<Outcome, Counter>::default();
+        r.register(
+            "handshakes",
+            "WebSocket handshakes by outcome (accepted, or the rejection reason)",
+            handshakes.clone(),
+        );
+        let rejections = Family::<Reason, Counter>::default();
+        r.register(
+            "admission_rejections",
+            "Connections answered 503 + Retry-After at once, by reason",
+            rejections.clone(),
+        );
+        // 1 ms .. ~16 s: a handshake slower than that is a timeout anyway.
+        let handshake_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+        );
+        r.register(
+            "handshake_duration_seconds",
+            "Time from accept to the 101 answer",
+            handshake_seconds.clone(),
+        );
+        let connections = Gauge::default();
+        r.register(
+            "connections",
+            "Live WebSocket connections",
+            connections.clone(),
+        );
+        let connections_max = Gauge::default();
+        r.register(
+            "connections_max",
+            "The connection limit (all shards)",
+            connections_max.clone(),
+        );
+        let shard_connections = Family::<ShardLabel, Gauge>::default();
+        r.register(
+            "shard_connections",
+            "Live connections per shard",
+            shard_connections.clone(),
+        );
+        let published = Counter::default();
+        r.register(
+            "messages_published",
+            "Messages received from the broker",
+            published.clone(),
+        );
+        let delivered = Counter::default();
+        r.register(
+            "messages_delivered",
+            "Message frames queued to clients",
+            delivered.clone(),
+        );
+        let dropped = Family::<Reason, Counter>::default();
+        r.register(
+            "messages_dropped",
+            "Messages not sent to a client: throttled (sampling at its level) or queue_full",
+            dropped.clone(),
+        );
+        let deduplicated = Counter::default();
+        r.register(
+            "messages_deduplicated",
+            "Live copies of messages already recovered by resume",
+            deduplicated.clone(),
+        );
+        let recovered = Counter::default();
+        r.register(
+            "messages_recovered",
+            "Messages delivered by resume catch-up",
+            recovered.clone(),
+        );
+        let replayed = Counter::default();
+        r.register(
+            "messages_replayed",
+            "Message frames re-sent for replay requests",
+            replayed.clone(),
+        );
+        let queue_bytes = Gauge::default();
+        r.register(
+            "queue_bytes",
+            "Bytes waiting in outbound queues (all connections)",
+            queue_bytes.clone(),
+        );
+        let throttled = Family::<Level, Gauge>::default();
+        r.register(
+            "throttled_connections",
+            "Connections per throttle level",
+            throttled.clone(),
+        );
+        let throttle_changes = Counter::default();
+        r.register(
+            "throttle_changes",
+            "Throttle level changes",
+            throttle_changes.clone(),
+        );
+        let slow_disconnects = Counter::default();
+        r.register(
+            "slow_client_disconnects",
+            "Clients closed with 1008 for being too slow at the heaviest throttle",
+            slow_disconnects.clone(),
+        );
+        let disconnects = Family::<Code, Counter>::default();
+        r.register(
+            "disconnects",
+            "Connections closed by the server, by close code",
+            disconnects.clone(),
+        );
+        let client_requests = Counter::default();
+        r.register(
+            "client_requests",
+            "Requests received from clients",
+            client_requests.clone(),
+        );
+        let client_errors = Counter::default();
+        r.register(
+            "client_errors",
+            "Error frames sent to clients",
+            client_errors.clone(),
+        );
+        let rate_limited = Counter::default();
+        r.register(
+            "client_rate_limited",
+            "Client requests refused by the inbound rate limit",
+            rate_limited.clone(),
+        );
+        let resumes = Counter::default();
+        r.register("resumes", "Resume requests served", resumes.clone());
+        let resume_gaps = Counter::default();
+        r.register(
+            "resume_gaps",
+            "Resumes that found part of the range expired",
+            resume_gaps.clone(),
+        );
+        let broker_connected = Gauge::default();
+        r.register(
+            "broker_connected",
+            "1 when the broker is reachable",
+            broker_connected.clone(),
+        );
+        let broker_paused = Gauge::default();
+        r.register(
+            "broker_paused",
+            "1 while consumption is paused by the resource guard",
+            broker_paused.clone(),
+        );
+        let broker_disconnects = Counter::default();
+        r.register(
+            "broker_disconnects",
+            "Times the broker connection was lost",
+            broker_disconnects.clone(),
+        );
+        let cpu_percent = Gauge::default();
+        r.register(
+            "cpu_percent",
+            "Process CPU, percent of the machine, as the guard sees it",
+            cpu_percent.clone(),
+        );
+        let memory_bytes = Gauge::default();
+        r.register(
+            "memory_bytes",
+            "Process resident memory",
+            memory_bytes.clone(),
+        );
+        let accept_errors = Counter::default();
+        r.register(
+            "accept_errors",
+            "accept() failures other than descriptor exhaustion",
+            accept_errors.clone(),
+        );
+        let fd_exhaustion_answers = Gauge::default();
+        r.register(
+            "fd_exhaustion_answers",
+            "Clients answered 503 with the spare descriptor because the file limit was reached",
+            fd_exhaustion_answers.clone(),
+        );
+        Metrics {
+            registry: r,
+            handshakes,
+            rejections,
+            handshake_seconds,
+            connections,
+            connections_max,
+            shard_connections,
+            published,
+            delivered,
+            dropped,
+            deduplicated,
+            recovered,
+            replayed,
+            queue_bytes,
+            throttled,
+            throttle_changes,
+            slow_disconnects,
+            disconnects,
+            client_requests,
+            client_errors,
+            rate_limited,
+            resumes,
+            resume_gaps,
+            broker_connected,
+            broker_paused,
+            broker_disconnects,
+            cpu_percent,
+            memory_bytes,
+            accept_errors,
+            fd_exhaustion_answers,
+        }
+    }
+
+    pub fn handshake(&self, outcome: &str) -> Counter {
+        self.handshakes
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
+            })
+            .clone()
+    }
+
+    pub fn handshake_rejected(&self, reason: &RejectReason) {
+        self.handshake(reason.metric_label()).inc();
+    }
+
+    pub fn refused(&self, refusal: &Refusal) {
+        self.rejections
+            .get_or_create(&Reason {
+                reason: refusal.metric_label().into(),
+            })
+            .inc();
+    }
+
+    pub fn dropped(&self, reason: &'static str) -> Counter {
+        self.dropped
+            .get_or_create(&Reason {
+                reason: reason.into(),
+            })
+            .clone()
+    }
+
+    pub fn disconnect(&self, code: CloseCode) {
+        self.disconnects
+            .get_or_create(&Code {
+                code: code.code().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn set_shard_connections(&self, shard: u32, live: u32) {
+        self.shard_connections
+            .get_or_create(&ShardLabel {
+                shard: shard.to_string(),
+            })
+            .set(i64::from(live));
+    }
+
+    pub fn set_throttled(&self, counts: [u64; 4]) {
+        for level in ThrottleLevel::ALL {
+            self.throttled
+                .get_or_create(&Level {
+                    level: level.as_str().into(),
+                })
+                .set(i64::try_from(counts[level as usize]).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

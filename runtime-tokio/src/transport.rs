@@ -1,0 +1,54 @@
+//! The network seen by the gateway: listen, accept, connect.
+//!
+//! The gateway is generic over this trait so the simulator can run the very
+//! same acceptor, handshake and connection code over turmoil's network
+//! (`sim` provides that implementation behind the `turmoil` feature of this
+//! crate). The production implementation is [`crate::tcp::TcpTransport`].
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A way to listen for and open byte-stream connections.
+pub trait Transport: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Listener: Listener<Stream = Self::Stream>;
+
+    /// Binds a listener with the given accept-queue length.
+    fn bind(
+        &self,
+        addr: SocketAddr,
+        backlog: u32,
+    ) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+
+    /// Opens a connection (used by tests and the simulator's clients).
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// A bound listener.
+pub trait Listener: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection. Errors are per-connection and never stop the
+    /// accept loop; the listener recovers from running out of descriptors
+    /// itself (see `tcp`).
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// Socket options requested and what the kernel did with each.
+    fn report(&self) -> Vec<SocketOptionReport> {
+        Vec::new()
+    }
+}
+
+/// One socket option and whether the kernel accepted it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SocketOptionReport {
+    pub option: String,
+    pub value: String,
+    /// `None` when applied, else the kernel's refusal.
+    pub error: Option<String>,
+}

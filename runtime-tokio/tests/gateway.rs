@@ -1,0 +1,390 @@
+//! The gateway over real loopback sockets with real WebSocket clients.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use surge_core::protocol::Priority;
+use surge_core::subjects::Subject;
+use surge_runtime::embedded::{EmbeddedBroker, Retention};
+use surge_runtime::tcp::{SocketTuning, TcpTransport};
+use surge_runtime::{Broker, Gateway, GatewayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn start(configure: impl FnOnce(&mut GatewayConfig)) -> Gateway {
+    let mut config = GatewayConfig::for_tests("127.0.0.1:0".parse().expect("addr"), 100, 2);
+    configure(&mut config);
+    let transport = TcpTransport::new(SocketTuning::preset(Default::default()), 5);
+    let retention = Retention {
+        max_age: Duration::from_secs(30),
+        max_messages: 1000,
+        max_bytes: 1 << 20,
+    };
+    Gateway::start(&transport, config, |hub, clock| {
+        Arc::new(EmbeddedBroker::new(hub, retention, clock)) as Arc<dyn Broker>
+    })
+    .await
+    .expect("gateway starts")
+}
+
+async fn connect(addr: SocketAddr) -> Client {
+    let (ws, response) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Connects and reads the welcome frame.
+async fn client(addr: SocketAddr) -> Client {
+    let mut ws = connect(addr).await;
+    let welcome = next_json(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome");
+    ws
+}
+
+async fn next_json(ws: &mut Client) -> Value {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame within the deadline")
+            .expect("stream open")
+            .expect("frame ok");
+        match frame {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn send(ws: &mut Client, v: Value) {
+    ws.send(Message::Text(v.to_string().into()))
+        .await
+        .expect("send");
+}
+
+async fn subscribe(ws: &mut Client, channels: &[&str]) {
+    send(ws, json!({"type":"subscribe","channels":channels})).await;
+    let reply = next_json(ws).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+}
+
+async fn publish(gw: &Gateway, subject: &str, data: Value) -> u64 {
+    gw.broker()
+        .publish(
+            Subject::parse(subject).expect("subject"),
+            Bytes::from(data.to_string()),
+            Priority::Medium,
+        )
+        .await
+        .expect("publish")
+}
+
+#[tokio::test]
+async fn subscribers_receive_matching_messages_in_order_with_seq() {
+    let gw = start(|_| {}).await;
+    let mut exact = client(gw.local_addr()).await;
+    let mut wild = client(gw.local_addr()).await;
+    subscribe(&mut exact, &["odin.token.BTC.trade"]).await;
+    subscribe(&mut wild, &["odin.token.*.trade", "odin.global.>"]).await;
+    let subjects = [
+        "odin.token.BTC.trade",
+        "odin.token.ETH.trade",
+        "odin.global.trending",
+        "odin.token.BTC.liquidity",
+    ];
+    for i in 0..40u64 {
+        publish(&gw, subjects[(i % 4) as usize], json!({"i": i})).await;
+    }
+    for (ws, expected) in [(&mut exact, 10u64), (&mut wild, 30u64)] {
+        let mut last_sseq = 0;
+        for seq in 1..=expected {
+            let m = next_json(ws).await;
+            assert_eq!(m["type"], "message");
+            assert_eq!(m["seq"], seq, "seq numbers each delivered message");
+            let sseq = m["sseq"].as_u64().expect("sseq");
+            assert!(sseq > last_sseq, "stream order");
+            last_sseq = sseq;
+            assert_ne!(m["subject"], "odin.token.BTC.liquidity");
+        }
+    }
+    // Unsubscribed channels stop.
+    send(
+        &mut wild,
+        json!({"type":"unsubscribe","channels":["odin.token.*.trade"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut wild).await["type"], "unsubscribed");
+    publish(&gw, "odin.token.BTC.trade", json!(1)).await;
+    publish(&gw, "odin.global.trending", json!(2)).await;
+    let m = next_json(&mut wild).await;
+    assert_eq!(m["subject"], "odin.global.trending");
+    assert_eq!(m["seq"], 31);
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn replay_serves_retained_frames_and_reports_the_gap() {
+    let gw = start(|c| c.session.replay_window = 5).await;
+    let mut ws = client(gw.local_addr()).await;
+    subscribe(&mut ws, &["a.b"]).await;
+    for i in 0..10 {
+        publish(&gw, "a.b", json!(i)).await;
+    }
+    for _ in 0..10 {
+        next_json(&mut ws).await;
+    }
+    send(
+        &mut ws,
+        json!({"type":"replay","from_seq":3,"to_seq":10,"id":"r1"}),
+    )
+    .await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(
+        gap,
+        json!({"type":"replay_gap","id":"r1","from_seq":3,"to_seq":10,"oldest_seq":6})
+    );
+    for seq in 6..=10 {
+        let m = next_json(&mut ws).await;
+        assert_eq!(
+            (m["seq"].as_u64(), m["replayed"].as_bool()),
+            (Some(seq), Some(true))
+        );
+        assert_eq!(m["data"], seq - 1);
+    }
+    assert_eq!(next_json(&mut ws).await["type"], "replay_done");
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn resume_recovers_missed_messages_then_continues_live() {
+    let gw = start(|_| {}).await;
+    for i in 1..=10 {
+        publish(&gw, if i % 2 == 0 { "x.even" } else { "x.odd" }, json!(i)).await;
+    }
+    let mut ws = client(gw.local_addr()).await;
+    send(
+        &mut ws,
+        json!({"type":"resume","channels":["x.even"],"since_sseq":4}),
+    )
+    .await;
+    for (seq, sseq) in [(1, 6), (2, 8), (3, 10)] {
+        let m = next_json(&mut ws).await;
+        assert_eq!(m["recovered"], true);
+        assert_eq!(
+            (m["seq"].as_u64(), m["sseq"].as_u64()),
+            (Some(seq), Some(sseq))
+        );
+    }
+    let resumed = next_json(&mut ws).await;
+    assert_eq!(
+        resumed,
+        json!({"type":"resumed","channels":["x.even"],"last_sseq":10})
+    );
+    publish(&gw, "x.even", json!(11)).await;
+    let live = next_json(&mut ws).await;
+    assert_eq!(
+        (live["seq"].as_u64(), live["sseq"].as_u64()),
+        (Some(4), Some(11))
+    );
+    assert!(live.get("recovered").is_none());
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Sends raw bytes and returns what the server wrote up to the end of its
+/// response head (a 101 leaves the connection open) or its close.
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_head = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+            if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(WAIT, read_head).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn upgrade(path: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn every_handshake_rejection_is_a_plain_http_answer() {
+    let gw = start(|c| c.handshake.allowed_origins = vec!["https://app.example".into()]).await;
+    let addr = gw.local_addr();
+    let ok = "Sec-WebSocket-Version: 13\r\nOrigin: https://app.example\r\n";
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "400"),
+        (b"POST /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "405"),
+        (
+            upgrade(
+                "/ws",
+                "Sec-WebSocket-Version: 8\r\nOrigin: https://app.example\r\n",
+            ),
+            "426",
+        ),
+        (upgrade("/nope", ok), "404"),
+        (
+            upgrade(
+                "/ws",
+                "Sec-WebSocket-Version: 13\r\nOrigin: https://evil.example\r\n",
+            ),
+            "403",
+        ),
+        (
+            format!("GET /ws HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(9000)).into_bytes(),
+            "431",
+        ),
+        (upgrade("/ws", ok), "101"),
+    ];
+    for (request, status) in cases {
+        let answer = raw(addr, &request).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "expected {status}, got {answer:?}"
+        );
+        match status {
+            "405" => assert!(answer.contains("Allow: GET")),
+            "426" => assert!(answer.contains("Sec-WebSocket-Version: 13")),
+            _ => {}
+        }
+    }
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn full_gateway_answers_503_at_once_and_the_slot_comes_back() {
+    let gw = start(|c| c.max_connections = 2).await;
+    let addr = gw.local_addr();
+    let mut first = client(addr).await;
+    let _second = client(addr).await;
+    let started = std::time::Instant::now();
+    let answer = raw(addr, &upgrade("/ws", "Sec-WebSocket-Version: 13\r\n")).await;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    assert!(answer.contains("Retry-After: 5"), "{answer:?}");
+    assert!(took < Duration::from_millis(100), "503 took {took:?}");
+    first.close(None).await.expect("close");
+    // The closed connection's slot is free again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gw.slots_used() > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot never released"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _third = client(addr).await;
+    assert_eq!(gw.health().connections.current, 2);
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn slowloris_loses_its_slot_at_the_deadline() {
+    let gw = start(|c| {
+        c.max_connections = 1;
+        c.handshake.timeout = Duration::from_millis(300);
+    })
+    .await;
+    let addr = gw.local_addr();
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        gw.slots_used(),
+        1,
+        "the half-sent handshake holds the only slot"
+    );
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, slow.read_to_end(&mut out)).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408 "));
+    assert_eq!(gw.slots_used(), 0);
+    let _ws = client(addr).await;
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn two_thousand_concurrent_connects_all_succeed() {
+    let gw = start(|c| {
+        c.max_connections = 2_500;
+        c.backlog = 4096;
+    })
+    .await;
+    let addr = gw.local_addr();
+    let tasks: Vec<_> = (0..2_000)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(10), client(addr)).await
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("task").expect("connected in time"));
+    }
+    assert_eq!(gw.health().connections.current, 2_000);
+    drop(clients);
+    gw.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients_with_1001() {
+    let gw = start(|_| {}).await;
+    let mut ws = client(gw.local_addr()).await;
+    let stop = tokio::spawn(gw.shutdown(Duration::from_secs(2)));
+    let frame = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("close in time");
+    match frame {
+        Some(Ok(Message::Close(Some(close)))) => assert_eq!(u16::from(close.code), 1001),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    stop.await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn bad_requests_get_error_frames() {
+    let gw = start(|_| {}).await;
+    let mut ws = client(gw.local_addr()).await;
+    ws.send(Message::Text("{nope".into())).await.expect("send");
+    assert_eq!(next_json(&mut ws).await["code"], "invalid_json");
+    send(
+        &mut ws,
+        json!({"type":"subscribe","channels":["a..b"],"id":4}),
+    )
+    .await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_u64()),
+        (Some("invalid_subject"), Some(4))
+    );
+    send(&mut ws, json!({"type":"ping"})).await;
+    assert_eq!(next_json(&mut ws).await, json!({"type":"pong"}));
+    gw.shutdown(Duration::from_secs(2)).await;
+}
