@@ -210,7 +210,7 @@ pub struct Gateway {
     local_addr: SocketAddr,
     socket_report: Vec<SocketOptionReport>,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Gateway {
@@ -289,7 +289,7 @@ impl Gateway {
             local_addr,
             socket_report,
             shutdown: shutdown_tx,
-            tasks,
+            tasks: Mutex::new(tasks),
         })
     }
 
@@ -413,7 +413,7 @@ impl Gateway {
 
     /// Stops accepting, closes every connection with 1001, and waits up to
     /// `drain` for them to finish.
-    pub async fn shutdown(self, drain: Duration) {
+    pub async fn shutdown(&self, drain: Duration) {
         lock(&self.ctx.admission).begin_shutdown();
         let _ = self.shutdown.send(true);
         let deadline = tokio::time::Instant::now() + drain;
@@ -424,7 +424,7 @@ impl Gateway {
         if left > 0 {
             tracing::warn!(left, "drain timeout: connections still open");
         }
-        for task in self.tasks {
+        for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
     }

@@ -357,7 +357,7 @@ async fn two_thousand_concurrent_connects_all_succeed() {
 async fn shutdown_closes_clients_with_1001() {
     let gw = start(|_| {}).await;
     let mut ws = client(gw.local_addr()).await;
-    let stop = tokio::spawn(gw.shutdown(Duration::from_secs(2)));
+    let stop = tokio::spawn(async move { gw.shutdown(Duration::from_secs(2)).await });
     let frame = tokio::time::timeout(WAIT, ws.next())
         .await
         .expect("close in time");

@@ -1,1 +1,80 @@
-fn main() {}
+//! The `surge` binary: `surge [serve]`, `surge config`, `surge doctor`.
+
+use std::process::ExitCode;
+
+use surge_core::config::{Config, LogFormat};
+use surge_server::cli::{self, Task};
+use surge_server::{doctor, serve};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_env("SURGE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_str()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let invocation = match cli::parse(std::env::args_os()) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if invocation.task == (Task::Config { env_example: true }) {
+        print!("{}", cli::env_example());
+        return ExitCode::SUCCESS;
+    }
+    let config = match cli::load(&invocation) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("surge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match invocation.task {
+        Task::Config { .. } => {
+            println!("{}", config.print_effective());
+            ExitCode::SUCCESS
+        }
+        Task::Doctor => {
+            let report = doctor::run(&config);
+            println!("{report}");
+            if report.worst() == doctor::Level::Fail {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Task::Serve => {
+            init_logging(&config);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("surge: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(serve::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("surge: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

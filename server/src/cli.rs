@@ -1,0 +1,277 @@
+//! Command line and configuration sources.
+//!
+//! Every setting in core's `SETTINGS` table is a flag, an environment
+//! variable and a `.env` key at once; this module turns the three into
+//! core's `Source`s (flag > environment > `.env` > default), and generates
+//! `--help` and `.env.example` from the same table, so the documentation
+//! cannot drift from what the binary accepts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use surge_core::config::{Config, ConfigErrors, Origin, SETTINGS, Source};
+
+/// What the user asked the binary to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    Serve,
+    /// Print the effective configuration (or `.env.example`) and exit.
+    Config {
+        env_example: bool,
+    },
+    Doctor,
+}
+
+/// The parsed command line.
+#[derive(Debug)]
+pub struct Invocation {
+    pub task: Task,
+    pub flags: Source,
+    pub env_file: Option<PathBuf>,
+}
+
+fn setting_args() -> Vec<Arg> {
+    SETTINGS
+        .iter()
+        .map(|s| {
+            let long = s.flag.trim_start_matches("--");
+            Arg::new(s.env)
+                .long(long)
+                .value_name("VALUE")
+                .global(true)
+                .help(format!(
+                    "{} [env: {}] [default: {}]",
+                    s.doc, s.env, s.default
+                ))
+        })
+        .collect()
+}
+
+/// The clap command, generated from the settings table.
+pub fn command() -> Command {
+    Command::new("surge")
+        .about("WebSocket fan-out gateway fed by NATS JetStream (or its embedded broker)")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand(Command::new("serve").about("Run the gateway (the default)"))
+        .subcommand(
+            Command::new("config")
+                .about("Validate and print the effective configuration, then exit")
+                .arg(
+                    Arg::new("env-example")
+                        .long("env-example")
+                        .action(ArgAction::SetTrue)
+                        .help("Print a documented .env.example instead"),
+                ),
+        )
+        .subcommand(Command::new("doctor").about("Check host limits against the configuration"))
+        .arg(
+            Arg::new("env-file")
+                .long("env-file")
+                .value_name("PATH")
+                .global(true)
+                .help("The .env file to read [default: ./.env when it exists]"),
+        )
+        .args(setting_args())
+}
+
+/// Parses `args` (including the program name).
+pub fn parse<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    let task = match matches.subcommand() {
+        Some(("config", sub)) => Task::Config {
+            env_example: sub.get_flag("env-example"),
+        },
+        Some(("doctor", _)) => Task::Doctor,
+        _ => Task::Serve,
+    };
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let flags = flag_source(&matches, sub);
+    let env_file = sub
+        .and_then(|m| m.get_one::<String>("env-file"))
+        .or_else(|| matches.get_one::<String>("env-file"))
+        .map(PathBuf::from);
+    Ok(Invocation {
+        task,
+        flags,
+        env_file,
+    })
+}
+
+fn flag_source(top: &ArgMatches, sub: Option<&ArgMatches>) -> Source {
+    let mut values = BTreeMap::new();
+    for s in SETTINGS {
+        let value = sub
+            .and_then(|m| m.get_one::<String>(s.env))
+            .or_else(|| top.get_one::<String>(s.env));
+        if let Some(v) = value {
+            values.insert(s.env.to_string(), v.clone());
+        }
+    }
+    Source {
+        origin: Origin::Flag,
+        values,
+    }
+}
+
+/// `SURGE_*` variables of the process environment.
+pub fn env_source(vars: impl IntoIterator<Item = (String, String)>) -> Source {
+    Source {
+        origin: Origin::Env,
+        values: vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SURGE_"))
+            .collect(),
+    }
+}
+
+/// Reads a `.env` file. A missing default `./.env` is not an error; a
+/// missing file named with `--env-file` is.
+pub fn dotenv_source(explicit: Option<&Path>) -> Result<Source, String> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let default = PathBuf::from(".env");
+            if !default.exists() {
+                return Ok(Source {
+                    origin: Origin::DotEnv,
+                    values: BTreeMap::new(),
+                });
+            }
+            default
+        }
+    };
+    let iter = dotenvy::from_path_iter(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut values = BTreeMap::new();
+    for item in iter {
+        let (k, v) = item.map_err(|e| format!("{}: {e}", path.display()))?;
+        values.insert(k, v);
+    }
+    Ok(Source {
+        origin: Origin::DotEnv,
+        values,
+    })
+}
+
+/// Resolves the configuration from all three sources.
+pub fn load(invocation: &Invocation) -> Result<Config, LoadError> {
+    let dotenv = dotenv_source(invocation.env_file.as_deref()).map_err(LoadError::EnvFile)?;
+    let env = env_source(std::env::vars());
+    Config::from_sources(&[invocation.flags.clone(), env, dotenv]).map_err(LoadError::Invalid)
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    EnvFile(String),
+    Invalid(ConfigErrors),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::EnvFile(e) => write!(f, "cannot read the .env file {e}"),
+            LoadError::Invalid(errors) => write!(f, "{errors}"),
+        }
+    }
+}
+
+/// A documented `.env.example`, generated from the settings table.
+pub fn env_example() -> String {
+    let mut out = String::from(
+        "# surge configuration. Precedence: command-line flag > environment > this file > default.\n\
+         # Durations: 500ms, 10s, 2m. Sizes: 4096, 64KiB, 50MiB.\n\
+         # Generated by `surge config --env-example`; every line is commented out with its default.\n",
+    );
+    for s in SETTINGS {
+        out.push_str(&format!("\n# {}\n# {}; flag {}\n", s.doc, s.rule(), s.flag));
+        match s.literal_default() {
+            Some(d) => out.push_str(&format!("#{}={}\n", s.env, d)),
+            None => out.push_str(&format!("#{}=   ({})\n", s.env, s.default)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_a_flag_source_keyed_by_env_name() {
+        let inv = parse(["surge", "--backlog", "128", "--ws-path=/live"]).expect("parses");
+        assert_eq!(inv.task, Task::Serve);
+        assert_eq!(
+            inv.flags.values.get("SURGE_BACKLOG").map(String::as_str),
+            Some("128")
+        );
+        assert_eq!(
+            inv.flags.values.get("SURGE_WS_PATH").map(String::as_str),
+            Some("/live")
+        );
+    }
+
+    #[test]
+    fn subcommands_accept_setting_flags_too() {
+        let inv = parse(["surge", "config", "--backlog", "64", "--env-example"]).expect("parses");
+        assert_eq!(inv.task, Task::Config { env_example: true });
+        assert_eq!(
+            inv.flags.values.get("SURGE_BACKLOG").map(String::as_str),
+            Some("64")
+        );
+        assert_eq!(
+            parse(["surge", "doctor"]).expect("parses").task,
+            Task::Doctor
+        );
+    }
+
+    #[test]
+    fn flag_beats_env_beats_dotenv() {
+        let inv = parse(["surge", "--backlog", "100"]).expect("parses");
+        let env = env_source([
+            ("SURGE_BACKLOG".to_string(), "200".to_string()),
+            ("SURGE_REPLAY_WINDOW".to_string(), "7".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ]);
+        let dot = Source {
+            origin: Origin::DotEnv,
+            values: [
+                ("SURGE_REPLAY_WINDOW".to_string(), "9".to_string()),
+                ("SURGE_SHARDS".to_string(), "3".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let config = Config::from_sources(&[inv.flags, env, dot]).expect("valid");
+        assert_eq!(config.backlog, 100);
+        assert_eq!(config.replay_window, 7);
+        assert_eq!(config.shards, Some(3));
+    }
+
+    #[test]
+    fn env_example_lists_every_setting_and_loads_back() {
+        let text = env_example();
+        for s in SETTINGS {
+            assert!(text.contains(&format!("#{}=", s.env)), "{} missing", s.env);
+        }
+        // Uncommenting every line that has a literal default gives a valid config.
+        let values: BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, v)| k.starts_with("SURGE_") && !v.trim_start().starts_with('('))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert!(values.len() > 20);
+        let config = Config::from_sources(&[Source {
+            origin: Origin::DotEnv,
+            values,
+        }])
+        .expect("valid");
+        assert_eq!(config.backlog, Config::default().backlog);
+    }
+}

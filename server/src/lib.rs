@@ -1,0 +1,12 @@
+//! The parts of the `surge` binary that are plain functions over the host:
+//! reading and raising host limits (`host`), the `surge doctor` report built
+//! from them (`doctor`), and the process CPU / memory sampler behind the
+//! resource guard and `/health` (`resources`). They live in a library so the
+//! binary and the tests share one copy.
+
+pub mod admin;
+pub mod cli;
+pub mod doctor;
+pub mod host;
+pub mod resources;
+pub mod serve;

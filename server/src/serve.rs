@@ -1,0 +1,157 @@
+//! `surge serve`: host limits, the gateway, the admin listener, the
+//! resource guard's sampler and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use surge_core::admission::ResourceSample;
+use surge_core::config::Config;
+use surge_runtime::embedded::{EmbeddedBroker, Retention};
+use surge_runtime::tcp::{SocketTuning, TcpTransport};
+use surge_runtime::{Broker, Gateway, GatewayConfig};
+
+use crate::admin::{self, AdminState};
+use crate::host;
+use crate::resources::ProcessSampler;
+
+/// How often the resource guard gets a new CPU / memory sample.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Limits resolved from the configuration and the host.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved {
+    pub max_connections: u32,
+    pub shards: u32,
+}
+
+/// Raises the open-file limit and derives max connections and shards.
+/// A configured maximum the file limit cannot hold is an error with the
+/// arithmetic in it.
+pub fn resolve_limits(config: &Config) -> anyhow::Result<Resolved> {
+    let (before, after) = host::raise_nofile().context("cannot read RLIMIT_NOFILE")?;
+    tracing::info!(
+        soft_before = before.soft,
+        hard = before.hard,
+        soft_now = after.soft,
+        "open-file limit raised to the hard limit"
+    );
+    let max_connections = match config.max_connections {
+        Some(configured) => {
+            host::check_max_connections(configured, after.soft).map_err(anyhow::Error::msg)?;
+            configured
+        }
+        None => {
+            let derived = host::derive_max_connections(
+                after.soft,
+                host::memory_limit_bytes(),
+                host::BYTES_PER_CONNECTION_ESTIMATE,
+            );
+            tracing::info!("{}", derived.explanation);
+            println!("{}", derived.explanation);
+            derived.max_connections
+        }
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let shards = config.shards.unwrap_or(cpus).min(max_connections.max(1));
+    Ok(Resolved {
+        max_connections,
+        shards,
+    })
+}
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let resolved = resolve_limits(&config)?;
+    println!("{}", config.print_effective());
+    tracing::info!(config = %config.to_json(), "effective configuration");
+
+    let gateway_config =
+        GatewayConfig::from_config(&config, resolved.max_connections, resolved.shards);
+    let retry_after = u32::try_from(config.retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
+    let transport = TcpTransport::new(SocketTuning::preset(config.socket_preset), retry_after);
+    let retention = Retention {
+        max_age: config.js_max_age,
+        max_messages: config.js_max_msgs,
+        max_bytes: config.js_max_bytes,
+    };
+    if config.nats_url.is_some() {
+        anyhow::bail!(
+            "SURGE_NATS_URL is set, but this build has no NATS bridge yet; unset it to use the embedded broker"
+        );
+    }
+    let gateway = Gateway::start(&transport, gateway_config, |hub, clock| {
+        Arc::new(EmbeddedBroker::new(hub, retention, clock)) as Arc<dyn Broker>
+    })
+    .await
+    .with_context(|| format!("cannot listen on {} (SURGE_LISTEN)", config.listen))?;
+    let gateway = Arc::new(gateway);
+    println!(
+        "surge listening on ws://{}{} (admin http://{}), broker: {}",
+        gateway.local_addr(),
+        config.ws_path,
+        config.admin_listen,
+        gateway.broker().kind()
+    );
+
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (SURGE_ADMIN_LISTEN)",
+                config.admin_listen
+            )
+        })?;
+    let state = AdminState {
+        gateway: Arc::clone(&gateway),
+        config: Arc::new(config.to_json()),
+        max_publish_bytes: 1024 * 1024,
+    };
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(async move {
+        let served = axum::serve(admin_listener, admin::router(state))
+            .with_graceful_shutdown(async {
+                let _ = admin_stop_rx.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+
+    let sampler = tokio::spawn(sample_resources(Arc::clone(&gateway)));
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: closing connections with 1001");
+    gateway.shutdown(config.shutdown_drain).await;
+    sampler.abort();
+    let _ = admin_stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn sample_resources(gateway: Arc<Gateway>) {
+    let mut sampler = ProcessSampler::new();
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        if let Some((cpu_percent, memory_bytes)) = sampler.sample() {
+            gateway.observe(ResourceSample {
+                cpu_percent,
+                memory_bytes,
+            });
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
