@@ -1,0 +1,265 @@
+//! The `surge` binary as an operator runs it: real process, real ports,
+//! real WebSocket client, real signals.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const SURGE: &str = env!("CARGO_BIN_EXE_surge");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Server {
+    child: Child,
+    ws: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let child = Command::new(SURGE)
+            .args([
+                "--listen",
+                &ws.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args(["--max-connections", "1000", "--shards", "2"])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("surge starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(admin).is_err() {
+            assert!(Instant::now() < deadline, "admin listener never came up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, ws, admin }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child this test spawned.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0);
+    }
+
+    fn wait(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "surge did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 exchange: (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("a head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, body.to_string())
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(SURGE)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn invalid_configuration_exits_non_zero_naming_the_setting() {
+    let out = run(&["config"], &[("SURGE_BACKLOG", "lots")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SURGE_BACKLOG=lots (from environment)"),
+        "{err}"
+    );
+    assert!(err.contains("must be an integer from 1 to 65535"), "{err}");
+
+    let out = run(&["--handshake-timeout", "soon"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--handshake-timeout=soon (from command line)")
+    );
+
+    let out = run(&["config"], &[("SURGE_BAKLOG", "10")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SURGE_BACKLOG"),
+        "suggests the right name"
+    );
+}
+
+#[test]
+fn max_connections_above_the_file_limit_is_refused_with_the_arithmetic() {
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let out = run(&["--listen", &listen, "--max-connections", "9000000"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("9000000") && err.contains("reserve"), "{err}");
+}
+
+#[test]
+fn config_prints_the_effective_configuration_with_origins() {
+    let out = run(
+        &["config", "--backlog", "512"],
+        &[("SURGE_REPLAY_WINDOW", "50")],
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        line("SURGE_BACKLOG ").contains("512") && line("SURGE_BACKLOG ").contains("command line")
+    );
+    assert!(
+        line("SURGE_REPLAY_WINDOW ").contains("50")
+            && line("SURGE_REPLAY_WINDOW ").contains("environment")
+    );
+    assert!(line("SURGE_WS_PATH ").contains("default"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reaches_a_subscriber_health_and_metrics_report_it_and_sigterm_closes_1001() {
+    let server = Server::start(&[]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
+        .await
+        .expect("upgrade");
+    let next = |v: Option<Result<Message, _>>| -> Value {
+        match v {
+            Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(next(ws.next().await)["type"], "welcome");
+    ws.send(Message::Text(
+        json!({"type":"subscribe","channels":["odin.token.*.trade"]})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(next(ws.next().await)["type"], "subscribed");
+
+    let admin = server.admin;
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http(
+            admin,
+            "POST",
+            "/publish",
+            r#"{"subject":"odin.token.BTC.trade","data":{"px":64000},"priority":"critical"}"#,
+        )
+    })
+    .await
+    .expect("publish");
+    assert_eq!((status, body.as_str()), (202, r#"{"sseq":1}"#));
+    let m = next(ws.next().await);
+    assert_eq!(
+        m,
+        json!({"type":"message","seq":1,"subject":"odin.token.BTC.trade","sseq":1,"data":{"px":64000}})
+    );
+
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        http(admin, "POST", "/publish", r#"{"subject":"a..b","data":1}"#)
+    })
+    .await
+    .expect("bad publish");
+    assert_eq!(status, 400, "{body}");
+
+    let (status, body) = tokio::task::spawn_blocking(move || http(admin, "GET", "/health", ""))
+        .await
+        .expect("health");
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_str(&body).expect("health JSON");
+    assert_eq!(health["connections"], json!({"current": 1, "max": 1000}));
+    assert_eq!(health["broker"]["kind"], "embedded");
+    insta::assert_json_snapshot!("health", health, {
+        ".uptime_s" => "[uptime]",
+        ".cpu_percent" => "[cpu]",
+        ".memory_bytes" => "[memory]",
+        ".socket_options" => "[socket options]",
+        ".shards[].connections" => "[n]",
+        ".shards[].available" => "[n]",
+        ".shards[].utilization" => "[n]",
+        ".imbalance_percent" => "[n]",
+    });
+
+    let (status, metrics) = tokio::task::spawn_blocking(move || http(admin, "GET", "/metrics", ""))
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        "surge_connections 1",
+        "surge_connections_max 1000",
+        "surge_messages_published_total 1",
+        "surge_messages_delivered_total 1",
+        "surge_handshakes_total{outcome=\"accepted\"} 1",
+        "surge_handshake_duration_seconds_count 1",
+        "surge_throttled_connections{level=\"none\"} 1",
+        "surge_broker_connected 1",
+        "surge_slow_client_disconnects_total 0",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
+    }
+
+    server.signal(libc::SIGTERM);
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(10)))
+        .await
+        .expect("exit");
+    assert_eq!(status.code(), Some(0));
+}
