@@ -87,6 +87,12 @@ impl Hub {
         }
     }
 
+    /// The gateway's metrics, for a broker that reports its own events
+    /// (the NATS bridge counts lost connections).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
     /// Hands `message` to every shard. Returns false once the gateway has
     /// stopped.
     pub async fn dispatch(&self, message: Arc<Published>) -> bool {

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
-use surge_core::config::{Config, ConfigErrors, Origin, SETTINGS, Source};
+use surge_core::config::{Config, ConfigErrors, Origin, SETTINGS, Source, parse_duration};
+
+use crate::feed::{self, FeedOptions};
 
 /// What the user asked the binary to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,8 @@ pub enum Task {
         env_example: bool,
     },
     Doctor,
+    /// Publish a synthetic market stream (`surge feed`).
+    Feed(FeedOptions),
 }
 
 /// The parsed command line.
@@ -65,6 +69,7 @@ pub fn command() -> Command {
                 ),
         )
         .subcommand(Command::new("doctor").about("Check host limits against the configuration"))
+        .subcommand(feed_command())
         .arg(
             Arg::new("env-file")
                 .long("env-file")
@@ -73,6 +78,59 @@ pub fn command() -> Command {
                 .help("The .env file to read [default: ./.env when it exists]"),
         )
         .args(setting_args())
+}
+
+fn feed_command() -> Command {
+    Command::new("feed")
+        .about("Publish a synthetic market stream (trades, liquidity, trending) to NATS when SURGE_NATS_URL is set, else to the running gateway's admin /publish")
+        .arg(
+            Arg::new("rate")
+                .long("rate")
+                .value_name("MSGS_PER_SEC")
+                .default_value(feed::DEFAULT_RATE_TEXT)
+                .value_parser(clap::value_parser!(u32).range(1..))
+                .help("Trades plus liquidity updates per second (trending every 5 s comes on top)"),
+        )
+        .arg(
+            Arg::new("symbols")
+                .long("symbols")
+                .value_name("LIST")
+                .default_value(feed::DEFAULT_SYMBOLS)
+                .value_parser(feed::parse_symbols)
+                .help("Comma-separated symbols; the first ones trade most"),
+        )
+        .arg(
+            Arg::new("duration")
+                .long("duration")
+                .value_name("DURATION")
+                .value_parser(|v: &str| parse_duration(v).map_err(|e| e.to_string()))
+                .help("Stop after this long (500ms, 10s, 2m) [default: until Ctrl-C]"),
+        )
+        .arg(
+            Arg::new("admin")
+                .long("admin")
+                .value_name("URL")
+                .default_value(feed::DEFAULT_ADMIN)
+                .help("The gateway's admin listener, used with the embedded broker"),
+        )
+}
+
+fn feed_options(sub: &ArgMatches) -> FeedOptions {
+    FeedOptions {
+        rate: sub
+            .get_one::<u32>("rate")
+            .copied()
+            .unwrap_or(feed::DEFAULT_RATE),
+        symbols: sub
+            .get_one::<Vec<String>>("symbols")
+            .cloned()
+            .unwrap_or_default(),
+        duration: sub.get_one("duration").copied(),
+        admin: sub
+            .get_one::<String>("admin")
+            .cloned()
+            .unwrap_or_else(|| feed::DEFAULT_ADMIN.to_owned()),
+    }
 }
 
 /// Parses `args` (including the program name).
@@ -87,6 +145,7 @@ where
             env_example: sub.get_flag("env-example"),
         },
         Some(("doctor", _)) => Task::Doctor,
+        Some(("feed", sub)) => Task::Feed(feed_options(sub)),
         _ => Task::Serve,
     };
     let sub = matches.subcommand().map(|(_, m)| m);
@@ -227,6 +286,54 @@ mod tests {
             parse(["surge", "doctor"]).expect("parses").task,
             Task::Doctor
         );
+    }
+
+    #[test]
+    fn feed_takes_rate_symbols_duration_and_admin_with_defaults() {
+        let inv = parse(["surge", "feed"]).expect("parses");
+        let Task::Feed(options) = inv.task else {
+            panic!("not feed: {:?}", inv.task);
+        };
+        assert_eq!(options.rate, 50);
+        assert_eq!(options.symbols[..3], ["BTC", "ETH", "SOL"]);
+        assert_eq!(options.duration, None);
+        assert_eq!(options.admin, "http://127.0.0.1:9090");
+
+        let inv = parse([
+            "surge",
+            "feed",
+            "--rate",
+            "200",
+            "--symbols",
+            "btc,PEPE",
+            "--duration",
+            "2m",
+            "--admin",
+            "http://10.0.0.1:9191",
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+        ])
+        .expect("parses");
+        assert_eq!(
+            inv.task,
+            Task::Feed(FeedOptions {
+                rate: 200,
+                symbols: vec!["BTC".into(), "PEPE".into()],
+                duration: Some(std::time::Duration::from_secs(120)),
+                admin: "http://10.0.0.1:9191".into(),
+            })
+        );
+        assert_eq!(
+            inv.flags.values.get("SURGE_NATS_URL").map(String::as_str),
+            Some("nats://127.0.0.1:4222")
+        );
+        for bad in [
+            &["surge", "feed", "--rate", "0"][..],
+            &["surge", "feed", "--symbols", "BT.C"],
+            &["surge", "feed", "--duration", "soon"],
+        ] {
+            assert!(parse(bad.iter().copied()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 pub mod admin;
 pub mod cli;
 pub mod doctor;
+pub mod feed;
 pub mod host;
+pub mod nats;
 pub mod resources;
 pub mod serve;

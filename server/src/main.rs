@@ -1,14 +1,15 @@
-//! The `surge` binary: `surge [serve]`, `surge config`, `surge doctor`.
+//! The `surge` binary: `surge [serve]`, `surge config`, `surge doctor`,
+//! `surge feed`.
 
 use std::process::ExitCode;
 
 use surge_core::config::{Config, LogFormat};
 use surge_server::cli::{self, Task};
-use surge_server::{doctor, serve};
+use surge_server::{doctor, feed, serve};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_env("SURGE_LOG")
+    let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_str()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -54,6 +55,29 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
+            }
+        }
+        Task::Feed(options) => {
+            init_logging(&config);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("surge: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(feed::run(&config, options)) {
+                Ok(report) => {
+                    println!("surge feed: {report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("surge feed: {e}");
+                    ExitCode::from(1)
+                }
             }
         }
         Task::Serve => {

@@ -13,6 +13,7 @@ use surge_runtime::{Broker, Gateway, GatewayConfig};
 
 use crate::admin::{self, AdminState};
 use crate::host;
+use crate::nats::NatsBridge;
 use crate::resources::ProcessSampler;
 
 /// How often the resource guard gets a new CPU / memory sample.
@@ -75,13 +76,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_messages: config.js_max_msgs,
         max_bytes: config.js_max_bytes,
     };
-    if config.nats_url.is_some() {
-        anyhow::bail!(
-            "SURGE_NATS_URL is set, but this build has no NATS bridge yet; unset it to use the embedded broker"
-        );
-    }
-    let gateway = Gateway::start(&transport, gateway_config, |hub, clock| {
-        Arc::new(EmbeddedBroker::new(hub, retention, clock)) as Arc<dyn Broker>
+    // Connect and ensure the stream before listening, so a bad stream or
+    // unreachable NATS stops the start with a clear message (exit 2).
+    let nats = match config.nats_url {
+        Some(_) => Some(NatsBridge::prepare(&config).await?),
+        None => None,
+    };
+    let gateway = Gateway::start(&transport, gateway_config, |hub, clock| match nats {
+        Some(bridge) => bridge.attach(hub, clock) as Arc<dyn Broker>,
+        None => Arc::new(EmbeddedBroker::new(hub, retention, clock)) as Arc<dyn Broker>,
     })
     .await
     .with_context(|| format!("cannot listen on {} (SURGE_LISTEN)", config.listen))?;
