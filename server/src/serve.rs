@@ -24,6 +24,29 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 pub struct Resolved {
     pub max_connections: u32,
     pub shards: u32,
+    /// Memory thresholds of the resource guard (reject, pause).
+    pub memory_reject_bytes: Option<u64>,
+    pub memory_pause_bytes: Option<u64>,
+}
+
+/// Memory thresholds: what is configured, else 90 % (reject) and 95 %
+/// (pause) of the memory limit, keeping pause >= reject. `None` when
+/// neither is configured and the limit is unknown.
+pub fn memory_thresholds(
+    reject: Option<u64>,
+    pause: Option<u64>,
+    limit: Option<u64>,
+) -> (Option<u64>, Option<u64>) {
+    let share = |percent: u64| limit.map(|l| l / 100 * percent);
+    let reject = reject.or_else(|| match (share(90), pause) {
+        (Some(r), Some(p)) => Some(r.min(p)),
+        (r, _) => r,
+    });
+    let pause = pause.or_else(|| match (share(95), reject) {
+        (Some(p), Some(r)) => Some(p.max(r)),
+        (p, _) => p,
+    });
+    (reject, pause)
 }
 
 /// Raises the open-file limit and derives max connections and shards.
@@ -55,9 +78,21 @@ pub fn resolve_limits(config: &Config) -> anyhow::Result<Resolved> {
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let shards = config.shards.unwrap_or(cpus).min(max_connections.max(1));
+    let (memory_reject_bytes, memory_pause_bytes) = memory_thresholds(
+        config.memory_reject_bytes,
+        config.memory_pause_bytes,
+        host::memory_limit_bytes(),
+    );
+    tracing::info!(
+        memory_reject_bytes,
+        memory_pause_bytes,
+        "resource guard memory thresholds"
+    );
     Ok(Resolved {
         max_connections,
         shards,
+        memory_reject_bytes,
+        memory_pause_bytes,
     })
 }
 
@@ -67,8 +102,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("{}", config.print_effective());
     tracing::info!(config = %config.to_json(), "effective configuration");
 
-    let gateway_config =
+    let mut gateway_config =
         GatewayConfig::from_config(&config, resolved.max_connections, resolved.shards);
+    gateway_config.guard.memory_reject_bytes = resolved.memory_reject_bytes;
+    gateway_config.guard.memory_pause_bytes = resolved.memory_pause_bytes;
     let retry_after = u32::try_from(config.retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
     let transport = TcpTransport::new(SocketTuning::preset(config.socket_preset), retry_after);
     let retention = Retention {
@@ -157,4 +194,34 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory_thresholds;
+
+    #[test]
+    fn memory_thresholds_derive_from_the_limit_and_keep_pause_above_reject() {
+        let gib = 1u64 << 30;
+        let limit = Some(10 * gib);
+        assert_eq!(
+            memory_thresholds(None, None, limit),
+            (Some(10 * gib / 100 * 90), Some(10 * gib / 100 * 95))
+        );
+        assert_eq!(
+            memory_thresholds(Some(gib), Some(2 * gib), limit),
+            (Some(gib), Some(2 * gib))
+        );
+        // A configured pause below 90 % pulls the derived reject down to it.
+        assert_eq!(
+            memory_thresholds(None, Some(gib), limit),
+            (Some(gib), Some(gib))
+        );
+        // A configured reject above 95 % pushes the derived pause up to it.
+        assert_eq!(
+            memory_thresholds(Some(10 * gib), None, limit),
+            (Some(10 * gib), Some(10 * gib))
+        );
+        assert_eq!(memory_thresholds(None, None, None), (None, None));
+    }
 }
