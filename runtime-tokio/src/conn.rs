@@ -1,23 +1,24 @@
 //! One connection, from accept to close, in one task: the handshake through
 //! core's state machine, then the WebSocket session driven by core's
-//! `Session`. The slot reserved at accept is released exactly once, by
+//! `Session`, framed by core's `frame` codec. The task owns no buffer while
+//! the connection is idle: the decoder allocates only for a message in
+//! progress and the write buffer only while there is something to send. The slot reserved at accept is released exactly once, by
 //! [`SlotGuard`]'s `Drop` if no path released it explicitly.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use surge_core::admission::{AbortCause, Admission, LiveSlot, Reservation};
+use surge_core::frame::{
+    DecodeLimits, Event, FrameDecoder, close_frame_into, ping_frame_into, pong_frame_into,
+    text_frame_into,
+};
 use surge_core::handshake::{Handshake, Outcome, Progress};
-use surge_core::protocol::CloseCode;
+use surge_core::protocol::{CloseCode, OutFrame};
 use surge_core::session::{Action, Session, resume_gap};
 use surge_core::subjects::Pattern;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::Instrument;
 
 use crate::gateway::Context;
@@ -118,12 +119,6 @@ where
         ctx.metrics.handshake("accepted").inc();
         let elapsed = ctx.clock.now().saturating_duration_since(started);
         ctx.metrics.handshake_seconds.observe(elapsed.as_secs_f64());
-        let ws = if accepted.leftover.is_empty() {
-            WebSocketStream::from_raw_socket(stream, Role::Server, Some(ctx.ws_config)).await
-        } else {
-            WebSocketStream::from_partially_read(stream, accepted.leftover, Role::Server, Some(ctx.ws_config))
-                .await
-        };
         let shard = Arc::clone(&ctx.shards[id.shard.0 as usize]);
         let shared = Arc::new(ConnShared {
             session: Mutex::new(Session::new(id, Arc::clone(&ctx.session_config), ctx.clock.now())),
@@ -132,13 +127,17 @@ where
         shard.register(id.serial, Arc::clone(&shared));
         ctx.metrics.connections.inc();
         let end = SessionDriver {
-            ws,
+            stream,
+            decoder: FrameDecoder::new(DecodeLimits {
+                max_message_bytes: ctx.session_config.max_message_bytes,
+            }),
+            out: Vec::new(),
             shared: &shared,
             shard: &shard,
             ctx: &ctx,
             serial: id.serial,
         }
-        .run()
+        .run(accepted.leftover)
         .await;
         let patterns: Vec<Pattern> = lock(&shared.session).subscriptions().cloned().collect();
         shard.unregister(id.serial, &patterns);
@@ -190,6 +189,8 @@ async fn handshake<S: AsyncRead + Unpin>(
 enum End {
     ClientClosed,
     ClosedByServer(CloseCode),
+    /// The client broke the framing protocol; closed with this code.
+    Protocol(u16),
     Io(String),
 }
 
@@ -198,13 +199,29 @@ impl End {
         match self {
             End::ClientClosed => "client closed".into(),
             End::ClosedByServer(code) => format!("closed by the server with {}", code.code()),
+            End::Protocol(code) => format!("protocol error, closed with {code}"),
             End::Io(e) => format!("i/o: {e}"),
         }
     }
 }
 
+/// Bytes read from a client at a time. Client requests are small JSON;
+/// the decoder reassembles anything longer, so this only bounds how much
+/// each connection's task carries, not what a client may send.
+const READ_CHUNK: usize = 512;
+
+/// A write buffer larger than this is released after use, so a connection
+/// that once received a burst does not keep its memory while idle.
+const KEEP_WRITE_BUFFER: usize = 4096;
+
+/// How long a server-initiated close waits for the client's Close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 struct SessionDriver<'a, S> {
-    ws: WebSocketStream<S>,
+    stream: S,
+    decoder: FrameDecoder,
+    /// Frames waiting to be written (pongs, then queued session frames).
+    out: Vec<u8>,
     shared: &'a ConnShared,
     shard: &'a Shard,
     ctx: &'a Context,
@@ -215,11 +232,17 @@ impl<S> SessionDriver<'_, S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    async fn run(mut self) -> End {
+    async fn run(mut self, leftover: Vec<u8>) -> End {
         let mut shutdown = self.ctx.shutdown.clone();
         if *shutdown.borrow() {
             lock(&self.shared.session).close(CloseCode::GoingAway, "server shutting down".into());
         }
+        if !leftover.is_empty()
+            && let Some(end) = self.on_bytes(&leftover).await
+        {
+            return end;
+        }
+        drop(leftover);
         loop {
             if let Some(end) = self.apply_actions().await {
                 return end;
@@ -229,6 +252,7 @@ where
             }
             let wake = lock(&self.shared.session).poll_timeout();
             let sleep_until = wake.map(|t| self.ctx.clock.to_tokio(t));
+            let mut chunk = [0u8; READ_CHUNK];
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -237,11 +261,15 @@ where
                     }
                 }
                 _ = self.shared.notify.notified() => {}
-                frame = self.ws.next() => {
-                    if let Some(end) = self.on_frame(frame).await {
-                        return end;
+                read = self.stream.read(&mut chunk) => match read {
+                    Ok(0) => return End::ClientClosed,
+                    Ok(n) => {
+                        if let Some(end) = self.on_bytes(&chunk[..n]).await {
+                            return end;
+                        }
                     }
-                }
+                    Err(e) => return End::Io(e.to_string()),
+                },
                 _ = sleep_opt(sleep_until) => {
                     lock(&self.shared.session).handle_timeout(self.ctx.clock.now());
                 }
@@ -249,31 +277,43 @@ where
         }
     }
 
-    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Option<End> {
-        let now = self.ctx.clock.now();
-        match frame {
-            None => Some(End::ClientClosed),
-            Some(Ok(Message::Text(text))) => {
-                self.ctx.metrics.client_requests.inc();
-                lock(&self.shared.session).handle_text(text.as_str(), now);
-                None
+    /// Decodes client bytes and hands each complete message to the session.
+    async fn on_bytes(&mut self, mut input: &[u8]) -> Option<End> {
+        loop {
+            let event = match self.decoder.feed(&mut input) {
+                Ok(Some(event)) => event,
+                Ok(None) => return None,
+                Err(e) => {
+                    let code = e.close_code();
+                    tracing::debug!(error = %e, code, "client broke the framing protocol");
+                    close_frame_into(&mut self.out, code, &e.to_string());
+                    let _ = self.flush_out().await;
+                    let _ = tokio::time::timeout(CLOSE_WAIT, self.stream.shutdown()).await;
+                    return Some(End::Protocol(code));
+                }
+            };
+            let now = self.ctx.clock.now();
+            match event {
+                Event::Text(text) => {
+                    self.ctx.metrics.client_requests.inc();
+                    lock(&self.shared.session).handle_text(&text, now);
+                }
+                Event::Binary { .. } => lock(&self.shared.session).handle_binary(now),
+                Event::Ping(payload) => {
+                    lock(&self.shared.session).on_heard(now);
+                    pong_frame_into(&mut self.out, &payload);
+                }
+                Event::Pong(_) => lock(&self.shared.session).on_heard(now),
+                Event::Close { code, .. } => {
+                    // Echo the client's code (1000 when it gave none),
+                    // after whatever was already queued for it.
+                    let _ = self.write_queued().await;
+                    close_frame_into(&mut self.out, code.unwrap_or(1000), "");
+                    let _ = self.flush_out().await;
+                    let _ = tokio::time::timeout(CLOSE_WAIT, self.stream.shutdown()).await;
+                    return Some(End::ClientClosed);
+                }
             }
-            Some(Ok(Message::Binary(_))) => {
-                lock(&self.shared.session).handle_binary(now);
-                None
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                lock(&self.shared.session).on_heard(now);
-                // tungstenite queued the pong; send it now.
-                let _ = self.ws.flush().await;
-                None
-            }
-            Some(Ok(Message::Close(_))) => Some(End::ClientClosed),
-            Some(Err(WsError::Capacity(e))) => {
-                lock(&self.shared.session).close(CloseCode::TooBig, e.to_string());
-                None
-            }
-            Some(Err(e)) => Some(End::Io(e.to_string())),
         }
     }
 
@@ -304,11 +344,7 @@ where
                         return Some(End::Io(e));
                     }
                 }
-                Action::Ping => {
-                    if self.ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return Some(End::Io("ping failed".into()));
-                    }
-                }
+                Action::Ping => ping_frame_into(&mut self.out, b""),
                 Action::Close { code, reason } => {
                     return Some(self.close(code, reason).await);
                 }
@@ -344,34 +380,46 @@ where
         Ok(())
     }
 
-    /// Writes every queued frame and flushes once: one syscall for many
-    /// frames when the client keeps up.
+    /// Frames every queued message into one buffer and writes it with one
+    /// call: many frames per syscall when the client keeps up.
     async fn write_queued(&mut self) -> Result<(), String> {
-        let frames: Vec<_> = {
+        {
             let mut session = lock(&self.shared.session);
-            std::iter::from_fn(|| session.pop_frame()).collect()
-        };
-        if frames.is_empty() {
+            while let Some(frame) = session.pop_frame() {
+                match &frame {
+                    OutFrame::Control(body) => text_frame_into(&mut self.out, &[body]),
+                    OutFrame::Message { head, tail } => {
+                        text_frame_into(&mut self.out, &[head, tail]);
+                    }
+                }
+            }
+        }
+        self.flush_out().await
+    }
+
+    /// Writes `out`, bounded by the write timeout.
+    async fn flush_out(&mut self) -> Result<(), String> {
+        if self.out.is_empty() {
             return Ok(());
         }
         let write = async {
-            for frame in frames {
-                let text = Utf8Bytes::try_from(frame.to_bytes())
-                    .map_err(|_| "a frame was not UTF-8".to_string())?;
-                self.ws
-                    .feed(Message::Text(text))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            self.ws.flush().await.map_err(|e| e.to_string())
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
         };
-        match tokio::time::timeout(self.ctx.write_timeout, write).await {
-            Ok(result) => result,
+        let result = match tokio::time::timeout(self.ctx.write_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
             Err(_) => {
                 self.ctx.metrics.slow_disconnects.inc();
                 Err("write timed out: client not reading".into())
             }
+        };
+        if self.out.capacity() > KEEP_WRITE_BUFFER {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
         }
+        result
     }
 
     async fn close(&mut self, code: CloseCode, reason: String) -> End {
@@ -381,12 +429,35 @@ where
         }
         // Frames queued before the close (a last notice) go first.
         let _ = self.write_queued().await;
-        let frame = CloseFrame {
-            code: WsCloseCode::from(code.code()),
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame))).await;
+        close_frame_into(&mut self.out, code.code(), &reason);
+        if self.flush_out().await.is_ok() {
+            self.await_client_close().await;
+        }
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.stream.shutdown()).await;
         End::ClosedByServer(code)
+    }
+
+    /// After a server-initiated close, waits briefly for the client's Close
+    /// so the TCP close comes from the side the RFC expects.
+    async fn await_client_close(&mut self) {
+        let wait = async {
+            let mut chunk = [0u8; READ_CHUNK];
+            loop {
+                let n = match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut input = &chunk[..n];
+                loop {
+                    match self.decoder.feed(&mut input) {
+                        Ok(Some(Event::Close { .. })) | Err(_) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, wait).await;
     }
 }
 

@@ -16,7 +16,6 @@ use surge_core::throttle::ThrottleConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::broker::{Broker, Hub};
 use crate::clock::Clock;
@@ -38,8 +37,6 @@ pub struct GatewayConfig {
     pub guard: GuardConfig,
     /// Messages buffered between the hub and each shard's fan-out.
     pub shard_queue: usize,
-    /// Bytes tungstenite reads at a time; allocated per connection.
-    pub read_buffer_bytes: usize,
     /// A connection whose writes stall this long is closed.
     pub write_timeout: Duration,
 }
@@ -89,7 +86,6 @@ impl GatewayConfig {
                 ..GuardConfig::default()
             },
             shard_queue: 1024,
-            read_buffer_bytes: 1024,
             write_timeout: config.idle_timeout,
         }
     }
@@ -114,7 +110,6 @@ pub(crate) struct Context {
     pub shards: Vec<Arc<Shard>>,
     pub handshake_config: Arc<HandshakeConfig>,
     pub session_config: Arc<SessionConfig>,
-    pub ws_config: WebSocketConfig,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
     pub write_timeout: Duration,
@@ -239,19 +234,12 @@ impl Gateway {
         let shards: Vec<Arc<Shard>> = (0..config.shards.max(1))
             .map(|_| Arc::new(Shard::new()))
             .collect();
-        let mut ws_config = WebSocketConfig::default();
-        ws_config.read_buffer_size = config.read_buffer_bytes;
-        ws_config.write_buffer_size = 0;
-        ws_config.max_write_buffer_size = config.session.hard_queue_bytes().saturating_mul(2);
-        ws_config.max_message_size = Some(config.session.max_message_bytes);
-        ws_config.max_frame_size = Some(config.session.max_message_bytes);
         let ctx = Arc::new(Context {
             clock,
             admission: Arc::clone(&admission),
             shards: shards.clone(),
             handshake_config: Arc::new(config.handshake.clone()),
             session_config: Arc::new(config.session.clone()),
-            ws_config,
             metrics: Arc::clone(&metrics),
             shutdown: shutdown_rx,
             write_timeout: config.write_timeout,
