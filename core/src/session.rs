@@ -194,8 +194,9 @@ pub struct Session {
     actions: VecDeque<Action>,
     last_heard: Instant,
     last_ping: Option<Instant>,
-    catch_up: Option<CatchUp>,
-    floor: Option<RecoveredFloor>,
+    /// Boxed: rare, and an idle session should stay small.
+    catch_up: Option<Box<CatchUp>>,
+    floor: Option<Box<RecoveredFloor>>,
     closed: bool,
     stats: SessionStats,
 }
@@ -517,12 +518,12 @@ impl Session {
             return;
         };
         self.subscriptions.extend(new.iter().cloned());
-        self.catch_up = Some(CatchUp {
+        self.catch_up = Some(Box::new(CatchUp {
             id,
             channels: names,
             patterns: patterns.clone(),
             held: VecDeque::new(),
-        });
+        }));
         self.actions.push_back(Action::Resume {
             subscribe: new,
             patterns,
@@ -565,10 +566,10 @@ impl Session {
             channels: catch_up.channels,
             last_sseq,
         });
-        self.floor = Some(RecoveredFloor {
+        self.floor = Some(Box::new(RecoveredFloor {
             patterns: catch_up.patterns,
             sseq: last_sseq,
-        });
+        }));
         for message in catch_up.held {
             self.deliver(&message, now);
         }

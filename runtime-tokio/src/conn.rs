@@ -8,16 +8,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::Poll;
 use surge_core::admission::{AbortCause, Admission, LiveSlot, Reservation};
 use surge_core::frame::{
-    DecodeLimits, Event, FrameDecoder, close_frame_into, ping_frame_into, pong_frame_into,
-    text_frame_into,
+    DecodeLimits, Event, FrameDecoder, FrameError, close_frame_into, ping_frame_into,
+    pong_frame_into, text_frame_into,
 };
 use surge_core::handshake::{Handshake, Outcome, Progress};
 use surge_core::protocol::{CloseCode, OutFrame};
 use surge_core::session::{Action, Session, resume_gap};
 use surge_core::subjects::Pattern;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -88,40 +92,18 @@ where
     let id = r.id();
     let span = tracing::info_span!("conn", id = %id, shard = id.shard.0);
     async move {
-        let started = ctx.clock.now();
-        let Some(outcome) = handshake(&mut stream, &ctx, started).await else {
-            slot.abort(AbortCause::Io);
-            ctx.metrics.handshake("io").inc();
+        // Boxed so that nothing of the handshake stays in the task's state
+        // once the connection is upgraded: only the leftover bytes do.
+        let Some(leftover) = Box::pin(upgrade(&mut stream, &mut slot, &ctx)).await else {
             return;
         };
-        let accepted = match outcome {
-            Outcome::Accept(accepted) => accepted,
-            Outcome::Reject(rejection) | Outcome::TimedOut(rejection) => {
-                let cause = if matches!(rejection.status, 408) {
-                    AbortCause::TimedOut
-                } else {
-                    AbortCause::Rejected
-                };
-                // The slot is free before the answer is even written.
-                slot.abort(cause);
-                ctx.metrics.handshake_rejected(&rejection.reason);
-                tracing::debug!(status = rejection.status, reason = %rejection.reason, "handshake rejected");
-                answer_and_close(&mut stream, &rejection.response).await;
-                return;
-            }
-        };
-        if stream.write_all(&accepted.response).await.is_err() {
-            slot.abort(AbortCause::Io);
-            ctx.metrics.handshake("io").inc();
-            return;
-        }
-        slot.complete();
-        ctx.metrics.handshake("accepted").inc();
-        let elapsed = ctx.clock.now().saturating_duration_since(started);
-        ctx.metrics.handshake_seconds.observe(elapsed.as_secs_f64());
         let shard = Arc::clone(&ctx.shards[id.shard.0 as usize]);
         let shared = Arc::new(ConnShared {
-            session: Mutex::new(Session::new(id, Arc::clone(&ctx.session_config), ctx.clock.now())),
+            session: Mutex::new(Session::new(
+                id,
+                Arc::clone(&ctx.session_config),
+                ctx.clock.now(),
+            )),
             notify: Notify::new(),
         });
         shard.register(id.serial, Arc::clone(&shared));
@@ -137,7 +119,7 @@ where
             ctx: &ctx,
             serial: id.serial,
         }
-        .run(accepted.leftover)
+        .run(leftover)
         .await;
         let patterns: Vec<Pattern> = lock(&shared.session).subscriptions().cloned().collect();
         shard.unregister(id.serial, &patterns);
@@ -149,6 +131,47 @@ where
     .await
 }
 
+/// Runs the handshake and answers it: the 101 (returning the bytes that
+/// followed the request head), or the rejection (returning `None`). The
+/// slot is completed or aborted here.
+async fn upgrade<S>(stream: &mut S, slot: &mut SlotGuard, ctx: &Context) -> Option<Vec<u8>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let started = ctx.clock.now();
+    let Some(outcome) = handshake(stream, ctx, started).await else {
+        slot.abort(AbortCause::Io);
+        ctx.metrics.handshake("io").inc();
+        return None;
+    };
+    let accepted = match outcome {
+        Outcome::Accept(accepted) => accepted,
+        Outcome::Reject(rejection) | Outcome::TimedOut(rejection) => {
+            let cause = if matches!(rejection.status, 408) {
+                AbortCause::TimedOut
+            } else {
+                AbortCause::Rejected
+            };
+            // The slot is free before the answer is even written.
+            slot.abort(cause);
+            ctx.metrics.handshake_rejected(&rejection.reason);
+            tracing::debug!(status = rejection.status, reason = %rejection.reason, "handshake rejected");
+            answer_and_close(stream, &rejection.response).await;
+            return None;
+        }
+    };
+    if stream.write_all(&accepted.response).await.is_err() {
+        slot.abort(AbortCause::Io);
+        ctx.metrics.handshake("io").inc();
+        return None;
+    }
+    slot.complete();
+    ctx.metrics.handshake("accepted").inc();
+    let elapsed = ctx.clock.now().saturating_duration_since(started);
+    ctx.metrics.handshake_seconds.observe(elapsed.as_secs_f64());
+    Some(accepted.leftover)
+}
+
 /// Reads the request head through core's handshake until an outcome, or
 /// `None` if the peer went away first.
 async fn handshake<S: AsyncRead + Unpin>(
@@ -157,29 +180,65 @@ async fn handshake<S: AsyncRead + Unpin>(
     started: surge_core::Instant,
 ) -> Option<Outcome> {
     let mut hs = Handshake::new(Arc::clone(&ctx.handshake_config), started);
-    let mut buf = vec![0u8; 2048];
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let deadline = hs.poll_timeout()?;
         tokio::select! {
             biased;
             _ = shutdown.changed() => return None,
-            read = stream.read(&mut buf) => {
-                let n = match read {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => n,
-                };
-                match hs.feed(&buf[..n], ctx.clock.now()) {
-                    Progress::NeedMore => {}
-                    Progress::Done(outcome) => return Some(outcome),
-                    Progress::Finished => return None,
-                }
-            }
+            read = read_into(stream, |bytes| hs.feed(bytes, ctx.clock.now())) => match read {
+                Ok(Some(Progress::NeedMore)) => {}
+                Ok(Some(Progress::Done(outcome))) => return Some(outcome),
+                Ok(Some(Progress::Finished) | None) | Err(_) => return None,
+            },
             _ = tokio::time::sleep_until(ctx.clock.to_tokio(deadline)) => {
                 if let Some(outcome) = hs.handle_timeout(ctx.clock.now()) {
                     return Some(outcome);
                 }
             }
+        }
+    }
+}
+
+thread_local! {
+    /// The read buffer every connection on this thread shares: bytes are
+    /// handed to core (handshake or frame decoder) before the read returns,
+    /// so a waiting connection carries no read buffer of its own.
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+}
+
+/// Reads what the socket has into the thread's shared buffer and passes the
+/// bytes to `consume` within the same poll. `Ok(None)` is end of stream.
+async fn read_into<S, T>(
+    stream: &mut S,
+    mut consume: impl FnMut(&[u8]) -> T,
+) -> std::io::Result<Option<T>>
+where
+    S: AsyncRead + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        READ_BUFFER.with(|cell| {
+            let mut buffer = cell.borrow_mut();
+            let mut read = ReadBuf::new(&mut buffer[..]);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(consume(read.filled())))),
+            }
+        })
+    })
+    .await
+}
+
+/// Every event in `input`, and the protocol error that stopped decoding, if any.
+fn decode_all(decoder: &mut FrameDecoder, mut input: &[u8]) -> (Vec<Event>, Option<FrameError>) {
+    let mut events = Vec::new();
+    loop {
+        match decoder.feed(&mut input) {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => return (events, None),
+            Err(e) => return (events, Some(e)),
         }
     }
 }
@@ -205,11 +264,6 @@ impl End {
     }
 }
 
-/// Bytes read from a client at a time. Client requests are small JSON;
-/// the decoder reassembles anything longer, so this only bounds how much
-/// each connection's task carries, not what a client may send.
-const READ_CHUNK: usize = 512;
-
 /// A write buffer larger than this is released after use, so a connection
 /// that once received a burst does not keep its memory while idle.
 const KEEP_WRITE_BUFFER: usize = 4096;
@@ -233,16 +287,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async fn run(mut self, leftover: Vec<u8>) -> End {
-        let mut shutdown = self.ctx.shutdown.clone();
-        if *shutdown.borrow() {
+        // Shutdown reaches a running session through `Gateway::shutdown`,
+        // which closes it and wakes it; one that registered after that
+        // sweep sees the flag here.
+        if *self.ctx.shutdown.borrow() {
             lock(&self.shared.session).close(CloseCode::GoingAway, "server shutting down".into());
         }
-        if !leftover.is_empty()
-            && let Some(end) = self.on_bytes(&leftover).await
-        {
-            return end;
+        if !leftover.is_empty() {
+            let decoded = decode_all(&mut self.decoder, &leftover);
+            drop(leftover);
+            if let Some(end) = self.on_events(decoded).await {
+                return end;
+            }
         }
-        drop(leftover);
         loop {
             if let Some(end) = self.apply_actions().await {
                 return end;
@@ -252,19 +309,13 @@ where
             }
             let wake = lock(&self.shared.session).poll_timeout();
             let sleep_until = wake.map(|t| self.ctx.clock.to_tokio(t));
-            let mut chunk = [0u8; READ_CHUNK];
             tokio::select! {
                 biased;
-                changed = shutdown.changed() => {
-                    if changed.is_ok() && *shutdown.borrow() {
-                        lock(&self.shared.session).close(CloseCode::GoingAway, "server shutting down".into());
-                    }
-                }
                 _ = self.shared.notify.notified() => {}
-                read = self.stream.read(&mut chunk) => match read {
-                    Ok(0) => return End::ClientClosed,
-                    Ok(n) => {
-                        if let Some(end) = self.on_bytes(&chunk[..n]).await {
+                read = read_into(&mut self.stream, |bytes| decode_all(&mut self.decoder, bytes)) => match read {
+                    Ok(None) => return End::ClientClosed,
+                    Ok(Some(decoded)) => {
+                        if let Some(end) = self.on_events(decoded).await {
                             return end;
                         }
                     }
@@ -277,22 +328,14 @@ where
         }
     }
 
-    /// Decodes client bytes and hands each complete message to the session.
-    async fn on_bytes(&mut self, mut input: &[u8]) -> Option<End> {
-        loop {
-            let event = match self.decoder.feed(&mut input) {
-                Ok(Some(event)) => event,
-                Ok(None) => return None,
-                Err(e) => {
-                    let code = e.close_code();
-                    tracing::debug!(error = %e, code, "client broke the framing protocol");
-                    close_frame_into(&mut self.out, code, &e.to_string());
-                    let _ = self.flush_out().await;
-                    let _ = tokio::time::timeout(CLOSE_WAIT, self.stream.shutdown()).await;
-                    return Some(End::Protocol(code));
-                }
-            };
-            let now = self.ctx.clock.now();
+    /// Hands decoded client messages to the session; a protocol error or a
+    /// client Close ends the connection.
+    async fn on_events(
+        &mut self,
+        (events, error): (Vec<Event>, Option<FrameError>),
+    ) -> Option<End> {
+        let now = self.ctx.clock.now();
+        for event in events {
             match event {
                 Event::Text(text) => {
                     self.ctx.metrics.client_requests.inc();
@@ -307,14 +350,26 @@ where
                 Event::Close { code, .. } => {
                     // Echo the client's code (1000 when it gave none),
                     // after whatever was already queued for it.
-                    let _ = self.write_queued().await;
-                    close_frame_into(&mut self.out, code.unwrap_or(1000), "");
-                    let _ = self.flush_out().await;
-                    let _ = tokio::time::timeout(CLOSE_WAIT, self.stream.shutdown()).await;
-                    return Some(End::ClientClosed);
+                    return Some(Box::pin(self.finish(code.unwrap_or(1000), "")).await);
                 }
             }
         }
+        if let Some(e) = error {
+            tracing::debug!(error = %e, "client broke the framing protocol");
+            let code = e.close_code();
+            Box::pin(self.finish(code, &e.to_string())).await;
+            return Some(End::Protocol(code));
+        }
+        None
+    }
+
+    /// Writes what is queued and a Close frame, then closes the TCP stream.
+    async fn finish(&mut self, code: u16, reason: &str) -> End {
+        let _ = self.write_queued().await;
+        close_frame_into(&mut self.out, code, reason);
+        let _ = self.flush_out().await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.stream.shutdown()).await;
+        End::ClientClosed
     }
 
     /// Applies the session's actions in order. Returns the end of the
@@ -340,13 +395,13 @@ where
                     // Subscribe first: live messages from here on are held
                     // by the session, and the fetch below covers the rest.
                     self.shard.subscribe(self.serial, &subscribe);
-                    if let Err(e) = self.resume(patterns, since_sseq).await {
+                    if let Err(e) = Box::pin(self.resume(patterns, since_sseq)).await {
                         return Some(End::Io(e));
                     }
                 }
                 Action::Ping => ping_frame_into(&mut self.out, b""),
                 Action::Close { code, reason } => {
-                    return Some(self.close(code, reason).await);
+                    return Some(Box::pin(self.close(code, reason)).await);
                 }
             }
         }
@@ -441,19 +496,16 @@ where
     /// so the TCP close comes from the side the RFC expects.
     async fn await_client_close(&mut self) {
         let wait = async {
-            let mut chunk = [0u8; READ_CHUNK];
             loop {
-                let n = match self.stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let mut input = &chunk[..n];
-                loop {
-                    match self.decoder.feed(&mut input) {
-                        Ok(Some(Event::Close { .. })) | Err(_) => return,
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
+                let read = read_into(&mut self.stream, |b| decode_all(&mut self.decoder, b)).await;
+                match read {
+                    Ok(Some((events, error))) => {
+                        let closed = events.iter().any(|e| matches!(e, Event::Close { .. }));
+                        if closed || error.is_some() {
+                            return;
+                        }
                     }
+                    Ok(None) | Err(_) => return,
                 }
             }
         };

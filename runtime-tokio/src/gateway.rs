@@ -11,9 +11,10 @@ use serde::Serialize;
 use surge_core::admission::{Admission, GuardConfig, ResourceSample};
 use surge_core::config::Config;
 use surge_core::handshake::{HandshakeConfig, overloaded_response};
+use surge_core::protocol::CloseCode;
 use surge_core::session::SessionConfig;
 use surge_core::throttle::ThrottleConfig;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -198,6 +199,16 @@ pub struct BrokerHealth {
     pub paused: bool,
 }
 
+/// One upgraded connection as [`Gateway::connections`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionState {
+    pub id: surge_core::admission::ConnId,
+    pub queued_bytes: usize,
+    pub throttle_level: u8,
+    /// The session decided to close and the task is finishing.
+    pub closed: bool,
+}
+
 /// A running gateway.
 pub struct Gateway {
     ctx: Arc<Context>,
@@ -322,6 +333,25 @@ impl Gateway {
         lock(&self.ctx.admission).used()
     }
 
+    /// Every registered (upgraded) connection with its session's queue and
+    /// throttle state, in shard then serial order: what the simulator's
+    /// invariant checks compare with the slot tables and the clients.
+    pub fn connections(&self) -> Vec<ConnectionState> {
+        let mut out = Vec::new();
+        for shard in &self.ctx.shards {
+            for conn in shard.connections() {
+                let session = lock(&conn.session);
+                out.push(ConnectionState {
+                    id: session.id(),
+                    queued_bytes: session.queued_bytes(),
+                    throttle_level: session.throttle_level().as_u8(),
+                    closed: session.is_closed(),
+                });
+            }
+        }
+        out
+    }
+
     pub fn health(&self) -> Health {
         let admission = lock(&self.ctx.admission);
         let shards: Vec<ShardHealth> = admission
@@ -404,6 +434,12 @@ impl Gateway {
     pub async fn shutdown(&self, drain: Duration) {
         lock(&self.ctx.admission).begin_shutdown();
         let _ = self.shutdown.send(true);
+        for shard in &self.ctx.shards {
+            for conn in shard.connections() {
+                lock(&conn.session).close(CloseCode::GoingAway, "server shutting down".into());
+                conn.notify.notify_one();
+            }
+        }
         let deadline = tokio::time::Instant::now() + drain;
         while lock(&self.ctx.admission).used() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -449,7 +485,14 @@ async fn accept_loop<L: Listener>(mut listener: L, ctx: Arc<Context>, retry_afte
                 tokio::spawn(async move {
                     let answer = async {
                         stream.write_all(&response).await?;
-                        stream.shutdown().await
+                        stream.shutdown().await?;
+                        // Lingering close: read (and discard) the request
+                        // until the client closes. Closing with its request
+                        // unread, or before it arrives, answers it with a
+                        // RST that can destroy the 503 before it is read.
+                        let mut sink = [0u8; 1024];
+                        while stream.read(&mut sink).await? > 0 {}
+                        Ok::<(), io::Error>(())
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
                 });
