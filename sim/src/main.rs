@@ -1,1 +1,280 @@
-fn main() {}
+//! `surge-sim`: run, replay and soak the scenarios, and calibrate the
+//! network model against the real kernel.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use surge_sim::calibrate::{self, CalibrationSpec};
+use surge_sim::{Dur, OutageMode, Params, Profile, Scenario};
+
+#[derive(Parser)]
+#[command(
+    name = "surge-sim",
+    about = "Deterministic simulation of the surge gateway over a turmoil network"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one scenario with one seed.
+    Run(RunArgs),
+    /// Replay a run: the same scenario, parameters and seed give the same
+    /// output and trace hash.
+    Replay(RunArgs),
+    /// Explore seeds until an invariant breaks; print its replay command.
+    Soak(SoakArgs),
+    /// The backlog model against real loopback sockets, side by side.
+    Calibrate(CalibrateArgs),
+    /// The scenarios and what each proves.
+    List,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// backlog_burst, slot_race, handshake_timeout, capacity_ceiling,
+    /// slow_consumers, broker_outage or reconnect_storm.
+    scenario: Scenario,
+    #[command(flatten)]
+    params: ParamArgs,
+}
+
+#[derive(Args, Clone)]
+struct SoakArgs {
+    #[arg(long)]
+    scenario: Scenario,
+    /// How many seeds to try.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed (the others follow it).
+    #[arg(long, default_value_t = 1)]
+    first: u64,
+    #[command(flatten)]
+    params: ParamArgs,
+}
+
+#[derive(Args, Clone)]
+struct CalibrateArgs {
+    /// Clients in each burst.
+    #[arg(long, default_value_t = 200)]
+    clients: u32,
+    /// Accept service time.
+    #[arg(long, default_value = "5ms")]
+    service_time: Dur,
+    /// Client deadline for connect + upgrade.
+    #[arg(long, default_value = "2s")]
+    timeout: Dur,
+    /// Runs per backlog (real runs vary; the mean is compared).
+    #[arg(long, default_value_t = 3)]
+    repeats: u32,
+    /// Backlogs to measure.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32,64,128,256")]
+    backlogs: Vec<u32>,
+    /// Only the simulated curve (no real sockets).
+    #[arg(long)]
+    sim_only: bool,
+    /// Also show the single drop-on-overflow queue's curve.
+    #[arg(long)]
+    single_stage: bool,
+    /// Seed of the first simulated run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Every scenario parameter; unset ones take the profile's default.
+#[derive(Args, Clone)]
+struct ParamArgs {
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// seed (the seed system's set-up) or surge (surge's defaults).
+    #[arg(long, default_value = "surge")]
+    profile: Profile,
+    #[arg(long)]
+    clients: Option<u32>,
+    /// New connections per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long)]
+    backlog: Option<u32>,
+    /// Accept path: time per accepted connection.
+    #[arg(long)]
+    service_time: Option<Dur>,
+    /// Accept path: extra time per connection held.
+    #[arg(long)]
+    service_per_conn: Option<Dur>,
+    /// Client deadline for connect + upgrade.
+    #[arg(long)]
+    timeout: Option<Dur>,
+    #[arg(long)]
+    handshake_timeout: Option<Dur>,
+    /// Upgrade path: work per handshake on a shared worker.
+    #[arg(long)]
+    upgrade_time: Option<Dur>,
+    #[arg(long)]
+    upgrade_per_conn: Option<Dur>,
+    /// Max live connections over all shards.
+    #[arg(long)]
+    capacity: Option<u32>,
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Client hosts.
+    #[arg(long)]
+    hosts: Option<u32>,
+    /// One-way link latency.
+    #[arg(long)]
+    latency: Option<Dur>,
+    /// Extra latency, at most.
+    #[arg(long)]
+    jitter: Option<Dur>,
+    /// Message loss probability per link.
+    #[arg(long)]
+    loss: Option<f64>,
+    #[arg(long)]
+    slow_fraction: Option<f64>,
+    #[arg(long)]
+    slow_read: Option<Dur>,
+    #[arg(long)]
+    messages: Option<u32>,
+    #[arg(long)]
+    publish_rate: Option<f64>,
+    #[arg(long)]
+    critical_every: Option<u32>,
+    #[arg(long)]
+    fault_at: Option<Dur>,
+    #[arg(long)]
+    fault_for: Option<Dur>,
+    /// partition or crash.
+    #[arg(long)]
+    outage: Option<OutageMode>,
+    #[arg(long)]
+    resume_fraction: Option<f64>,
+    #[arg(long)]
+    backoff: Option<Dur>,
+    #[arg(long)]
+    backoff_cap: Option<Dur>,
+    #[arg(long)]
+    recover_within: Option<Dur>,
+}
+
+impl ParamArgs {
+    fn resolve(&self, scenario: Scenario, seed: u64) -> Params {
+        let mut p = Params::defaults(scenario, self.profile, seed);
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { p.$field = v; } )* };
+        }
+        set!(
+            clients,
+            rate,
+            backlog,
+            service_time,
+            service_per_conn,
+            timeout,
+            handshake_timeout,
+            upgrade_time,
+            upgrade_per_conn,
+            capacity,
+            shards,
+            hosts,
+            latency,
+            jitter,
+            loss,
+            slow_fraction,
+            slow_read,
+            messages,
+            publish_rate,
+            critical_every,
+            fault_at,
+            fault_for,
+            outage,
+            resume_fraction,
+            backoff,
+            backoff_cap,
+            recover_within
+        );
+        p
+    }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let params = args.params.resolve(args.scenario, args.params.seed);
+    let report = args.scenario.run(&params);
+    print!("{}", report.render());
+    eprintln!(
+        "wall time: {:.2} s for {:.1} s simulated",
+        report.wall.as_secs_f64(),
+        report.simulated.as_secs_f64()
+    );
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn soak(args: &SoakArgs) -> ExitCode {
+    let started = Instant::now();
+    for seed in args.first..args.first.saturating_add(args.seeds) {
+        let params = args.params.resolve(args.scenario, seed);
+        let report = args.scenario.run(&params);
+        if !report.passed() {
+            print!("{}", report.render());
+            println!(
+                "soak: seed {seed} broke an invariant after {} seeds",
+                seed - args.first + 1
+            );
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "seed {seed}: ok, trace {:016x} ({:.2} s)",
+            report.trace_hash,
+            report.wall.as_secs_f64()
+        );
+    }
+    println!(
+        "soak: {} seeds of {} held every invariant",
+        args.seeds, args.scenario
+    );
+    eprintln!("wall time: {:.1} s", started.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
+}
+
+fn calibrate_cmd(args: &CalibrateArgs) -> ExitCode {
+    let spec = CalibrationSpec {
+        clients: args.clients,
+        service: args.service_time.0,
+        timeout: args.timeout.0,
+        repeats: args.repeats.max(1),
+        backlogs: args.backlogs.clone(),
+        real: !args.sim_only,
+        single_stage: args.single_stage,
+        seed: args.seed,
+    };
+    match calibrate::run(&spec) {
+        Ok(table) => {
+            print!("{}", table.render(&spec));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("calibration failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Run(args) | Command::Replay(args) => run(args),
+        Command::Soak(args) => soak(args),
+        Command::Calibrate(args) => calibrate_cmd(args),
+        Command::List => {
+            for s in Scenario::ALL {
+                println!("{:<18} {}", s.name(), s.proves());
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! The simulated world of one run: turmoil hosts for the gateway, the
+//! clients and the publisher; the driver loop that steps simulated time,
+//! injects faults at exact instants and checks the invariants as it goes;
+//! and the trace whose hash proves a run replays byte for byte.
+//!
+//! Everything here is single-threaded (turmoil runs every host on the
+//! calling thread), so run-wide state is shared with `Rc<RefCell<_>>`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use surge_runtime::embedded::{EmbeddedBroker, Retention};
+use surge_runtime::{Broker, Gateway, GatewayConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::client::{self, FailureKind, UpgradeFailure};
+use crate::net::{AcceptPath, KernelParams, NetShared, SimStream, SimTransport, UpgradePath};
+use crate::params::Params;
+
+/// The gateway's host name and WebSocket port.
+pub const GATEWAY: &str = "gateway";
+pub const WS_PORT: u16 = 8080;
+/// The publisher's host name and the gateway's ingest port.
+pub const PUBLISHER: &str = "publisher";
+pub const INGEST_PORT: u16 = 9000;
+
+/// A 64-bit FNV-1a hash over the run's events: same run, same hash.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    hash: u64,
+    events: u64,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Trace {
+            hash: 0xcbf2_9ce4_8422_2325,
+            events: 0,
+        }
+    }
+}
+
+impl Trace {
+    pub fn record(&mut self, at: Duration, event: &str) {
+        let t = u64::try_from(at.as_micros()).unwrap_or(u64::MAX);
+        for b in t.to_le_bytes().iter().chain(event.as_bytes()).chain(b"\n") {
+            self.hash ^= u64::from(*b);
+            self.hash = self.hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.events += 1;
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+}
+
+/// An invariant that did not hold, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub at: Duration,
+    pub what: String,
+}
+
+/// What clients reported about one WebSocket connection, keyed by the
+/// `conn_id` of its welcome frame.
+#[derive(Debug, Clone, Default)]
+pub struct ClientConn {
+    pub client: u64,
+    pub closed_at: Option<Duration>,
+}
+
+/// Run-wide state shared by every host and the driver.
+#[derive(Debug, Default)]
+pub struct RunState {
+    /// Simulated time as the driver last saw it (used outside hosts).
+    pub clock: Cell<Duration>,
+    pub trace: RefCell<Trace>,
+    pub violations: RefCell<Vec<Violation>>,
+    /// Keyed by (shard, serial) parsed from the welcome's `conn_id`.
+    pub conns: RefCell<BTreeMap<(u32, u64), ClientConn>>,
+}
+
+/// `"2-417"` → `(2, 417)`: a welcome's `conn_id` as shard and serial.
+pub fn parse_conn_id(conn_id: &str) -> Option<(u32, u64)> {
+    let (shard, serial) = conn_id.split_once('-')?;
+    Some((shard.parse().ok()?, serial.parse().ok()?))
+}
+
+impl RunState {
+    /// Simulated time, inside a host or in the driver between steps.
+    pub fn now(&self) -> Duration {
+        turmoil::sim_elapsed().unwrap_or(self.clock.get())
+    }
+
+    pub fn event(&self, event: &str) {
+        self.trace.borrow_mut().record(self.now(), event);
+    }
+
+    pub fn violation(&self, what: String) {
+        let at = self.now();
+        self.trace
+            .borrow_mut()
+            .record(at, &format!("violation {what}"));
+        self.violations.borrow_mut().push(Violation { at, what });
+    }
+
+    pub fn conn_opened(&self, conn_id: &str, client: u64) {
+        if let Some(key) = parse_conn_id(conn_id) {
+            self.conns.borrow_mut().insert(
+                key,
+                ClientConn {
+                    client,
+                    closed_at: None,
+                },
+            );
+        }
+    }
+
+    pub fn conn_closed(&self, conn_id: &str) {
+        if let Some(key) = parse_conn_id(conn_id)
+            && let Some(c) = self.conns.borrow_mut().get_mut(&key)
+        {
+            c.closed_at.get_or_insert(self.now());
+        }
+    }
+}
+
+/// How the gateway host is set up; `install_gateway` runs it again on
+/// every restart.
+#[derive(Clone)]
+pub struct GatewaySpec {
+    pub config: GatewayConfig,
+    pub kernel: KernelParams,
+    pub accept: AcceptPath,
+    pub upgrade: Option<UpgradePath>,
+    pub retention: Retention,
+    /// Serve the publisher's ingest port next to the gateway.
+    pub ingest: bool,
+}
+
+impl GatewaySpec {
+    /// The gateway of `params`: the real runtime configuration with the
+    /// scenario's limits.
+    pub fn from_params(p: &Params) -> GatewaySpec {
+        let listen: SocketAddr = ([0, 0, 0, 0], WS_PORT).into();
+        let mut config = GatewayConfig::for_tests(listen, p.capacity, p.shards);
+        config.backlog = p.backlog;
+        config.handshake.timeout = p.handshake_timeout.0;
+        GatewaySpec {
+            config,
+            kernel: KernelParams {
+                wheel_seed: p.seed,
+                ..KernelParams::default()
+            },
+            accept: AcceptPath {
+                base: p.service_time.0,
+                per_connection: p.service_per_conn.0,
+                stall_at: None,
+            },
+            upgrade: if p.upgrade_time.0.is_zero() && p.upgrade_per_conn.0.is_zero() {
+                None
+            } else {
+                Some(UpgradePath {
+                    base: p.upgrade_time.0,
+                    per_connection: p.upgrade_per_conn.0,
+                })
+            },
+            retention: Retention {
+                max_age: Duration::from_secs(30),
+                max_messages: 100_000,
+                max_bytes: 50 << 20,
+            },
+            ingest: false,
+        }
+    }
+
+    /// Per-shard capacities, split as `Admission::new` splits them.
+    pub fn shard_capacities(&self) -> Vec<u32> {
+        let shards = self.config.shards.max(1);
+        let max = self.config.max_connections;
+        (0..shards)
+            .map(|i| max / shards + u32::from(i < max % shards))
+            .collect()
+    }
+}
+
+/// The running gateway, as the driver sees it between steps.
+#[derive(Clone)]
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    pub net: Arc<NetShared>,
+    /// 1 for the first start, +1 per restart.
+    pub generation: u32,
+}
+
+/// Where the gateway host publishes its running gateway.
+#[derive(Clone, Default)]
+pub struct GatewaySlot {
+    running: Rc<RefCell<Option<Running>>>,
+    starts: Rc<Cell<u32>>,
+}
+
+impl GatewaySlot {
+    pub fn get(&self) -> Option<Running> {
+        self.running.borrow().clone()
+    }
+
+    pub fn clear(&self) {
+        self.running.borrow_mut().take();
+    }
+}
+
+type Setup = Rc<dyn Fn(Arc<Gateway>)>;
+
+/// Registers the gateway host. `on_start` runs inside the host after every
+/// (re)start, for scenario-specific services next to the gateway.
+pub fn install_gateway(
+    sim: &mut turmoil::Sim<'_>,
+    spec: GatewaySpec,
+    slot: GatewaySlot,
+    run: Rc<RunState>,
+    on_start: Option<Setup>,
+) {
+    sim.host(GATEWAY, move || {
+        let spec = spec.clone();
+        let slot = slot.clone();
+        let run = Rc::clone(&run);
+        let on_start = on_start.clone();
+        async move {
+            let transport = SimTransport::new(
+                spec.kernel.clone(),
+                spec.accept.clone(),
+                spec.upgrade.clone(),
+            );
+            let net = transport.shared();
+            let retention = spec.retention;
+            let gateway = Gateway::start(&transport, spec.config.clone(), move |hub, clock| {
+                Arc::new(EmbeddedBroker::new(hub, retention, clock)) as Arc<dyn Broker>
+            })
+            .await?;
+            let gateway = Arc::new(gateway);
+            let generation = slot.starts.get() + 1;
+            slot.starts.set(generation);
+            run.event(&format!("gateway start generation={generation}"));
+            *slot.running.borrow_mut() = Some(Running {
+                gateway: Arc::clone(&gateway),
+                net,
+                generation,
+            });
+            if spec.ingest {
+                tokio::task::spawn_local(crate::publisher::serve_ingest(Arc::clone(&gateway)));
+            }
+            if let Some(f) = on_start {
+                f(Arc::clone(&gateway));
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+}
+
+/// A boxed client task.
+pub type ClientTask = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Registers `hosts` client hosts and spreads `clients` over them (client
+/// `i` on host `i % hosts`); each runs `task(i)` on its host.
+pub fn install_clients(
+    sim: &mut turmoil::Sim<'_>,
+    hosts: u32,
+    clients: u32,
+    task: Rc<dyn Fn(u64) -> ClientTask>,
+) {
+    let hosts = hosts.max(1).min(clients.max(1));
+    for h in 0..hosts {
+        let task = Rc::clone(&task);
+        let name = format!("client{h}");
+        sim.client(name.clone(), async move {
+            let ip = turmoil::lookup(name.as_str());
+            let mut handles = Vec::new();
+            let mut i = u64::from(h);
+            while i < u64::from(clients) {
+                handles.push(tokio::task::spawn_local(
+                    crate::net::HOST_ADDR.scope(ip, task(i)),
+                ));
+                i += u64::from(hosts);
+            }
+            for handle in handles {
+                let _ = handle.await;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The gateway's WebSocket address (call inside a host).
+pub fn gateway_addr() -> SocketAddr {
+    SocketAddr::new(turmoil::lookup(GATEWAY), WS_PORT)
+}
+
+/// Sleeps until simulated time `at` (from the start of the run).
+pub async fn sleep_until_sim(at: Duration) {
+    let now = crate::net::sim_now();
+    if at > now {
+        tokio::time::sleep(at - now).await;
+    }
+}
+
+/// Connects with SYN retransmission and upgrades, all within `timeout`.
+/// Returns the stream and the time it took.
+pub async fn open_websocket(
+    kernel: &KernelParams,
+    index: u64,
+    timeout: Duration,
+) -> Result<(WebSocketStream<SimStream>, Duration), UpgradeFailure> {
+    let started = crate::net::sim_now();
+    let mut connected = false;
+    let attempt = tokio::time::timeout(timeout, async {
+        let stream = crate::net::connect(kernel, gateway_addr())
+            .await
+            .map_err(|e| {
+                UpgradeFailure::of(match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => FailureKind::Refused,
+                    std::io::ErrorKind::TimedOut => FailureKind::ConnectTimeout,
+                    _ => FailureKind::Reset,
+                })
+            })?;
+        connected = true;
+        client::upgrade(stream, index, GATEWAY).await
+    })
+    .await;
+    let took = crate::net::sim_now().saturating_sub(started);
+    match attempt {
+        Ok(Ok(ws)) => Ok((ws, took)),
+        Ok(Err(failure)) => Err(failure),
+        Err(_) if connected => Err(UpgradeFailure::of(FailureKind::HandshakeTimeout)),
+        Err(_) => Err(UpgradeFailure::of(FailureKind::ConnectTimeout)),
+    }
+}
+
+/// Builds the turmoil simulation for a run: seeded, with a pinned epoch
+/// and the links' latency, jitter and loss.
+pub fn build_sim<'a>(p: &Params, duration: Duration, tcp_capacity: usize) -> turmoil::Sim<'a> {
+    build_sim_with_tick(p, duration, tcp_capacity, Duration::from_millis(1))
+}
+
+/// [`build_sim`] with a finer tick: network delivery happens at tick
+/// boundaries, so calibration against loopback (where a burst's SYNs are
+/// microseconds apart) needs sub-millisecond ticks.
+pub fn build_sim_with_tick<'a>(
+    p: &Params,
+    duration: Duration,
+    tcp_capacity: usize,
+    tick: Duration,
+) -> turmoil::Sim<'a> {
+    let mut b = turmoil::Builder::new();
+    b.rng_seed(p.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .tick_duration(tick)
+        .simulation_duration(duration)
+        .min_message_latency(p.latency.0)
+        .max_message_latency(p.latency.0 + p.jitter.0)
+        .fail_rate(p.loss)
+        .tcp_capacity(tcp_capacity);
+    b.build()
+}
+
+/// Steps a simulation, checking invariants every `check_every` of
+/// simulated time.
+pub struct Driver<'a> {
+    pub sim: turmoil::Sim<'a>,
+    pub run: Rc<RunState>,
+    pub slot: GatewaySlot,
+    pub spec: GatewaySpec,
+    pub check_every: Duration,
+    /// A connection the client closed longer ago than this, still
+    /// registered at the gateway, is a leaked slot.
+    pub leak_grace: Duration,
+    pub checks: u64,
+    next_check: Duration,
+    last_generation: u32,
+    /// Most slots in use seen on any check, and most live connections.
+    pub peak_used: u64,
+    pub peak_live: u64,
+    /// Most bytes queued on one connection at any check.
+    pub peak_queued: usize,
+}
+
+impl<'a> Driver<'a> {
+    pub fn new(
+        sim: turmoil::Sim<'a>,
+        run: Rc<RunState>,
+        slot: GatewaySlot,
+        spec: GatewaySpec,
+    ) -> Self {
+        let leak_grace = spec.config.session.idle_timeout + Duration::from_secs(5);
+        Driver {
+            sim,
+            run,
+            slot,
+            spec,
+            check_every: Duration::from_millis(100),
+            leak_grace,
+            checks: 0,
+            next_check: Duration::ZERO,
+            last_generation: 0,
+            peak_used: 0,
+            peak_live: 0,
+            peak_queued: 0,
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.sim.elapsed()
+    }
+
+    /// One tick, then the invariant checks when due. Returns whether every
+    /// client has finished.
+    pub fn step(&mut self) -> Result<bool, String> {
+        let done = self.sim.step().map_err(|e| e.to_string())?;
+        self.run.clock.set(self.now());
+        if self.now() >= self.next_check {
+            self.next_check = self.now() + self.check_every;
+            self.check();
+        }
+        Ok(done)
+    }
+
+    /// Steps until every client has finished; `fault` is called before
+    /// each step with the simulated time, to inject faults at exact
+    /// instants.
+    pub fn run_clients(
+        &mut self,
+        mut fault: impl FnMut(&mut turmoil::Sim<'a>, Duration),
+    ) -> Result<(), String> {
+        loop {
+            let now = self.now();
+            fault(&mut self.sim, now);
+            if self.step()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Slots the running gateway holds (0 when none runs).
+    pub fn slots_used(&self) -> u64 {
+        self.slot.get().map_or(0, |r| r.gateway.slots_used())
+    }
+
+    /// After the clients are done: keeps stepping until the gateway holds
+    /// no slot, or `limit` passes. Returns the slots still held.
+    pub fn drain(&mut self, limit: Duration) -> Result<u64, String> {
+        self.drain_until(limit, |d| d.slots_used())
+    }
+
+    /// [`Driver::drain`] with another measure of what is still held.
+    pub fn drain_until(
+        &mut self,
+        limit: Duration,
+        held: impl Fn(&Driver<'a>) -> u64,
+    ) -> Result<u64, String> {
+        let until = self.now() + limit;
+        loop {
+            let left = held(self);
+            if left == 0 || self.now() >= until {
+                self.check();
+                return Ok(left);
+            }
+            self.step()?;
+        }
+    }
+
+    /// The invariants that hold at every instant between two steps.
+    pub fn check(&mut self) {
+        self.checks += 1;
+        let Some(running) = self.slot.get() else {
+            return;
+        };
+        if running.generation != self.last_generation {
+            // A restarted gateway numbers connections afresh.
+            self.last_generation = running.generation;
+            self.run.conns.borrow_mut().clear();
+        }
+        let now = self.now();
+        let gw = &running.gateway;
+        let health = gw.health();
+        let caps = self.spec.shard_capacities();
+        let conns = gw.connections();
+        let mut registered = vec![0u32; caps.len()];
+        let hard = self.spec.config.session.hard_queue_bytes();
+        let client_conns = self.run.conns.borrow();
+        let mut problems = Vec::new();
+        for c in &conns {
+            if let Some(n) = registered.get_mut(c.id.shard.0 as usize) {
+                *n += 1;
+            }
+            self.peak_queued = self.peak_queued.max(c.queued_bytes);
+            if c.queued_bytes > hard {
+                problems.push(format!(
+                    "connection {} queues {} bytes, over its bound of {hard}",
+                    c.id, c.queued_bytes
+                ));
+            }
+            if let Some(cc) = client_conns.get(&(c.id.shard.0, c.id.serial))
+                && let Some(closed) = cc.closed_at
+                && now.saturating_sub(closed) > self.leak_grace
+            {
+                problems.push(format!(
+                    "slot of connection {} (client {}) outlived it: closed by the client at {:.3}s",
+                    c.id,
+                    cc.client,
+                    closed.as_secs_f64()
+                ));
+            }
+        }
+        drop(client_conns);
+        let mut used_total = 0u64;
+        let mut live_total = 0u64;
+        for (i, shard) in health.shards.iter().enumerate() {
+            let cap = caps.get(i).copied().unwrap_or(0);
+            let used = cap.saturating_sub(shard.available);
+            used_total += u64::from(used);
+            live_total += u64::from(shard.connections);
+            if shard.connections > used {
+                problems.push(format!(
+                    "shard {i}: {} live connections but only {used} slots in use",
+                    shard.connections
+                ));
+            }
+            if used > cap {
+                problems.push(format!(
+                    "shard {i}: {used} slots in use over capacity {cap}"
+                ));
+            }
+            if registered.get(i).copied().unwrap_or(0) != shard.connections {
+                problems.push(format!(
+                    "shard {i}: slot table says {} live, {} connections registered",
+                    shard.connections,
+                    registered.get(i).copied().unwrap_or(0)
+                ));
+            }
+        }
+        if used_total != gw.slots_used() {
+            problems.push(format!(
+                "per-shard slots add up to {used_total}, the gateway counts {}",
+                gw.slots_used()
+            ));
+        }
+        if health.connections.current != live_total {
+            problems.push(format!(
+                "health reports {} connections, shards {live_total}",
+                health.connections.current
+            ));
+        }
+        let held = running.net.held();
+        if used_total > held {
+            problems.push(format!(
+                "{used_total} slots in use but the process holds only {held} sockets: a slot outlived its connection"
+            ));
+        }
+        self.peak_used = self.peak_used.max(used_total);
+        self.peak_live = self.peak_live.max(live_total);
+        for p in problems {
+            self.run.violation(p);
+        }
+        self.run
+            .trace
+            .borrow_mut()
+            .record(now, &format!("check used={used_total} live={live_total}"));
+    }
+}
+
+/// Resolves a host name inside the simulation (for fault injection).
+pub fn host_ip(sim: &turmoil::Sim<'_>, name: &str) -> IpAddr {
+    sim.lookup(name)
+}

@@ -1,0 +1,237 @@
+//! Every scenario at a size that runs in seconds, with fixed seeds: what
+//! each one must show under the seed profile and under surge's, and that a
+//! run replays byte for byte.
+
+use std::time::Duration;
+
+use surge_sim::{Dur, OutageMode, Params, Profile, Report, Scenario};
+
+fn params(scenario: Scenario, profile: Profile, seed: u64) -> Params {
+    Params::defaults(scenario, profile, seed)
+}
+
+fn us(n: u64) -> Dur {
+    Dur(Duration::from_micros(n))
+}
+
+fn run(scenario: Scenario, p: &Params) -> Report {
+    let report = scenario.run(p);
+    eprintln!(
+        "{} {} seed {}: {:.2} s wall",
+        scenario,
+        p.profile,
+        p.seed,
+        report.wall.as_secs_f64()
+    );
+    report
+}
+
+fn assert_passed(report: &Report) {
+    assert!(report.passed(), "{}", report.render());
+}
+
+fn figure(report: &Report, name: &str) -> f64 {
+    report
+        .get(name)
+        .unwrap_or_else(|| panic!("no figure {name} in\n{}", report.render()))
+}
+
+/// A small backlog burst whose accept path saturates after ~425
+/// connections under the seed profile.
+fn small_burst(profile: Profile, seed: u64) -> Params {
+    let mut p = params(Scenario::BacklogBurst, profile, seed);
+    p.clients = 1500;
+    p.rate = 100.0;
+    if profile == Profile::Seed {
+        p.service_per_conn = us(20);
+    }
+    p
+}
+
+#[test]
+fn backlog_burst_fails_the_seed_and_not_surge() {
+    for seed in [1, 2] {
+        let seeded = run(Scenario::BacklogBurst, &small_burst(Profile::Seed, seed));
+        assert_passed(&seeded);
+        assert!(
+            figure(&seeded, "failed_percent") >= 5.0,
+            "{}",
+            seeded.render()
+        );
+        let surge = run(Scenario::BacklogBurst, &small_burst(Profile::Surge, seed));
+        assert_passed(&surge);
+        assert!(
+            figure(&surge, "failed_percent") <= 0.1,
+            "{}",
+            surge.render()
+        );
+    }
+}
+
+#[test]
+fn backlog_burst_report_has_the_promised_lines() {
+    let report = run(Scenario::BacklogBurst, &small_burst(Profile::Seed, 3));
+    let text = report.render();
+    for needle in [
+        "attempted: 1500",
+        "succeeded: ",
+        "failed by kind: ",
+        "timeline (by second of arrival",
+        "invariants: ok",
+        "trace: ",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("failed: ") && l.ends_with(" %")),
+        "{text}"
+    );
+}
+
+#[test]
+fn same_seed_same_output_and_trace() {
+    let cases = [
+        (Scenario::BacklogBurst, small_burst(Profile::Seed, 11)),
+        (Scenario::SlotRace, {
+            let mut p = params(Scenario::SlotRace, Profile::Seed, 11);
+            p.clients = 400;
+            p.capacity = 300;
+            p
+        }),
+        (Scenario::CapacityCeiling, {
+            let mut p = params(Scenario::CapacityCeiling, Profile::Surge, 11);
+            p.clients = 300;
+            p.capacity = 200;
+            p
+        }),
+        (Scenario::BrokerOutage, {
+            let mut p = params(Scenario::BrokerOutage, Profile::Surge, 11);
+            p.clients = 20;
+            p.messages = 200;
+            p
+        }),
+    ];
+    for (scenario, p) in cases {
+        let a = run(scenario, &p);
+        let b = run(scenario, &p);
+        assert_eq!(a.render(), b.render(), "{scenario} did not replay");
+        assert_eq!(a.trace_hash, b.trace_hash);
+        // A different seed is a different run.
+        let mut q = p.clone();
+        q.seed += 1;
+        assert_ne!(run(scenario, &q).trace_hash, a.trace_hash, "{scenario}");
+    }
+}
+
+#[test]
+fn slot_race_over_admits_with_check_then_acquire_only() {
+    for seed in [1, 2] {
+        let mut p = params(Scenario::SlotRace, Profile::Seed, seed);
+        p.clients = 600;
+        p.capacity = 450;
+        let seeded = run(Scenario::SlotRace, &p);
+        assert!(
+            figure(&seeded, "over_admitted") > 0.0,
+            "{}",
+            seeded.render()
+        );
+        assert!(!seeded.passed(), "the race must be reported as a violation");
+        assert!(seeded.render().contains("replay slot_race --seed"));
+
+        let mut p = params(Scenario::SlotRace, Profile::Surge, seed);
+        p.clients = 600;
+        p.capacity = 450;
+        let surge = run(Scenario::SlotRace, &p);
+        assert_passed(&surge);
+        assert_eq!(figure(&surge, "over_admitted"), 0.0);
+        assert_eq!(figure(&surge, "leaked"), 0.0);
+        assert_eq!(figure(&surge, "succeeded"), 450.0);
+        assert_eq!(figure(&surge, "rejected_503"), 150.0);
+    }
+}
+
+#[test]
+fn handshake_timeout_depends_on_the_client_deadline_under_the_seed_profile() {
+    let mut p = params(Scenario::HandshakeTimeout, Profile::Seed, 1);
+    p.clients = 2000;
+    p.upgrade_per_conn = us(9);
+    let seeded = run(Scenario::HandshakeTimeout, &p);
+    assert_passed(&seeded);
+    let short = figure(&seeded, "success_short");
+    let long = figure(&seeded, "success_long");
+    assert!(short < 100.0 && long == 100.0, "{}", seeded.render());
+
+    let mut p = params(Scenario::HandshakeTimeout, Profile::Surge, 1);
+    p.clients = 2000;
+    let surge = run(Scenario::HandshakeTimeout, &p);
+    assert_passed(&surge);
+    assert_eq!(figure(&surge, "success_short"), 100.0);
+}
+
+#[test]
+fn capacity_ceiling_answers_every_excess_client_with_503() {
+    let mut p = params(Scenario::CapacityCeiling, Profile::Surge, 5);
+    p.clients = 400;
+    p.capacity = 250;
+    let surge = run(Scenario::CapacityCeiling, &p);
+    assert_passed(&surge);
+    assert_eq!(figure(&surge, "rejected_503"), 150.0);
+    assert_eq!(figure(&surge, "timeouts"), 0.0);
+
+    let mut p = params(Scenario::CapacityCeiling, Profile::Seed, 5);
+    p.clients = 400;
+    p.capacity = 250;
+    let seeded = run(Scenario::CapacityCeiling, &p);
+    assert!(figure(&seeded, "timeouts") > 0.0, "{}", seeded.render());
+    assert_eq!(figure(&seeded, "rejected_503"), 0.0);
+    assert!(!seeded.passed());
+}
+
+#[test]
+fn slow_consumers_are_throttled_alone() {
+    let mut p = params(Scenario::SlowConsumers, Profile::Surge, 3);
+    p.clients = 30;
+    p.messages = 900;
+    let report = run(Scenario::SlowConsumers, &p);
+    assert_passed(&report);
+    assert!(figure(&report, "slow") > 0.0, "{}", report.render());
+    assert_eq!(figure(&report, "slow_throttled"), figure(&report, "slow"));
+    assert_eq!(figure(&report, "fast_complete"), figure(&report, "fast"));
+    assert_eq!(figure(&report, "fast_throttled"), 0.0);
+}
+
+#[test]
+fn broker_outage_loses_and_duplicates_nothing() {
+    for outage in [OutageMode::Partition, OutageMode::Crash] {
+        let mut p = params(Scenario::BrokerOutage, Profile::Surge, 4);
+        p.clients = 40;
+        p.messages = 400;
+        p.outage = outage;
+        let report = run(Scenario::BrokerOutage, &p);
+        assert_passed(&report);
+        assert_eq!(figure(&report, "published"), 400.0);
+        assert_eq!(
+            figure(&report, "stayed_complete"),
+            figure(&report, "stayed")
+        );
+        assert!(figure(&report, "resumed") > 0.0, "{}", report.render());
+        assert_eq!(
+            figure(&report, "resumed_complete"),
+            figure(&report, "resumed")
+        );
+        assert!(figure(&report, "recovered") > 0.0);
+    }
+}
+
+#[test]
+fn reconnect_storm_brings_everyone_back() {
+    for profile in [Profile::Surge, Profile::Seed] {
+        let mut p = params(Scenario::ReconnectStorm, profile, 6);
+        p.clients = 500;
+        let report = run(Scenario::ReconnectStorm, &p);
+        assert_passed(&report);
+        assert_eq!(figure(&report, "not_back"), 0.0);
+        assert_eq!(figure(&report, "back"), 500.0);
+    }
+}
