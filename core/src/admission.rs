@@ -228,6 +228,10 @@ pub struct ResourceSample {
 pub struct ResourceGuard {
     config: GuardConfig,
     cpu: VecDeque<(Instant, f64)>,
+    /// When sampling began: CPU is judged only once a whole window of
+    /// samples exists, so the CPU a process spends starting up (or the
+    /// first burst it serves) is not mistaken for sustained load.
+    first_sample: Option<Instant>,
     memory_bytes: u64,
 }
 
@@ -236,6 +240,7 @@ impl ResourceGuard {
         ResourceGuard {
             config,
             cpu: VecDeque::new(),
+            first_sample: None,
             memory_bytes: 0,
         }
     }
@@ -245,6 +250,7 @@ impl ResourceGuard {
     }
 
     pub fn observe(&mut self, sample: ResourceSample, now: Instant) {
+        self.first_sample.get_or_insert(now);
         self.cpu.push_back((now, sample.cpu_percent));
         while let Some(&(at, _)) = self.cpu.front() {
             if now.saturating_duration_since(at) > self.config.cpu_window && self.cpu.len() > 1 {
@@ -268,10 +274,20 @@ impl ResourceGuard {
         self.memory_bytes
     }
 
+    /// Whether a whole CPU window of samples exists yet.
+    fn cpu_judged(&self) -> bool {
+        match (self.first_sample, self.cpu.back()) {
+            (Some(first), Some(&(latest, _))) => {
+                latest.saturating_duration_since(first) >= self.config.cpu_window
+            }
+            _ => false,
+        }
+    }
+
     /// `Err` when new connections must be refused.
     pub fn check(&self) -> Result<(), Refusal> {
         let cpu = self.cpu_percent();
-        if cpu >= self.config.cpu_reject_percent {
+        if self.cpu_judged() && cpu >= self.config.cpu_reject_percent {
             return Err(Refusal::Cpu {
                 percent: cpu,
                 threshold: self.config.cpu_reject_percent,
@@ -291,7 +307,7 @@ impl ResourceGuard {
     /// Whether broker consumption should pause (messages stay in the
     /// stream meanwhile).
     pub fn pause_broker(&self) -> bool {
-        self.cpu_percent() >= self.config.cpu_pause_percent
+        (self.cpu_judged() && self.cpu_percent() >= self.config.cpu_pause_percent)
             || self
                 .config
                 .memory_pause_bytes
@@ -523,18 +539,23 @@ mod tests {
     fn guard_judges_cpu_over_its_window() {
         let mut a = admission(10, 1);
         let t = Instant::from_millis;
-        a.observe(
-            ResourceSample {
-                cpu_percent: 100.0,
-                memory_bytes: 0,
-            },
-            t(0),
-        );
+        let busy = ResourceSample {
+            cpu_percent: 100.0,
+            memory_bytes: 0,
+        };
+        // Start-up CPU is not judged before a whole window of samples.
+        for i in 0..5 {
+            a.observe(busy, t(i * 1000));
+            assert!(a.admit().is_ok(), "judged after {i} s");
+            assert!(!a.pause_broker());
+        }
+        a.observe(busy, t(5000));
         assert!(matches!(a.admit(), Err(Refusal::Cpu { .. })));
-        for i in 1..=5 {
+        assert!(a.pause_broker());
+        for i in 6..=9 {
             a.observe(ResourceSample::default(), t(i * 1000));
         }
-        // One spike averaged with five idle seconds is under 75 %.
+        // Two busy seconds averaged with four idle ones are under 75 %.
         assert!(a.admit().is_ok());
         assert!(!a.pause_broker());
     }

@@ -481,6 +481,7 @@ async fn accept_loop<L: Listener>(mut listener: L, ctx: Arc<Context>, retry_afte
             }
             Err(refusal) => {
                 ctx.metrics.refused(&refusal);
+                tracing::debug!(reason = %refusal, "connection refused with 503");
                 let response = Arc::clone(&refusal_response);
                 tokio::spawn(async move {
                     let answer = async {
