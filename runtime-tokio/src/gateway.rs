@@ -215,6 +215,7 @@ pub struct Gateway {
     hub: Hub,
     local_addr: SocketAddr,
     socket_report: Vec<SocketOptionReport>,
+    fd_exhaustion_answers: Option<Arc<std::sync::atomic::AtomicU64>>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -274,6 +275,7 @@ impl Gateway {
         let listener = transport.bind(config.listen, config.backlog).await?;
         let local_addr = listener.local_addr()?;
         let socket_report = listener.report();
+        let fd_exhaustion_answers = listener.fd_exhaustion_answers();
         tracing::info!(%local_addr, max_connections = config.max_connections, shards = config.shards, "gateway listening");
         let retry_after =
             u32::try_from(config.guard.retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
@@ -287,6 +289,7 @@ impl Gateway {
             hub,
             local_addr,
             socket_report,
+            fd_exhaustion_answers,
             shutdown: shutdown_tx,
             tasks: Mutex::new(tasks),
         })
@@ -426,6 +429,11 @@ impl Gateway {
             .set(i64::try_from(queue_bytes).unwrap_or(i64::MAX));
         let broker = self.ctx.broker();
         m.broker_connected.set(i64::from(broker.connected()));
+        if let Some(answers) = &self.fd_exhaustion_answers {
+            let n = answers.load(std::sync::atomic::Ordering::Relaxed);
+            m.fd_exhaustion_answers
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         m.encode()
     }
 

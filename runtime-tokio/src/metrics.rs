@@ -255,7 +255,7 @@ impl Metrics {
         let fd_exhaustion_answers = Gauge::default();
         r.register(
             "fd_exhaustion_answers",
-            "Clients answered 503 with the spare descriptor because the file limit was reached",
+            "Clients answered 503 with the spare descriptor because the file limit was reached (total since start)",
             fd_exhaustion_answers.clone(),
         );
         Metrics {

@@ -230,11 +230,6 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Connections answered 503 because the process had no descriptor left.
-    pub fn fd_exhaustion_answers(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.fd_exhaustion_answers)
-    }
-
     fn tune_stream(&self, stream: &tokio::net::TcpStream) {
         let t = &self.tuning;
         let sock = SockRef::from(stream);
@@ -347,5 +342,9 @@ impl Listener for TcpListener {
 
     fn report(&self) -> Vec<SocketOptionReport> {
         self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn fd_exhaustion_answers(&self) -> Option<Arc<AtomicU64>> {
+        Some(Arc::clone(&self.fd_exhaustion_answers))
     }
 }

@@ -8,6 +8,8 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -41,6 +43,12 @@ pub trait Listener: Send + 'static {
     /// Socket options requested and what the kernel did with each.
     fn report(&self) -> Vec<SocketOptionReport> {
         Vec::new()
+    }
+
+    /// A running count of clients the listener itself answered with 503
+    /// because the process had no file descriptor left, if it does that.
+    fn fd_exhaustion_answers(&self) -> Option<Arc<AtomicU64>> {
+        None
     }
 }
 
