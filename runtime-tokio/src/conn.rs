@@ -94,7 +94,8 @@ where
     async move {
         // Boxed so that nothing of the handshake stays in the task's state
         // once the connection is upgraded: only the leftover bytes do.
-        let Some(leftover) = Box::pin(upgrade(&mut stream, &mut slot, &ctx)).await else {
+        let Some((response, leftover)) = Box::pin(upgrade(&mut stream, &mut slot, &ctx)).await
+        else {
             return;
         };
         let shard = Arc::clone(&ctx.shards[id.shard.0 as usize]);
@@ -113,7 +114,8 @@ where
             decoder: FrameDecoder::new(DecodeLimits {
                 max_message_bytes: ctx.session_config.max_message_bytes,
             }),
-            out: Vec::new(),
+            // The 101 goes out in the same write as the welcome frame.
+            out: response,
             shared: &shared,
             shard: &shard,
             ctx: &ctx,
@@ -131,10 +133,15 @@ where
     .await
 }
 
-/// Runs the handshake and answers it: the 101 (returning the bytes that
-/// followed the request head), or the rejection (returning `None`). The
-/// slot is completed or aborted here.
-async fn upgrade<S>(stream: &mut S, slot: &mut SlotGuard, ctx: &Context) -> Option<Vec<u8>>
+/// Runs the handshake. On success returns the 101 response (written by
+/// the session together with its welcome frame, one syscall instead of
+/// two) and the bytes that followed the request head; on a rejection
+/// writes it and returns `None`. The slot is completed or aborted here.
+async fn upgrade<S>(
+    stream: &mut S,
+    slot: &mut SlotGuard,
+    ctx: &Context,
+) -> Option<(Vec<u8>, Vec<u8>)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -160,16 +167,11 @@ where
             return None;
         }
     };
-    if stream.write_all(&accepted.response).await.is_err() {
-        slot.abort(AbortCause::Io);
-        ctx.metrics.handshake("io").inc();
-        return None;
-    }
     slot.complete();
     ctx.metrics.handshake("accepted").inc();
     let elapsed = ctx.clock.now().saturating_duration_since(started);
     ctx.metrics.handshake_seconds.observe(elapsed.as_secs_f64());
-    Some(accepted.leftover)
+    Some((accepted.response, accepted.leftover))
 }
 
 /// Reads the request head through core's handshake until an outcome, or
@@ -263,10 +265,6 @@ impl End {
         }
     }
 }
-
-/// A write buffer larger than this is released after use, so a connection
-/// that once received a burst does not keep its memory while idle.
-const KEEP_WRITE_BUFFER: usize = 4096;
 
 /// How long a server-initiated close waits for the client's Close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -469,11 +467,10 @@ where
                 Err("write timed out: client not reading".into())
             }
         };
-        if self.out.capacity() > KEEP_WRITE_BUFFER {
-            self.out = Vec::new();
-        } else {
-            self.out.clear();
-        }
+        // Released after every write: an allocation costs far less than the
+        // syscall it accompanies, and an idle connection then holds no
+        // write buffer at all.
+        self.out = Vec::new();
         result
     }
 
