@@ -446,6 +446,7 @@ where
                     }
                 }
             }
+            session.release_idle_memory();
         }
         self.flush_out().await
     }

@@ -504,3 +504,16 @@ fn resume_gap_only_when_something_in_range_expired() {
     assert_eq!(resume_gap(10, None, 20), Some(21), "everything expired");
     assert_eq!(resume_gap(0, None, 0), None, "empty stream");
 }
+
+#[test]
+fn idle_memory_is_released_after_the_queue_drains() {
+    let mut s = session(SessionConfig::default());
+    s.deliver(&published("a.b", 1, Priority::Medium), ms(1));
+    assert!(s.has_frames());
+    s.release_idle_memory();
+    assert!(s.has_frames(), "frames still queued are kept");
+    frames(&mut s);
+    s.release_idle_memory();
+    assert_eq!(s.queue.capacity(), 0);
+    assert_eq!(s.actions.capacity(), 0);
+}
