@@ -483,8 +483,8 @@ mod tests {
             assert!(!line.contains("fix:"), "{line}");
         }
         assert!(text.contains(
-            "max connections 419430 = min(files 1048576 - 256 reserve = 1048320, \
-             memory 80 % of 8 GiB / 16 KiB = 419430) (derived; SURGE_MAX_CONNECTIONS unset)"
+            "max connections 838860 = min(files 1048576 - 256 reserve = 1048320, \
+             memory 80 % of 8 GiB / 8 KiB = 838860) (derived; SURGE_MAX_CONNECTIONS unset)"
         ));
         assert!(text.ends_with("summary: 9 OK, 0 WARN, 0 FAIL\n"));
     }
@@ -541,14 +541,14 @@ mod tests {
         assert_eq!(report.worst(), Level::Warn);
         assert!(report.to_string().contains(
             "OK   max connections 768 = min(files 1024 - 256 reserve = 768, \
-             memory 80 % of 2 GiB / 16 KiB = 104857)"
+             memory 80 % of 2 GiB / 8 KiB = 209715)"
         ));
     }
 
     #[test]
     fn configured_maximum_beyond_memory_warns() {
         let config = Config {
-            max_connections: Some(500_000),
+            max_connections: Some(900_000),
             ..Config::default()
         };
         let report = report(&config, &healthy());
@@ -559,11 +559,11 @@ mod tests {
             .map(ToString::to_string)
             .unwrap_or_default();
         assert!(
-            last.starts_with("WARN max connections: configured 500000"),
+            last.starts_with("WARN max connections: configured 900000"),
             "{last}"
         );
         assert!(
-            last.contains("lower SURGE_MAX_CONNECTIONS to 419430"),
+            last.contains("lower SURGE_MAX_CONNECTIONS to 838860"),
             "{last}"
         );
     }

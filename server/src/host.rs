@@ -23,10 +23,12 @@ use std::io;
 /// in the backlog instead of being rejected fast.
 pub const FD_RESERVE: u64 = 256;
 
-/// Memory one idle connection is assumed to cost (socket buffers in the
-/// kernel, read/write buffers, session state, task). A conservative
-/// estimate, to be replaced by the figure the benchmark measures.
-pub const BYTES_PER_CONNECTION_ESTIMATE: u64 = 16 * 1024;
+/// Memory one idle connection costs, user space and kernel together.
+/// Measured by `bench/run` (bench/results/2026-11-22.md): 2.5 KiB of
+/// surge's RSS plus 3.9 KiB of kernel slab (TCP sock, inode, dentry, file,
+/// epoll item) per socket; rounded up to 8 KiB for headroom (a connection
+/// with traffic in flight also holds socket buffer pages).
+pub const BYTES_PER_CONNECTION_ESTIMATE: u64 = 8 * 1024;
 
 /// Share of the memory limit the connection budget may use; the rest is
 /// headroom for the broker, replay buffers and bursts.
@@ -602,12 +604,12 @@ mod tests {
     fn derivation_takes_the_smaller_bound_and_shows_the_arithmetic() {
         let d = derive_max_connections(20_000, Some(24 << 30), BYTES_PER_CONNECTION_ESTIMATE);
         assert_eq!(d.by_files, 19_744);
-        assert_eq!(d.by_memory, 1_258_291);
+        assert_eq!(d.by_memory, 2_516_582);
         assert_eq!(d.max_connections, 19_744);
         assert_eq!(
             d.explanation,
             "max connections 19744 = min(files 20000 - 256 reserve = 19744, \
-             memory 80 % of 24 GiB / 16 KiB = 1258291)"
+             memory 80 % of 24 GiB / 8 KiB = 2516582)"
         );
 
         let d = derive_max_connections(1_048_576, Some(1 << 30), 16 * 1024);
