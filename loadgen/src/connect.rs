@@ -466,6 +466,7 @@ fn ms_since(start: Instant) -> u64 {
 /// worth explaining (`other`, local limits), the error text.
 async fn attempt_task(mut spec: AttemptSpec) -> AttemptResult {
     let begin = ms_since(spec.start);
+    let began = Instant::now();
     let failed = |f: Failure, spec: &AttemptSpec| {
         let _ = spec.resolved.send(());
         let detail = matches!(
@@ -480,6 +481,8 @@ async fn attempt_task(mut spec: AttemptSpec) -> AttemptResult {
                 outcome: Outcome::Failed {
                     kind: f.kind.label(),
                     retry_after: f.retry_after,
+                    us: matches!(f.kind, FailKind::Http(_))
+                        .then(|| began.elapsed().as_micros() as u64),
                 },
                 end: None,
                 dropped: false,

@@ -10,8 +10,15 @@
 //! minus unique deliveries. The receiving side runs on all runtime threads
 //! (`--threads`); the loadgen's own CPU is measured per step and a step that
 //! had the loadgen near its cores' limit is labelled loadgen-bound.
+//!
+//! Publishes follow a fixed schedule over `publishers` keep-alive connections
+//! with one request in flight each: a gateway busy delivering answers slowly,
+//! and one request at a time capped the rate at one over its answer time. A
+//! step whose publishes still fell more than 10 % short of the target is
+//! publisher-bound and ends the ramp.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +44,18 @@ const WINDOW_WORDS: usize = (WINDOW / 64) as usize;
 
 /// Most ramp steps accepted.
 pub const MAX_STEPS: usize = 200;
+
+/// Publisher connections by default: a few requests in flight keep the send
+/// schedule while the gateway, busy delivering, answers each one slowly.
+pub const DEFAULT_PUBLISHERS: usize = 4;
+
+/// A step whose publishes went out below this share of the target rate is
+/// publisher-bound: it measured the loadgen, not the gateway.
+pub const PUBLISHER_BOUND_SHARE: f64 = 0.9;
+
+fn default_publishers() -> usize {
+    DEFAULT_PUBLISHERS
+}
 
 /// What `fanout` is asked to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +86,10 @@ pub struct FanoutConfig {
     pub stop_on_loss: bool,
     /// Runtime threads receiving (used to judge the loadgen's CPU share).
     pub threads: usize,
+    /// Keep-alive admin connections publishing concurrently on one shared
+    /// send schedule (at least 1).
+    #[serde(default = "default_publishers")]
+    pub publishers: usize,
 }
 
 impl FanoutConfig {
@@ -87,6 +110,7 @@ impl FanoutConfig {
             max_p99: None,
             stop_on_loss: false,
             threads: limits::cpu_count(),
+            publishers: DEFAULT_PUBLISHERS,
         }
     }
 }
@@ -427,6 +451,11 @@ pub struct StepReport {
     /// Loadgen CPU as a share of the cores it can use (`--threads`, ≤ cores).
     pub loadgen_cpu_percent: f64,
     pub loadgen_bound: bool,
+    /// Publishes went out (answered with any HTTP status) more than 10 %
+    /// below the target rate: the ramp stops here, later steps could not
+    /// measure the gateway.
+    #[serde(default)]
+    pub publisher_bound: bool,
 }
 
 /// The result of a `fanout` run.
@@ -497,7 +526,12 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             fd.connection_budget()
         );
     }
-    let mut publisher = HttpClient::new(&cfg.admin, Duration::from_secs(10))?;
+    if cfg.publishers == 0 {
+        bail!("--publishers must be at least 1");
+    }
+    let mut publishers = (0..cfg.publishers)
+        .map(|_| HttpClient::new(&cfg.admin, Duration::from_secs(10)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let started = Instant::now();
     let run_id = unix_nanos() ^ (u64::from(std::process::id()) << 32);
     let shared = Arc::new(Shared::new(run_id, cfg.rates.len()));
@@ -595,8 +629,8 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             let cpu_before = limits::process_cpu_time();
             let step_start = Instant::now();
             let step_start_ns = unix_nanos();
-            let publish =
-                publish_step(&mut publisher, cfg, run_id, step, rate, &mut next_index).await;
+            let publish = publish_step(&mut publishers, cfg, run_id, step, rate, next_index).await;
+            next_index += publish.scheduled;
             let expected = publish.ok * subscribed;
             // Drain: wait for this step's deliveries, bounded.
             let drain_deadline = Instant::now() + cfg.drain;
@@ -611,12 +645,14 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             let (delivered, duplicates, reordered, last_ns, hist) = shared.step(step);
             let span =
                 Duration::from_nanos(last_ns.saturating_sub(step_start_ns)).max(cfg.duration);
+            let elapsed_s = publish.elapsed.as_secs_f64().max(1e-9);
+            let sent_rate = publish.answered as f64 / elapsed_s;
             let report = StepReport {
                 step,
                 target_rate: rate,
                 published: publish.ok,
                 publish_errors: publish.errors,
-                achieved_publish_rate: publish.ok as f64 / publish.elapsed.as_secs_f64().max(1e-9),
+                achieved_publish_rate: publish.ok as f64 / elapsed_s,
                 expected_deliveries: expected,
                 delivered,
                 lost: expected.saturating_sub(delivered),
@@ -626,12 +662,22 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
                 latency: LatencySummary::of(&hist),
                 loadgen_cpu_percent: cpu,
                 loadgen_bound: cpu >= limits::LOADGEN_BOUND_PERCENT,
+                publisher_bound: sent_rate < rate * PUBLISHER_BOUND_SHARE,
             };
             let over_p99 = cfg
                 .max_p99
                 .is_some_and(|m| report.latency.p99_ms > m.as_secs_f64() * 1000.0);
             let lossy = report.lost > 0;
+            let publisher_bound = report.publisher_bound;
             steps.push(report);
+            if publisher_bound {
+                stopped_because = Some(format!(
+                    "step {step} at {rate}/s was publisher-bound: publishes went out at {sent_rate:.1}/s \
+                     with {} publisher connection(s); raise --publishers unless the machine is saturated",
+                    cfg.publishers
+                ));
+                break;
+            }
             if step + 1 < cfg.rates.len() {
                 if cfg.stop_on_loss && lossy {
                     stopped_because = Some(format!("step {step} at {rate}/s lost messages"));
@@ -717,8 +763,13 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
 }
 
 struct StepPublish {
+    /// Answered 202 (or 200).
     ok: u64,
+    /// Answered with any HTTP status: the publishes that went out.
+    answered: u64,
     errors: BTreeMap<String, u64>,
+    /// Message indexes used (sent or not), so the next step continues after.
+    scheduled: u64,
     elapsed: Duration,
 }
 
@@ -736,21 +787,30 @@ pub fn payload(run: u64, step: usize, index: u64, size: usize) -> String {
     out
 }
 
-/// Publishes at `rate` for the step's duration, one request at a time on a
-/// keep-alive connection. A publish that takes longer than the interval
-/// delays the next: the achieved rate is reported.
+/// What one publisher connection did in a step.
+#[derive(Default)]
+struct PublisherTally {
+    ok: u64,
+    answered: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Publishes at `rate` for the step's duration on a fixed schedule: message
+/// `k` is due at `k / rate` after the start. Each publisher connection takes
+/// the next unsent message when it is free, so up to `clients.len()`
+/// requests are in flight and one slow answer does not delay the schedule.
+/// A message is stamped when it is actually written; messages sent late go
+/// out as soon as a connection is free, and the achieved rate is reported.
 async fn publish_step(
-    client: &mut HttpClient,
+    clients: &mut [HttpClient],
     cfg: &FanoutConfig,
     run: u64,
     step: usize,
     rate: f64,
-    next_index: &mut u64,
+    first_index: u64,
 ) -> StepPublish {
     let start = Instant::now();
     let total = (rate * cfg.duration.as_secs_f64()).round().max(1.0) as u64;
-    let mut ok = 0;
-    let mut errors = BTreeMap::new();
     let subjects: Vec<String> = cfg
         .subjects
         .iter()
@@ -759,38 +819,76 @@ async fn publish_step(
     let priority = serde_json::to_string(&cfg.priority).unwrap_or_default();
     // A step never runs much past its length, even if publishes are slow.
     let hard_end = start + cfg.duration + Duration::from_secs(5);
-    for k in 0..total {
-        let due = start + Duration::from_secs_f64(k as f64 / rate);
-        tokio::time::sleep_until(due).await;
-        if Instant::now() > hard_end {
-            *errors
-                .entry("not_sent_step_overran".to_string())
-                .or_insert(0) += total - k;
-            break;
+    let next = AtomicU64::new(0);
+    let not_sent = AtomicU64::new(0);
+    let workers = clients.iter_mut().map(|client| {
+        let (next, not_sent, subjects, priority) = (&next, &not_sent, &subjects, &priority);
+        async move {
+            let mut tally = PublisherTally::default();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= total {
+                    break;
+                }
+                let due = start + Duration::from_secs_f64(k as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                if Instant::now() > hard_end {
+                    // Claim every remaining message so the others stop too.
+                    let rest = next.swap(total, Ordering::Relaxed).min(total);
+                    not_sent.fetch_add(total - rest + 1, Ordering::Relaxed);
+                    break;
+                }
+                let index = first_index + k;
+                let subject = &subjects[(index % subjects.len() as u64) as usize];
+                let body = format!(
+                    "{{\"subject\":{subject},\"data\":{},\"priority\":{priority}}}",
+                    payload(run, step, index, cfg.size)
+                );
+                match client
+                    .request("POST", "/publish", Some(body.as_bytes()))
+                    .await
+                {
+                    Ok(resp) => {
+                        tally.answered += 1;
+                        if resp.status == 202 || resp.status == 200 {
+                            tally.ok += 1;
+                        } else {
+                            *tally
+                                .errors
+                                .entry(format!("http_{}", resp.status))
+                                .or_insert(0) += 1;
+                        }
+                    }
+                    Err(_) => *tally.errors.entry("transport".to_string()).or_insert(0) += 1,
+                }
+            }
+            tally
         }
-        let index = *next_index;
-        *next_index += 1;
-        let subject = &subjects[(index % subjects.len() as u64) as usize];
-        let body = format!(
-            "{{\"subject\":{subject},\"data\":{},\"priority\":{priority}}}",
-            payload(run, step, index, cfg.size)
-        );
-        match client
-            .request("POST", "/publish", Some(body.as_bytes()))
-            .await
-        {
-            Ok(resp) if resp.status == 202 || resp.status == 200 => ok += 1,
-            Ok(resp) => *errors.entry(format!("http_{}", resp.status)).or_insert(0) += 1,
-            Err(_) => *errors.entry("transport".to_string()).or_insert(0) += 1,
+    });
+    let tallies = futures_util::future::join_all(workers).await;
+    let elapsed = start
+        .elapsed()
+        .max(cfg.duration.min(Duration::from_secs(1)));
+    let mut out = StepPublish {
+        ok: 0,
+        answered: 0,
+        errors: BTreeMap::new(),
+        scheduled: total,
+        elapsed,
+    };
+    for t in tallies {
+        out.ok += t.ok;
+        out.answered += t.answered;
+        for (kind, n) in t.errors {
+            *out.errors.entry(kind).or_insert(0) += n;
         }
     }
-    StepPublish {
-        ok,
-        errors,
-        elapsed: start
-            .elapsed()
-            .max(cfg.duration.min(Duration::from_secs(1))),
+    let not_sent = not_sent.into_inner();
+    if not_sent > 0 {
+        out.errors
+            .insert("not_sent_step_overran".to_string(), not_sent);
     }
+    out
 }
 
 #[cfg(test)]

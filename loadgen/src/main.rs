@@ -132,6 +132,9 @@ struct FanoutArgs {
     /// Stop the ramp after a step that lost messages.
     #[arg(long)]
     stop_on_loss: bool,
+    /// Keep-alive admin connections publishing concurrently on one schedule.
+    #[arg(long, default_value_t = fanout::DEFAULT_PUBLISHERS)]
+    publishers: usize,
 }
 
 #[derive(Args)]
@@ -213,6 +216,7 @@ fn main() -> anyhow::Result<()> {
                 max_p99: a.max_p99,
                 stop_on_loss: a.stop_on_loss,
                 threads,
+                publishers: a.publishers,
             };
             let r = runtime(threads)?.block_on(fanout::run(&cfg))?;
             print!("{}", report::fanout_summary(&r));

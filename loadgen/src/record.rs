@@ -72,6 +72,10 @@ pub enum Outcome {
         kind: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         retry_after: bool,
+        /// For HTTP rejections (`http_<status>`): µs from TCP connect start
+        /// to the rejecting answer, so "rejected at once" is measured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        us: Option<u64>,
     },
 }
 
@@ -152,12 +156,16 @@ pub struct AttemptCounts {
     /// Open connections the server or network closed before we did.
     pub dropped: u64,
     pub handshake: LatencySummary,
+    /// Time to answer of HTTP rejections (TCP connect start → status line).
+    #[serde(default)]
+    pub rejection_latency: LatencySummary,
 }
 
 /// Counts and handshake percentiles of `records`.
 pub fn count(records: &[ConnRecord]) -> AttemptCounts {
     let mut c = AttemptCounts::default();
     let mut h = latency_histogram();
+    let mut rejected = latency_histogram();
     for r in records {
         c.attempted += 1;
         match &r.outcome {
@@ -165,8 +173,15 @@ pub fn count(records: &[ConnRecord]) -> AttemptCounts {
                 c.succeeded += 1;
                 h.saturating_record(*us);
             }
-            Outcome::Failed { kind, retry_after } => {
+            Outcome::Failed {
+                kind,
+                retry_after,
+                us,
+            } => {
                 c.failed += 1;
+                if let Some(us) = us {
+                    rejected.saturating_record(*us);
+                }
                 *c.failures.entry(kind.clone()).or_default() += 1;
                 c.with_retry_after += u64::from(*retry_after);
             }
@@ -174,6 +189,7 @@ pub fn count(records: &[ConnRecord]) -> AttemptCounts {
         c.dropped += u64::from(r.dropped);
     }
     c.handshake = LatencySummary::of(&h);
+    c.rejection_latency = LatencySummary::of(&rejected);
     c
 }
 
@@ -294,6 +310,7 @@ mod tests {
             outcome: Outcome::Failed {
                 kind: kind.label(),
                 retry_after,
+                us: None,
             },
             end: None,
             dropped: false,

@@ -90,6 +90,13 @@ pub fn connect_summary(r: &ConnectReport) -> String {
         let _ = writeln!(s, "  e.g. {e}");
     }
     let _ = writeln!(s, "handshake latency ms: {}", c.handshake.describe());
+    if c.rejection_latency.count > 0 {
+        let _ = writeln!(
+            s,
+            "rejection latency ms (HTTP answer instead of 101): {}",
+            c.rejection_latency.describe()
+        );
+    }
     if let Some(p) = r.loadgen_cpu_percent {
         let _ = writeln!(
             s,
@@ -274,7 +281,11 @@ pub fn fanout_summary(r: &FanoutReport) -> String {
             st.latency.p99_ms,
             st.latency.max_ms,
             st.loadgen_cpu_percent,
-            if st.loadgen_bound { "LOADGEN" } else { "-" }
+            match (st.loadgen_bound, st.publisher_bound) {
+                (true, _) => "LOADGEN",
+                (false, true) => "PUBLISH",
+                (false, false) => "-",
+            }
         );
         if !st.publish_errors.is_empty() {
             let _ = writeln!(s, "      publish errors: {:?}", st.publish_errors);
@@ -525,6 +536,7 @@ mod tests {
                 outcome: Outcome::Failed {
                     kind: "timeout".into(),
                     retry_after: false,
+                    us: None,
                 },
                 end: None,
                 dropped: false,

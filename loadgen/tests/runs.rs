@@ -68,9 +68,34 @@ async fn connect_503_is_http_503_with_retry_after() {
     assert_eq!(r.counts.failures.get("http_503"), Some(&200));
     assert_eq!(r.counts.failures.len(), 1, "{:?}", r.counts.failures);
     assert_eq!(r.counts.with_retry_after, 200);
+    // Every rejection's time to answer is measured.
+    assert_eq!(r.counts.rejection_latency.count, 200);
+    assert!(r.counts.rejection_latency.max_ms >= r.counts.rejection_latency.p99_ms);
+    assert!(r.counts.rejection_latency.p50_ms <= r.counts.rejection_latency.p99_ms);
+    assert_eq!(r.counts.handshake.count, 0);
     let json = result_json(&r);
     assert_eq!(json["failures"]["http_503"], 200);
     assert_eq!(json["with_retry_after"], 200);
+    assert_eq!(json["rejection_latency"]["count"], 200);
+    for key in ["p50_ms", "p99_ms", "max_ms"] {
+        assert!(json["rejection_latency"][key].is_number(), "{key}");
+    }
+    assert!(report::connect_summary(&r).contains("rejection latency ms"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_have_no_rejection_latency() {
+    // Only HTTP answers are timed as rejections; a refused SYN is not one.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let r = connect::run(&ConnectConfig::new(format!("ws://127.0.0.1:{port}/ws"), 20))
+        .await
+        .unwrap();
+    assert_eq!(r.counts.failures.get("refused"), Some(&20));
+    assert_eq!(r.counts.rejection_latency.count, 0);
+    assert_eq!(result_json(&r)["rejection_latency"]["count"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,4 +292,69 @@ async fn binary_spreads_over_worker_processes() {
             .starts_with("<svg")
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A publish answered after 50 ms caps one connection near 20/s; the
+/// target of 100/s needs several requests in flight.
+const SLOW_PUBLISH: Duration = Duration::from_millis(50);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_publishers_keep_the_rate_on_a_slow_gateway() {
+    let hub = Hub::new(Perturb::None);
+    let ws = common::ws_server(hub.clone()).await;
+    let admin = common::slow_admin_server(hub.clone(), SLOW_PUBLISH).await;
+    let cfg = fanout::FanoutConfig {
+        rates: vec![100.0, 100.0],
+        duration: Duration::from_secs(1),
+        drain: Duration::from_secs(2),
+        publishers: 16,
+        ..fanout::FanoutConfig::new(ws_url(ws), format!("http://{admin}"), 5)
+    };
+    let r = fanout::run(&cfg).await.unwrap();
+    assert_eq!(r.steps.len(), 2, "{:?}", r.stopped_because);
+    assert_eq!(r.stopped_because, None);
+    for st in &r.steps {
+        assert_eq!(st.published, 100, "{:?}", st.publish_errors);
+        assert!(
+            st.achieved_publish_rate >= 90.0,
+            "achieved {}",
+            st.achieved_publish_rate
+        );
+        assert!(!st.publisher_bound);
+    }
+    assert_eq!((r.lost, r.duplicates), (0, 0));
+    assert_eq!(r.delivered, 2 * 100 * 5);
+    let json = result_json(&r);
+    assert_eq!(json["steps"][0]["publisher_bound"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_one_publisher_on_a_slow_gateway_is_publisher_bound() {
+    let hub = Hub::new(Perturb::None);
+    let ws = common::ws_server(hub.clone()).await;
+    let admin = common::slow_admin_server(hub.clone(), SLOW_PUBLISH).await;
+    let cfg = fanout::FanoutConfig {
+        rates: vec![100.0, 200.0],
+        duration: Duration::from_secs(1),
+        drain: Duration::from_secs(1),
+        publishers: 1,
+        ..fanout::FanoutConfig::new(ws_url(ws), format!("http://{admin}"), 5)
+    };
+    let r = fanout::run(&cfg).await.unwrap();
+    // The first step could not keep 100/s: the ramp stops there.
+    assert_eq!(r.steps.len(), 1);
+    assert!(r.steps[0].publisher_bound);
+    assert!(r.steps[0].achieved_publish_rate < 90.0);
+    assert!(
+        r.stopped_because
+            .as_deref()
+            .is_some_and(|s| s.contains("publisher-bound")),
+        "{:?}",
+        r.stopped_because
+    );
+    // What was sent was still delivered and counted.
+    assert_eq!(r.lost, 0);
+    let json = result_json(&r);
+    assert_eq!(json["steps"][0]["publisher_bound"], true);
+    assert!(report::fanout_summary(&r).contains("PUBLISH"));
 }

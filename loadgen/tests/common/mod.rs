@@ -175,18 +175,25 @@ pub async fn reject_503_server() -> SocketAddr {
 
 /// A minimal admin listener: `POST /publish` into the hub, `GET /health`.
 pub async fn admin_server(hub: Arc<Hub>) -> SocketAddr {
+    slow_admin_server(hub, std::time::Duration::ZERO).await
+}
+
+/// Like [`admin_server`], but every `POST /publish` is answered only after
+/// `delay`, like a gateway busy delivering: one connection then carries at
+/// most `1 / delay` publishes per second.
+pub async fn slow_admin_server(hub: Arc<Hub>, delay: std::time::Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let hub = hub.clone();
-            tokio::spawn(serve_admin(stream, hub));
+            tokio::spawn(serve_admin(stream, hub, delay));
         }
     });
     addr
 }
 
-async fn serve_admin(mut stream: TcpStream, hub: Arc<Hub>) {
+async fn serve_admin(mut stream: TcpStream, hub: Arc<Hub>, delay: std::time::Duration) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -223,6 +230,9 @@ async fn serve_admin(mut stream: TcpStream, hub: Arc<Hub>) {
         buf.drain(..head_len + content_length);
         let (status, answer) = match (method.as_str(), path.as_str()) {
             ("POST", "/publish") => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 let subject = v["subject"].as_str().unwrap_or("").to_string();
                 let sseq = hub.publish(&subject, &v["data"].to_string());
