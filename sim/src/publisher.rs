@@ -49,6 +49,24 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The publishing plan of a scenario's parameters: it starts one second
+    /// after the last client's deadline, so every client is subscribed
+    /// (or has failed) before the first message.
+    pub fn after_arrivals(
+        p: &crate::params::Params,
+        arrivals: &[Duration],
+        padding: usize,
+    ) -> Self {
+        let last = arrivals.last().copied().unwrap_or_default();
+        Plan {
+            messages: p.messages,
+            rate: p.publish_rate,
+            critical_every: p.critical_every,
+            start_at: last + p.timeout.0 + Duration::from_secs(1),
+            padding,
+        }
+    }
+
     pub fn subject(&self, i: u32) -> &'static str {
         SUBJECTS[i as usize % SUBJECTS.len()]
     }

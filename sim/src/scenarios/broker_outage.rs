@@ -46,14 +46,7 @@ pub fn run(p: &Params) -> Report {
     report.flag("resume-fraction", p.resume_fraction);
     let run = Rc::new(RunState::default());
     let arrivals = Rc::new(poisson_arrivals(p.seed, p.clients, p.rate));
-    let last = arrivals.last().copied().unwrap_or_default();
-    let plan = Plan {
-        messages: p.messages,
-        rate: p.publish_rate,
-        critical_every: p.critical_every,
-        start_at: last + p.timeout.0 + Duration::from_secs(1),
-        padding: 100,
-    };
+    let plan = Plan::after_arrivals(p, &arrivals, 100);
     let outage_start = plan.start_at + p.fault_at.0;
     let outage_end = outage_start + p.fault_for.0;
     let leave_at = outage_start + p.fault_for.0 / 2;

@@ -39,14 +39,7 @@ pub fn run(p: &Params) -> Report {
     report.flag("critical-every", p.critical_every);
     let run = Rc::new(RunState::default());
     let arrivals = Rc::new(poisson_arrivals(p.seed, p.clients, p.rate));
-    let last = arrivals.last().copied().unwrap_or_default();
-    let plan = Plan {
-        messages: p.messages,
-        rate: p.publish_rate,
-        critical_every: p.critical_every,
-        start_at: last + p.timeout.0 + Duration::from_secs(1),
-        padding: 1000,
-    };
+    let plan = Plan::after_arrivals(p, &arrivals, 1000);
     let publish_end = plan.due(p.messages);
     // Slow readers need time to drain what is queued for them.
     let linger = Duration::from_secs(10);
