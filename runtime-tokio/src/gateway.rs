@@ -4,14 +4,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
 use surge_core::admission::{Admission, GuardConfig, ResourceSample};
 use surge_core::config::Config;
 use surge_core::handshake::{HandshakeConfig, overloaded_response};
-use surge_core::protocol::CloseCode;
 use surge_core::session::SessionConfig;
 use surge_core::throttle::ThrottleConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,10 +19,10 @@ use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, Hub};
 use crate::clock::Clock;
-use crate::conn::{self, SlotGuard};
 use crate::metrics::Metrics;
-use crate::shard::{self, Shard, lock};
+use crate::shard::{self, Inbox, ShardView, lock};
 use crate::transport::{Listener, SocketOptionReport, Transport};
+use crate::upgrade::{self, SlotGuard};
 
 /// Everything the gateway needs to know, resolved from `Config` (and from
 /// host facts the server derived, such as max connections and shards).
@@ -104,11 +103,10 @@ impl GatewayConfig {
     }
 }
 
-/// What connection tasks share.
+/// What handshake tasks and shards share.
 pub(crate) struct Context {
     pub clock: Clock,
     pub admission: Arc<Mutex<Admission>>,
-    pub shards: Vec<Arc<Shard>>,
     pub handshake_config: Arc<HandshakeConfig>,
     pub session_config: Arc<SessionConfig>,
     pub metrics: Arc<Metrics>,
@@ -212,6 +210,10 @@ pub struct ConnectionState {
 /// A running gateway.
 pub struct Gateway {
     ctx: Arc<Context>,
+    /// Weak: the shard's task owns the shard (and its sockets), so a
+    /// shard whose task is gone (aborted, or its host crashed in the
+    /// simulator) closes its sockets even while the gateway is kept.
+    shards: Vec<Weak<dyn ShardView>>,
     hub: Hub,
     local_addr: SocketAddr,
     socket_report: Vec<SocketOptionReport>,
@@ -243,13 +245,9 @@ impl Gateway {
             config.guard.clone(),
         )));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shards: Vec<Arc<Shard>> = (0..config.shards.max(1))
-            .map(|_| Arc::new(Shard::new()))
-            .collect();
         let ctx = Arc::new(Context {
             clock,
             admission: Arc::clone(&admission),
-            shards: shards.clone(),
             handshake_config: Arc::new(config.handshake.clone()),
             session_config: Arc::new(config.session.clone()),
             metrics: Arc::clone(&metrics),
@@ -259,15 +257,16 @@ impl Gateway {
         });
         let mut tasks = Vec::new();
         let mut senders = Vec::new();
-        for shard in &shards {
+        let mut shards: Vec<Weak<dyn ShardView>> = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in 0..config.shards.max(1) {
             let (tx, rx) = mpsc::channel(config.shard_queue.max(1));
             senders.push(tx);
-            tasks.push(tokio::spawn(shard::run_fan_out(
-                Arc::clone(shard),
-                rx,
-                clock,
-                Arc::clone(&metrics),
-            )));
+            let (cell, task) = shard::start(transport.poller()?, Arc::clone(&ctx), rx);
+            inboxes.push(cell.inbox());
+            let cell: Arc<dyn ShardView> = cell;
+            shards.push(Arc::downgrade(&cell));
+            tasks.push(tokio::spawn(task));
         }
         let hub = Hub::new(senders, Arc::clone(&metrics));
         let broker = make_broker(hub.clone(), clock);
@@ -286,10 +285,12 @@ impl Gateway {
         tasks.push(tokio::spawn(tokio::task::unconstrained(accept_loop(
             listener,
             Arc::clone(&ctx),
+            inboxes,
             retry_after,
         ))));
         Ok(Gateway {
             ctx,
+            shards,
             hub,
             local_addr,
             socket_report,
@@ -345,16 +346,8 @@ impl Gateway {
     /// invariant checks compare with the slot tables and the clients.
     pub fn connections(&self) -> Vec<ConnectionState> {
         let mut out = Vec::new();
-        for shard in &self.ctx.shards {
-            for conn in shard.connections() {
-                let session = lock(&conn.session);
-                out.push(ConnectionState {
-                    id: session.id(),
-                    queued_bytes: session.queued_bytes(),
-                    throttle_level: session.throttle_level().as_u8(),
-                    closed: session.is_closed(),
-                });
-            }
+        for shard in self.shards.iter().filter_map(Weak::upgrade) {
+            shard.connections(&mut out);
         }
         out
     }
@@ -421,12 +414,8 @@ impl Gateway {
         }
         let mut levels = [0u64; 4];
         let mut queue_bytes = 0u64;
-        for shard in &self.ctx.shards {
-            for conn in shard.connections() {
-                let session = lock(&conn.session);
-                levels[session.throttle_level() as usize] += 1;
-                queue_bytes += session.queued_bytes() as u64;
-            }
+        for shard in self.shards.iter().filter_map(Weak::upgrade) {
+            shard.tally(&mut levels, &mut queue_bytes);
         }
         m.set_throttled(levels);
         m.queue_bytes
@@ -446,11 +435,8 @@ impl Gateway {
     pub async fn shutdown(&self, drain: Duration) {
         lock(&self.ctx.admission).begin_shutdown();
         let _ = self.shutdown.send(true);
-        for shard in &self.ctx.shards {
-            for conn in shard.connections() {
-                lock(&conn.session).close(CloseCode::GoingAway, "server shutting down".into());
-                conn.notify.notify_one();
-            }
+        for shard in self.shards.iter().filter_map(Weak::upgrade) {
+            shard.shutdown();
         }
         let deadline = tokio::time::Instant::now() + drain;
         while lock(&self.ctx.admission).used() > 0 && tokio::time::Instant::now() < deadline {
@@ -468,7 +454,12 @@ impl Gateway {
 
 /// Accepts connections, admits or refuses each at once, and never waits on
 /// a handshake.
-async fn accept_loop<L: Listener>(mut listener: L, ctx: Arc<Context>, retry_after: u32) {
+async fn accept_loop<L: Listener>(
+    mut listener: L,
+    ctx: Arc<Context>,
+    shards: Vec<mpsc::UnboundedSender<Inbox<L::Stream>>>,
+    retry_after: u32,
+) {
     let refusal_response: Arc<[u8]> = overloaded_response(retry_after).response.into();
     let mut shutdown = ctx.shutdown.clone();
     loop {
@@ -488,8 +479,9 @@ async fn accept_loop<L: Listener>(mut listener: L, ctx: Arc<Context>, retry_afte
         let admitted = lock(&ctx.admission).admit();
         match admitted {
             Ok(reservation) => {
+                let shard = shards[reservation.id().shard.0 as usize].clone();
                 let guard = SlotGuard::new(Arc::clone(&ctx.admission), reservation);
-                tokio::spawn(conn::run(stream, guard, Arc::clone(&ctx)));
+                tokio::spawn(upgrade::run(stream, guard, Arc::clone(&ctx), shard));
             }
             Err(refusal) => {
                 ctx.metrics.refused(&refusal);

@@ -7,13 +7,15 @@
 
 pub mod broker;
 pub mod clock;
-mod conn;
 pub mod embedded;
+mod epoll;
 pub mod gateway;
 pub mod metrics;
+pub mod poller;
 mod shard;
 pub mod tcp;
 pub mod transport;
+mod upgrade;
 
 pub use broker::{Broker, BrokerError, Fetched, Hub};
 pub use clock::Clock;

@@ -145,6 +145,11 @@ fn secs(d: Duration) -> i32 {
 impl Transport for TcpTransport {
     type Stream = tokio::net::TcpStream;
     type Listener = TcpListener;
+    type Poller = crate::epoll::EpollPoller;
+
+    fn poller(&self) -> io::Result<Self::Poller> {
+        crate::epoll::EpollPoller::new()
+    }
 
     async fn bind(&self, addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub trait Transport: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     type Listener: Listener<Stream = Self::Stream>;
+    /// How a shard watches the upgraded connections it owns.
+    type Poller: crate::poller::Poller<Stream = Self::Stream>;
 
     /// Binds a listener with the given accept-queue length.
     fn bind(
@@ -24,6 +26,9 @@ pub trait Transport: Send + Sync + 'static {
         addr: SocketAddr,
         backlog: u32,
     ) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+
+    /// A fresh poller for one shard.
+    fn poller(&self) -> io::Result<Self::Poller>;
 
     /// Opens a connection (used by tests and the simulator's clients).
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;

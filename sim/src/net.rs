@@ -530,6 +530,11 @@ impl Drop for SimListener {
 impl Transport for SimTransport {
     type Stream = SimStream;
     type Listener = SimListener;
+    type Poller = surge_runtime::poller::WakerPoller<SimStream>;
+
+    fn poller(&self) -> io::Result<Self::Poller> {
+        Ok(surge_runtime::poller::WakerPoller::new())
+    }
 
     async fn bind(&self, addr: SocketAddr, backlog: u32) -> io::Result<SimListener> {
         let listener = turmoil::net::TcpListener::bind(addr).await?;

@@ -35,6 +35,11 @@ pub struct SlowListener<L> {
 impl<T: Transport> Transport for SlowAccept<T> {
     type Stream = T::Stream;
     type Listener = SlowListener<T::Listener>;
+    type Poller = T::Poller;
+
+    fn poller(&self) -> io::Result<Self::Poller> {
+        self.inner.poller()
+    }
 
     async fn bind(&self, addr: SocketAddr, backlog: u32) -> io::Result<Self::Listener> {
         Ok(SlowListener {

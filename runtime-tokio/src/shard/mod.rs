@@ -1,0 +1,493 @@
+//! A shard: a partition of the upgraded connections, with its subscription
+//! index, its sockets and one task that drives them all.
+//!
+//! A connection has no task of its own once upgraded. The shard's task
+//! owns every socket through a [`Poller`], wakes on readiness, on published
+//! messages from the hub, on handoffs from the handshake tasks and on the
+//! earliest connection deadline, and calls the connection's state machine
+//! ([`link::Link`]) for each. Published messages are written straight from
+//! the fan-out: no wake-up of another task per subscriber, and messages
+//! that arrive together leave in one write per connection.
+//!
+//! Shards share nothing but the admission table and the hub's channels, so
+//! the same code runs on a multi-threaded runtime and single-threaded
+//! inside a simulated host.
+
+mod link;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+
+use slab::Slab;
+use surge_core::Instant;
+use surge_core::frame::{DecodeLimits, FrameDecoder};
+use surge_core::protocol::{CloseCode, Published};
+use surge_core::session::{Delivery, Session};
+use surge_core::subjects::SubscriptionIndex;
+use tokio::sync::mpsc;
+
+use crate::broker::{BrokerError, Fetched};
+use crate::gateway::{ConnectionState, Context};
+use crate::poller::Poller;
+use crate::upgrade::SlotGuard;
+
+use link::{End, Flow, Link, Parts};
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every critical section here is a single core call or one shard turn).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Published messages taken from the hub per fan-out batch: frames of one
+/// batch leave in one write per subscriber.
+const FAN_OUT_BATCH: usize = 64;
+
+/// Rounds of work per poll before the task yields to the runtime.
+const ROUNDS_PER_POLL: usize = 8;
+
+/// Per-shard read buffer: bytes are handed to core before the next read,
+/// so no connection carries a read buffer of its own.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// What reaches a shard's task besides published messages.
+pub(crate) enum Inbox<S> {
+    /// A connection whose handshake succeeded.
+    Adopt(Handoff<S>),
+    /// A resume's broker fetch finished.
+    Fetched {
+        token: usize,
+        serial: u64,
+        result: Result<Fetched, BrokerError>,
+    },
+    /// Close every connection with 1001.
+    Shutdown,
+}
+
+/// An upgraded connection on its way from its handshake task to its shard.
+pub(crate) struct Handoff<S> {
+    pub stream: S,
+    /// Still reserved: completed when the shard takes the connection, so a
+    /// live slot always has a registered connection.
+    pub slot: SlotGuard,
+    /// The 101, written together with the welcome frame.
+    pub response: Vec<u8>,
+    /// Bytes that followed the request head.
+    pub leftover: Vec<u8>,
+}
+
+/// What the gateway sees of a shard, whatever its socket type.
+pub(crate) trait ShardView: Send + Sync {
+    /// Appends every registered connection, in serial order.
+    fn connections(&self, out: &mut Vec<ConnectionState>);
+    /// Adds the connections' throttle levels and queued bytes.
+    fn tally(&self, levels: &mut [u64; 4], queue_bytes: &mut u64);
+    /// Asks the shard to close every connection with 1001.
+    fn shutdown(&self);
+}
+
+pub(crate) struct ShardCell<P: Poller> {
+    state: Mutex<ShardState<P>>,
+    inbox: mpsc::UnboundedSender<Inbox<P::Stream>>,
+}
+
+impl<P: Poller> ShardCell<P> {
+    /// Where handshake tasks hand this shard its connections.
+    pub fn inbox(&self) -> mpsc::UnboundedSender<Inbox<P::Stream>> {
+        self.inbox.clone()
+    }
+}
+
+impl<P: Poller> ShardView for ShardCell<P> {
+    fn connections(&self, out: &mut Vec<ConnectionState>) {
+        let state = lock(&self.state);
+        let start = out.len();
+        out.extend(state.links.iter().map(|(_, link)| ConnectionState {
+            id: link.session.id(),
+            queued_bytes: link.session.queued_bytes(),
+            throttle_level: link.session.throttle_level().as_u8(),
+            closed: link.session.is_closed(),
+        }));
+        out[start..].sort_by_key(|c| c.id.serial);
+    }
+
+    fn tally(&self, levels: &mut [u64; 4], queue_bytes: &mut u64) {
+        let state = lock(&self.state);
+        for (_, link) in state.links.iter() {
+            levels[link.session.throttle_level() as usize] += 1;
+            *queue_bytes += link.session.queued_bytes() as u64;
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = self.inbox.send(Inbox::Shutdown);
+    }
+}
+
+struct ShardState<P: Poller> {
+    poller: P,
+    links: Slab<Link<P::Socket>>,
+    index: SubscriptionIndex<usize>,
+    /// (deadline, token); an entry is current only while the link's
+    /// `timer_at` equals its deadline, so stale entries are skipped.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Tokens reported ready and not yet handled.
+    ready: Vec<usize>,
+    /// Links that got frames from the current fan-out batch.
+    dirty: Vec<usize>,
+    keys: Vec<usize>,
+    read_buf: Box<[u8]>,
+    ctx: Arc<Context>,
+    inbox: mpsc::UnboundedSender<Inbox<P::Stream>>,
+    shutting_down: bool,
+}
+
+/// Starts a shard: returns it (the gateway keeps a weak reference and
+/// takes the sender handshake tasks use from [`ShardCell::inbox`]) and the
+/// task that owns and drives it.
+pub(crate) fn start<P: Poller>(
+    poller: P,
+    ctx: Arc<Context>,
+    hub: mpsc::Receiver<Arc<Published>>,
+) -> (Arc<ShardCell<P>>, impl Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cell = Arc::new(ShardCell {
+        state: Mutex::new(ShardState {
+            poller,
+            links: Slab::new(),
+            index: SubscriptionIndex::new(),
+            timers: BinaryHeap::new(),
+            ready: Vec::new(),
+            dirty: Vec::new(),
+            keys: Vec::new(),
+            read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            ctx,
+            inbox: tx.clone(),
+            shutting_down: false,
+        }),
+        inbox: tx,
+    });
+    let task = drive(Arc::clone(&cell), rx, hub);
+    (cell, task)
+}
+
+/// The shard's task. Runs until the gateway aborts it.
+async fn drive<P: Poller>(
+    cell: Arc<ShardCell<P>>,
+    mut inbox: mpsc::UnboundedReceiver<Inbox<P::Stream>>,
+    mut hub: mpsc::Receiver<Arc<Published>>,
+) {
+    let mut hub_open = true;
+    let mut batch: Vec<Arc<Published>> = Vec::with_capacity(FAN_OUT_BATCH);
+    let mut sleep: Option<(Instant, Pin<Box<tokio::time::Sleep>>)> = None;
+    std::future::poll_fn(|cx| {
+        let mut state = lock(&cell.state);
+        let state = &mut *state;
+        let mut busy = false;
+        for _ in 0..ROUNDS_PER_POLL {
+            busy = false;
+            while let Poll::Ready(Some(message)) = inbox.poll_recv(cx) {
+                state.on_inbox(message);
+                busy = true;
+            }
+            if hub_open {
+                while batch.len() < FAN_OUT_BATCH {
+                    match hub.poll_recv(cx) {
+                        Poll::Ready(Some(message)) => batch.push(message),
+                        Poll::Ready(None) => {
+                            hub_open = false;
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    state.fan_out(&batch);
+                    batch.clear();
+                    busy = true;
+                }
+            }
+            let mut ready = std::mem::take(&mut state.ready);
+            match state.poller.poll_ready(cx, &mut ready) {
+                Poll::Ready(Ok(())) => busy = true,
+                Poll::Ready(Err(e)) => tracing::warn!(error = %e, "shard poller failed"),
+                Poll::Pending => {}
+            }
+            state.ready = ready;
+            if !state.ready.is_empty() {
+                state.handle_ready();
+                busy = true;
+            }
+            busy |= state.fire_timers();
+            if !busy {
+                break;
+            }
+        }
+        match state.next_deadline() {
+            Some(at) => {
+                let clock = state.ctx.clock;
+                let (armed, timer) = sleep.get_or_insert_with(|| {
+                    (at, Box::pin(tokio::time::sleep_until(clock.to_tokio(at))))
+                });
+                if *armed != at {
+                    *armed = at;
+                    timer.as_mut().reset(clock.to_tokio(at));
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    busy = true;
+                }
+            }
+            None => sleep = None,
+        }
+        if busy || !state.ready.is_empty() {
+            // More to do: yield to the runtime, then continue.
+            cx.waker().wake_by_ref();
+        }
+        Poll::<()>::Pending
+    })
+    .await
+}
+
+impl<P: Poller> ShardState<P> {
+    fn on_inbox(&mut self, message: Inbox<P::Stream>) {
+        match message {
+            Inbox::Adopt(handoff) => self.adopt(handoff),
+            Inbox::Fetched {
+                token,
+                serial,
+                result,
+            } => {
+                let now = self.ctx.clock.now();
+                self.with_link(token, Some(serial), |link, parts| {
+                    link.on_fetched(result, parts, now)
+                });
+            }
+            Inbox::Shutdown => {
+                self.shutting_down = true;
+                let tokens: Vec<usize> = self.links.iter().map(|(t, _)| t).collect();
+                for token in tokens {
+                    if let Some(link) = self.links.get_mut(token) {
+                        link.session
+                            .close(CloseCode::GoingAway, "server shutting down".into());
+                    }
+                    self.pump_link(token);
+                }
+            }
+        }
+    }
+
+    fn adopt(&mut self, handoff: Handoff<P::Stream>) {
+        let Handoff {
+            stream,
+            slot,
+            response,
+            leftover,
+        } = handoff;
+        let ctx = Arc::clone(&self.ctx);
+        let entry = self.links.vacant_entry();
+        let token = entry.key();
+        let socket = match self.poller.adopt(stream, token) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "shard could not take over a socket");
+                return; // `slot` is released by its guard
+            }
+        };
+        let Some(live) = slot.into_live() else {
+            return;
+        };
+        let now = ctx.clock.now();
+        let mut session = Session::new(live.id(), Arc::clone(&ctx.session_config), now);
+        if self.shutting_down || *ctx.shutdown.borrow() {
+            session.close(CloseCode::GoingAway, "server shutting down".into());
+        }
+        let decoder = FrameDecoder::new(DecodeLimits {
+            max_message_bytes: ctx.session_config.max_message_bytes,
+        });
+        let mut link = Link::new(socket, session, decoder, response, live);
+        if !leftover.is_empty() {
+            link.on_leftover(&leftover, &ctx, now);
+        }
+        entry.insert(link);
+        ctx.metrics.connections.inc();
+        self.pump_link(token);
+    }
+
+    /// Calls `f` on the link at `token` (if it is still the connection
+    /// `serial`), then removes or reschedules it as `f` says.
+    fn with_link(
+        &mut self,
+        token: usize,
+        serial: Option<u64>,
+        f: impl FnOnce(&mut Link<P::Socket>, &mut Parts<'_, P>) -> Flow,
+    ) {
+        let Some(link) = self.links.get_mut(token) else {
+            return;
+        };
+        if serial.is_some_and(|s| s != link.session.id().serial) {
+            return;
+        }
+        let mut parts = Parts {
+            token,
+            poller: &mut self.poller,
+            index: &mut self.index,
+            ctx: &self.ctx,
+            inbox: &self.inbox,
+            read_buf: &mut self.read_buf,
+        };
+        match f(link, &mut parts) {
+            Flow::Keep => self.schedule(token),
+            Flow::Again => {
+                self.ready.push(token);
+                self.schedule(token);
+            }
+            Flow::Remove(end) => self.remove(token, end),
+        }
+    }
+
+    fn pump_link(&mut self, token: usize) {
+        let now = self.ctx.clock.now();
+        self.with_link(token, None, |link, parts| link.on_ready(parts, now));
+    }
+
+    fn handle_ready(&mut self) {
+        let now = self.ctx.clock.now();
+        let ready = std::mem::take(&mut self.ready);
+        for &token in &ready {
+            self.with_link(token, None, |link, parts| link.on_ready(parts, now));
+        }
+        // Keep the allocation; tokens re-queued meanwhile stay queued.
+        let mut ready = ready;
+        ready.clear();
+        ready.append(&mut self.ready);
+        self.ready = ready;
+    }
+
+    /// Queues one batch of published messages on every matching session,
+    /// then writes to each connection that got something, once.
+    fn fan_out(&mut self, batch: &[Arc<Published>]) {
+        let now = self.ctx.clock.now();
+        let mut tally = Tally::default();
+        let mut keys = std::mem::take(&mut self.keys);
+        for message in batch {
+            self.index.matches_into(&message.subject, &mut keys);
+            for &token in &keys {
+                let Some(link) = self.links.get_mut(token) else {
+                    continue;
+                };
+                let wake = match link.session.deliver(message, now) {
+                    Delivery::Queued(_) => {
+                        tally.delivered += 1;
+                        true
+                    }
+                    Delivery::Throttled => {
+                        tally.throttled += 1;
+                        false
+                    }
+                    Delivery::QueueFull => {
+                        tally.queue_full += 1;
+                        // A throttle notice may have been queued.
+                        true
+                    }
+                    Delivery::Duplicate => {
+                        tally.duplicates += 1;
+                        false
+                    }
+                    Delivery::Closed => true,
+                    Delivery::Held => false,
+                };
+                if wake && !link.dirty {
+                    link.dirty = true;
+                    self.dirty.push(token);
+                }
+            }
+        }
+        self.keys = keys;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &token in &dirty {
+            if let Some(link) = self.links.get_mut(token) {
+                link.dirty = false;
+            }
+            self.pump_link(token);
+        }
+        dirty.clear();
+        self.dirty = dirty;
+        let m = &self.ctx.metrics;
+        m.delivered.inc_by(tally.delivered);
+        m.dropped("throttled").inc_by(tally.throttled);
+        m.dropped("queue_full").inc_by(tally.queue_full);
+        m.deduplicated.inc_by(tally.duplicates);
+    }
+
+    /// Puts the link's next deadline in the timer queue if it is earlier
+    /// than the one already there.
+    fn schedule(&mut self, token: usize) {
+        let write_timeout = self.ctx.write_timeout;
+        let Some(link) = self.links.get_mut(token) else {
+            return;
+        };
+        let Some(at) = link.deadline(write_timeout) else {
+            return;
+        };
+        if link.timer_at.is_none_or(|t| at < t) {
+            link.timer_at = Some(at);
+            self.timers.push(Reverse((at, token)));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Runs every deadline that has passed. Returns whether any did.
+    fn fire_timers(&mut self) -> bool {
+        let now = self.ctx.clock.now();
+        let mut fired = false;
+        while let Some(&Reverse((at, token))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let current = self
+                .links
+                .get_mut(token)
+                .is_some_and(|l| l.timer_at == Some(at));
+            if !current {
+                continue;
+            }
+            fired = true;
+            if let Some(link) = self.links.get_mut(token) {
+                link.timer_at = None;
+            }
+            self.with_link(token, None, |link, parts| link.on_timer(parts, now));
+        }
+        fired
+    }
+
+    /// Drops a connection: its patterns, its socket and its slot.
+    fn remove(&mut self, token: usize, end: End) {
+        let link = self.links.remove(token);
+        for p in link.session.subscriptions() {
+            self.index.remove(p, token);
+        }
+        let id = link.session.id();
+        lock(&self.ctx.admission).close(link.slot);
+        self.ctx.metrics.connections.dec();
+        tracing::debug!(conn = %id, end = %end, "connection ended");
+        // The socket closes as the link drops.
+    }
+}
+
+/// Counts of one fan-out batch, added to the metrics once per batch
+/// instead of once per subscriber.
+#[derive(Debug, Default)]
+struct Tally {
+    delivered: u64,
+    throttled: u64,
+    queue_full: u64,
+    duplicates: u64,
+}

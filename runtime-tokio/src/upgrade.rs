@@ -1,0 +1,209 @@
+//! A connection from accept to upgrade, in a task of its own: the
+//! handshake through core's state machine under its deadline, a rejection
+//! written and closed, or the upgraded socket handed to its shard (which
+//! drives it from then on; see `shard`). The slot reserved at accept is
+//! released exactly once, by [`SlotGuard`]'s `Drop` if no path released it
+//! explicitly.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use surge_core::admission::{AbortCause, Admission, LiveSlot, Reservation};
+use surge_core::handshake::{Handshake, Outcome, Progress};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::gateway::Context;
+use crate::shard::{Handoff, Inbox, lock};
+
+/// Holds a reserved slot until the handshake ends: aborted on failure (by
+/// `Drop` if nothing else did), completed by the shard on success.
+pub(crate) struct SlotGuard {
+    admission: Arc<Mutex<Admission>>,
+    state: SlotState,
+}
+
+enum SlotState {
+    Reserved(Reservation),
+    Released,
+}
+
+impl SlotGuard {
+    pub fn new(admission: Arc<Mutex<Admission>>, reservation: Reservation) -> Self {
+        SlotGuard {
+            admission,
+            state: SlotState::Reserved(reservation),
+        }
+    }
+
+    /// Completes a reserved slot and hands the live one to its new owner,
+    /// who must close it. `None` if it was not reserved.
+    pub fn into_live(mut self) -> Option<LiveSlot> {
+        match std::mem::replace(&mut self.state, SlotState::Released) {
+            SlotState::Reserved(r) => Some(lock(&self.admission).complete(r)),
+            SlotState::Released => None,
+        }
+    }
+
+    fn abort(&mut self, cause: AbortCause) {
+        if let SlotState::Reserved(r) = std::mem::replace(&mut self.state, SlotState::Released) {
+            lock(&self.admission).abort(r, cause);
+        }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.state, SlotState::Released) {
+            SlotState::Reserved(r) => lock(&self.admission).abort(r, AbortCause::Io),
+            SlotState::Released => {}
+        }
+    }
+}
+
+/// Writes a rejection and closes, without letting a client that does not
+/// read hold the task for long.
+async fn answer_and_close<S: AsyncWrite + Unpin>(stream: &mut S, response: &[u8]) {
+    let write = async {
+        stream.write_all(response).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+/// Runs one accepted connection's handshake and hands the upgraded socket
+/// to its shard.
+pub(crate) async fn run<S>(
+    mut stream: S,
+    mut slot: SlotGuard,
+    ctx: Arc<Context>,
+    shard: mpsc::UnboundedSender<Inbox<S>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let SlotState::Reserved(r) = &slot.state else {
+        return;
+    };
+    let id = r.id();
+    let span = tracing::info_span!("conn", id = %id, shard = id.shard.0);
+    async move {
+        let Some((response, leftover)) = upgrade(&mut stream, &mut slot, &ctx).await else {
+            return;
+        };
+        let handoff = Handoff {
+            stream,
+            slot,
+            response,
+            leftover,
+        };
+        if shard.send(Inbox::Adopt(handoff)).is_err() {
+            tracing::debug!("shard gone: connection dropped");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs the handshake. On success returns the 101 response (written by
+/// the shard together with the welcome frame, one syscall instead of two)
+/// and the bytes that followed the request head; on a rejection writes it
+/// and returns `None`. The slot is aborted here on failure; on success it
+/// is completed by the shard that takes the connection.
+async fn upgrade<S>(
+    stream: &mut S,
+    slot: &mut SlotGuard,
+    ctx: &Context,
+) -> Option<(Vec<u8>, Vec<u8>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let started = ctx.clock.now();
+    let Some(outcome) = handshake(stream, ctx, started).await else {
+        slot.abort(AbortCause::Io);
+        ctx.metrics.handshake("io").inc();
+        return None;
+    };
+    let accepted = match outcome {
+        Outcome::Accept(accepted) => accepted,
+        Outcome::Reject(rejection) | Outcome::TimedOut(rejection) => {
+            let cause = if matches!(rejection.status, 408) {
+                AbortCause::TimedOut
+            } else {
+                AbortCause::Rejected
+            };
+            // The slot is free before the answer is even written.
+            slot.abort(cause);
+            ctx.metrics.handshake_rejected(&rejection.reason);
+            tracing::debug!(status = rejection.status, reason = %rejection.reason, "handshake rejected");
+            answer_and_close(stream, &rejection.response).await;
+            return None;
+        }
+    };
+    ctx.metrics.handshake("accepted").inc();
+    let elapsed = ctx.clock.now().saturating_duration_since(started);
+    ctx.metrics.handshake_seconds.observe(elapsed.as_secs_f64());
+    Some((accepted.response, accepted.leftover))
+}
+
+/// Reads the request head through core's handshake until an outcome, or
+/// `None` if the peer went away first.
+async fn handshake<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    ctx: &Context,
+    started: surge_core::Instant,
+) -> Option<Outcome> {
+    let mut hs = Handshake::new(Arc::clone(&ctx.handshake_config), started);
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let deadline = hs.poll_timeout()?;
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return None,
+            read = read_into(stream, |bytes| hs.feed(bytes, ctx.clock.now())) => match read {
+                Ok(Some(Progress::NeedMore)) => {}
+                Ok(Some(Progress::Done(outcome))) => return Some(outcome),
+                Ok(Some(Progress::Finished) | None) | Err(_) => return None,
+            },
+            _ = tokio::time::sleep_until(ctx.clock.to_tokio(deadline)) => {
+                if let Some(outcome) = hs.handle_timeout(ctx.clock.now()) {
+                    return Some(outcome);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The read buffer every connection on this thread shares: bytes are
+    /// handed to core (handshake or frame decoder) before the read returns,
+    /// so a waiting connection carries no read buffer of its own.
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+}
+
+/// Reads what the socket has into the thread's shared buffer and passes the
+/// bytes to `consume` within the same poll. `Ok(None)` is end of stream.
+async fn read_into<S, T>(
+    stream: &mut S,
+    mut consume: impl FnMut(&[u8]) -> T,
+) -> std::io::Result<Option<T>>
+where
+    S: AsyncRead + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        READ_BUFFER.with(|cell| {
+            let mut buffer = cell.borrow_mut();
+            let mut read = ReadBuf::new(&mut buffer[..]);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(consume(read.filled())))),
+            }
+        })
+    })
+    .await
+}
