@@ -43,8 +43,9 @@ pub enum ReplayError {
 /// Retained messages, oldest first.
 #[derive(Debug, Clone)]
 pub struct ReplayRing {
-    max_messages: usize,
-    max_bytes: usize,
+    /// 32 bits (saturating): every connection has a ring.
+    max_messages: u32,
+    max_bytes: u32,
     entries: VecDeque<Entry>,
     bytes: usize,
     /// `seq` of `entries[0]`, or of the next message when empty.
@@ -57,8 +58,8 @@ impl ReplayRing {
     /// allocates nothing.
     pub fn new(max_messages: usize, max_bytes: usize) -> Self {
         ReplayRing {
-            max_messages,
-            max_bytes,
+            max_messages: u32::try_from(max_messages).unwrap_or(u32::MAX),
+            max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
             entries: VecDeque::new(),
             bytes: 0,
             oldest_seq: 1,
@@ -74,7 +75,9 @@ impl ReplayRing {
         }
         self.entries.push_back(Entry { message, frame_len });
         self.bytes += frame_len;
-        while self.entries.len() > self.max_messages || self.bytes > self.max_bytes {
+        while self.entries.len() > self.max_messages as usize
+            || self.bytes > self.max_bytes as usize
+        {
             match self.entries.pop_front() {
                 Some(old) => {
                     self.bytes -= old.frame_len;

@@ -141,18 +141,50 @@ pub enum Delivery {
     Closed,
 }
 
-/// Counters of what happened to this connection's traffic.
+/// Counters of what happened to this connection's traffic. 32 bits each
+/// (saturating): every connection carries them, and the gateway's metrics
+/// keep the process-wide totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
-    pub delivered: u64,
-    pub throttled: u64,
-    pub queue_full: u64,
-    pub duplicates: u64,
-    pub recovered: u64,
-    pub replayed: u64,
-    pub requests: u64,
-    pub request_errors: u64,
-    pub rate_limited: u64,
+    pub delivered: u32,
+    pub throttled: u32,
+    pub queue_full: u32,
+    pub duplicates: u32,
+    pub recovered: u32,
+    pub replayed: u32,
+    pub requests: u32,
+    pub request_errors: u32,
+    pub rate_limited: u32,
+}
+
+/// A FIFO that holds no storage at all while empty (once released): an
+/// idle connection's queues cost one pointer each.
+#[derive(Debug)]
+#[allow(clippy::box_collection)] // on purpose: 8 bytes per idle session, not 32
+struct LazyQueue<T>(Option<Box<VecDeque<T>>>);
+
+impl<T> LazyQueue<T> {
+    const fn new() -> Self {
+        LazyQueue(None)
+    }
+
+    fn push_back(&mut self, value: T) {
+        self.0.get_or_insert_with(Box::default).push_back(value);
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|q| q.is_empty())
+    }
+
+    fn release_if_empty(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
 }
 
 /// A `recover` that must wait: the queue has no room until the driver
@@ -189,9 +221,9 @@ pub struct Session {
     throttle: Throttle,
     inbound: TokenBucket,
     denied_in_a_row: u32,
-    queue: VecDeque<OutFrame>,
+    queue: LazyQueue<OutFrame>,
     queued_bytes: usize,
-    actions: VecDeque<Action>,
+    actions: LazyQueue<Action>,
     last_heard: Instant,
     last_ping: Option<Instant>,
     /// Boxed: rare, and an idle session should stay small.
@@ -207,7 +239,7 @@ impl Session {
     pub fn new(id: ConnId, config: Arc<SessionConfig>, now: Instant) -> Self {
         let ring = ReplayRing::new(config.replay_window as usize, config.replay_max_bytes);
         let inbound = TokenBucket::new(config.client_rate_per_sec, config.client_burst, now);
-        let throttle = Throttle::new(config.throttle, now);
+        let throttle = Throttle::new(now);
         let welcome = ServerMessage::Welcome {
             conn_id: id.to_string(),
             shard: id.shard.0,
@@ -222,9 +254,9 @@ impl Session {
             throttle,
             inbound,
             denied_in_a_row: 0,
-            queue: VecDeque::new(),
+            queue: LazyQueue::new(),
             queued_bytes: 0,
-            actions: VecDeque::new(),
+            actions: LazyQueue::new(),
             last_heard: now,
             last_ping: None,
             catch_up: None,
@@ -285,12 +317,8 @@ impl Session {
     /// empty, so an idle connection keeps no capacity from its last burst.
     /// Allocating again later costs far less than the write it precedes.
     pub fn release_idle_memory(&mut self) {
-        if self.queue.is_empty() {
-            self.queue = VecDeque::new();
-        }
-        if self.actions.is_empty() {
-            self.actions = VecDeque::new();
-        }
+        self.queue.release_if_empty();
+        self.actions.release_if_empty();
     }
 
     /// The next action for the driver.
@@ -327,9 +355,9 @@ impl Session {
             );
             return;
         }
-        self.stats.requests += 1;
+        self.stats.requests = self.stats.requests.saturating_add(1);
         if !self.inbound.is_unlimited() && !self.inbound.try_acquire(1, now) {
-            self.stats.rate_limited += 1;
+            self.stats.rate_limited = self.stats.rate_limited.saturating_add(1);
             self.denied_in_a_row += 1;
             // A client that keeps pushing past its limit is not answered
             // forever: after a burst's worth of refusals it is closed.
@@ -352,7 +380,7 @@ impl Session {
         match parse_request(text) {
             Ok(request) => self.handle_request(request.id, request.kind),
             Err(e) => {
-                self.stats.request_errors += 1;
+                self.stats.request_errors = self.stats.request_errors.saturating_add(1);
                 self.push_control(&e.into());
             }
         }
@@ -505,7 +533,7 @@ impl Session {
             // Replayed frames are bounded by the ring's byte bound, which
             // the hard queue bound leaves room for.
             self.push_frame(OutFrame::message(*seq, MessageMark::Replayed, message));
-            self.stats.replayed += 1;
+            self.stats.replayed = self.stats.replayed.saturating_add(1);
         }
         self.push_control(&ServerMessage::ReplayDone {
             id,
@@ -562,7 +590,7 @@ impl Session {
         if self.queued_bytes + frame_len > self.config.outbound_queue_bytes && self.has_frames() {
             return Err(Backpressure);
         }
-        self.stats.recovered += 1;
+        self.stats.recovered = self.stats.recovered.saturating_add(1);
         self.send_message(message, MessageMark::Recovered);
         Ok(())
     }
@@ -614,7 +642,7 @@ impl Session {
                 // later one can be a duplicate.
                 self.floor = None;
             } else if floor.patterns.iter().any(|p| p.matches(&message.subject)) {
-                self.stats.duplicates += 1;
+                self.stats.duplicates = self.stats.duplicates.saturating_add(1);
                 return Delivery::Duplicate;
             }
         }
@@ -630,7 +658,7 @@ impl Session {
             return Delivery::Held;
         }
         if !self.throttle.admits(message.priority) {
-            self.stats.throttled += 1;
+            self.stats.throttled = self.stats.throttled.saturating_add(1);
             return Delivery::Throttled;
         }
         let frame_len = self.frame_len(message, MessageMark::Live);
@@ -639,7 +667,7 @@ impl Session {
         let critical_fits =
             message.priority == Priority::Critical && after <= self.config.hard_queue_bytes();
         if !fits && !critical_fits {
-            self.stats.queue_full += 1;
+            self.stats.queue_full = self.stats.queue_full.saturating_add(1);
             if message.priority == Priority::Critical {
                 self.close(
                     CloseCode::Policy,
@@ -647,7 +675,7 @@ impl Session {
                 );
                 return Delivery::Closed;
             }
-            match self.throttle.on_queue_full(now) {
+            match self.throttle.on_queue_full(&self.config.throttle, now) {
                 Some(ThrottleChange::Raised(level)) => self.push_control(&level.notice()),
                 Some(ThrottleChange::Disconnect) => {
                     self.close(
@@ -674,7 +702,7 @@ impl Session {
         let idle = self.last_heard + self.config.idle_timeout;
         let ping = self.last_ping.unwrap_or(self.last_heard) + self.config.ping_interval;
         let mut next = idle.min(ping);
-        if let Some(t) = self.throttle.poll_timeout() {
+        if let Some(t) = self.throttle.poll_timeout(&self.config.throttle) {
             next = next.min(t);
         }
         Some(next)
@@ -700,7 +728,9 @@ impl Session {
             self.last_ping = Some(now);
             self.actions.push_back(Action::Ping);
         }
-        if let Some(ThrottleChange::Lowered(level)) = self.throttle.handle_timeout(now) {
+        if let Some(ThrottleChange::Lowered(level)) =
+            self.throttle.handle_timeout(&self.config.throttle, now)
+        {
             self.push_control(&level.notice());
         }
     }
@@ -730,12 +760,12 @@ impl Session {
         let frame = OutFrame::message(seq, mark, message);
         self.ring.push(seq, Arc::clone(message), frame.len());
         self.push_frame(frame);
-        self.stats.delivered += 1;
+        self.stats.delivered = self.stats.delivered.saturating_add(1);
         seq
     }
 
     fn error(&mut self, id: Option<Value>, code: ErrorCode, message: String) {
-        self.stats.request_errors += 1;
+        self.stats.request_errors = self.stats.request_errors.saturating_add(1);
         self.push_control(&ServerMessage::error(id, code, message));
     }
 

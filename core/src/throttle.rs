@@ -128,8 +128,10 @@ pub enum ThrottleChange {
 
 /// One connection's throttle.
 #[derive(Debug, Clone)]
+///
+/// The configuration is passed to each call rather than stored: every
+/// connection has a throttle, and they all share one configuration.
 pub struct Throttle {
-    config: ThrottleConfig,
     level: ThrottleLevel,
     consecutive_full: u32,
     /// Last full-queue event or level change: the quiet window runs from it.
@@ -139,9 +141,8 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    pub fn new(config: ThrottleConfig, now: Instant) -> Self {
+    pub fn new(now: Instant) -> Self {
         Throttle {
-            config,
             level: ThrottleLevel::None,
             consecutive_full: 0,
             last_pressure: now,
@@ -168,10 +169,14 @@ impl Throttle {
     }
 
     /// A message found the outbound queue full.
-    pub fn on_queue_full(&mut self, now: Instant) -> Option<ThrottleChange> {
+    pub fn on_queue_full(
+        &mut self,
+        config: &ThrottleConfig,
+        now: Instant,
+    ) -> Option<ThrottleChange> {
         self.last_pressure = now;
         self.consecutive_full += 1;
-        if self.consecutive_full < self.config.full_events_to_escalate.max(1) {
+        if self.consecutive_full < config.full_events_to_escalate.max(1) {
             return None;
         }
         self.consecutive_full = 0;
@@ -190,14 +195,17 @@ impl Throttle {
     }
 
     /// When the level may next fall, if it is above none.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.level != ThrottleLevel::None)
-            .then(|| self.last_pressure + self.config.recovery_window)
+    pub fn poll_timeout(&self, config: &ThrottleConfig) -> Option<Instant> {
+        (self.level != ThrottleLevel::None).then(|| self.last_pressure + config.recovery_window)
     }
 
     /// Lowers the level by one when a whole quiet window has passed.
-    pub fn handle_timeout(&mut self, now: Instant) -> Option<ThrottleChange> {
-        let due = self.poll_timeout()?;
+    pub fn handle_timeout(
+        &mut self,
+        config: &ThrottleConfig,
+        now: Instant,
+    ) -> Option<ThrottleChange> {
+        let due = self.poll_timeout(config)?;
         if now < due {
             return None;
         }
@@ -219,10 +227,10 @@ mod tests {
 
     #[test]
     fn escalates_after_k_full_events_and_disconnects_past_heavy() {
-        let mut t = Throttle::new(ThrottleConfig::default(), ms(0));
+        let mut t = Throttle::new(ms(0));
         let mut changes = Vec::new();
         for i in 0..12 {
-            if let Some(c) = t.on_queue_full(ms(i)) {
+            if let Some(c) = t.on_queue_full(&ThrottleConfig::default(), ms(i)) {
                 changes.push(c);
             }
         }
@@ -239,10 +247,10 @@ mod tests {
 
     #[test]
     fn an_enqueued_message_breaks_the_run() {
-        let mut t = Throttle::new(ThrottleConfig::default(), ms(0));
+        let mut t = Throttle::new(ms(0));
         for _ in 0..10 {
-            assert_eq!(t.on_queue_full(ms(1)), None);
-            assert_eq!(t.on_queue_full(ms(1)), None);
+            assert_eq!(t.on_queue_full(&ThrottleConfig::default(), ms(1)), None);
+            assert_eq!(t.on_queue_full(&ThrottleConfig::default(), ms(1)), None);
             t.on_enqueued();
         }
         assert_eq!(t.level(), ThrottleLevel::None);
@@ -250,29 +258,32 @@ mod tests {
 
     #[test]
     fn quiet_window_lowers_one_level_at_a_time() {
-        let mut t = Throttle::new(ThrottleConfig::default(), ms(0));
+        let mut t = Throttle::new(ms(0));
         for _ in 0..6 {
-            t.on_queue_full(ms(1_000));
+            t.on_queue_full(&ThrottleConfig::default(), ms(1_000));
         }
         assert_eq!(t.level(), ThrottleLevel::Medium);
-        assert_eq!(t.poll_timeout(), Some(ms(31_000)));
-        assert_eq!(t.handle_timeout(ms(30_999)), None);
+        assert_eq!(t.poll_timeout(&ThrottleConfig::default()), Some(ms(31_000)));
         assert_eq!(
-            t.handle_timeout(ms(31_000)),
+            t.handle_timeout(&ThrottleConfig::default(), ms(30_999)),
+            None
+        );
+        assert_eq!(
+            t.handle_timeout(&ThrottleConfig::default(), ms(31_000)),
             Some(ThrottleChange::Lowered(ThrottleLevel::Light))
         );
-        assert_eq!(t.poll_timeout(), Some(ms(61_000)));
+        assert_eq!(t.poll_timeout(&ThrottleConfig::default()), Some(ms(61_000)));
         assert_eq!(
-            t.handle_timeout(ms(61_000)),
+            t.handle_timeout(&ThrottleConfig::default(), ms(61_000)),
             Some(ThrottleChange::Lowered(ThrottleLevel::None))
         );
-        assert_eq!(t.poll_timeout(), None);
+        assert_eq!(t.poll_timeout(&ThrottleConfig::default()), None);
     }
 
     #[test]
     fn sampling_keeps_the_announced_share() {
         for level in ThrottleLevel::ALL {
-            let mut t = Throttle::new(ThrottleConfig::default(), ms(0));
+            let mut t = Throttle::new(ms(0));
             t.level = level;
             for p in Priority::ALL {
                 let sent = (0..400).filter(|_| t.admits(p)).count();

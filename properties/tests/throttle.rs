@@ -34,7 +34,7 @@ proptest! {
         events in prop::collection::vec(event(), 1..300),
     ) {
         let config = ThrottleConfig { full_events_to_escalate: k, recovery_window: Duration::from_secs(window_s) };
-        let mut t = Throttle::new(config, Instant::ZERO);
+        let mut t = Throttle::new(Instant::ZERO);
         let mut now = Instant::ZERO;
         for e in events {
             let before = t.level();
@@ -47,11 +47,11 @@ proptest! {
                     }
                     None
                 }
-                Event::QueueFull => t.on_queue_full(now),
+                Event::QueueFull => t.on_queue_full(&config, now),
                 Event::Enqueued => { t.on_enqueued(); None }
                 Event::Advance(ms) => {
                     now += Duration::from_millis(ms);
-                    t.handle_timeout(now)
+                    t.handle_timeout(&config, now)
                 }
             };
             let after = t.level();
@@ -66,15 +66,15 @@ proptest! {
         }
         // A quiet window at a time always brings it back to none.
         for _ in 0..ThrottleLevel::ALL.len() {
-            if let Some(due) = t.poll_timeout() {
+            if let Some(due) = t.poll_timeout(&config) {
                 prop_assert!(due <= now + config.recovery_window);
                 now = now.max(due);
                 let level = t.level();
-                prop_assert!(matches!(t.handle_timeout(now), Some(ThrottleChange::Lowered(l)) if l < level));
+                prop_assert!(matches!(t.handle_timeout(&config, now), Some(ThrottleChange::Lowered(l)) if l < level));
             }
         }
         prop_assert_eq!(t.level(), ThrottleLevel::None);
-        prop_assert_eq!(t.poll_timeout(), None);
+        prop_assert_eq!(t.poll_timeout(&config), None);
     }
 
     #[test]

@@ -239,6 +239,15 @@ impl FrameDecoder {
         result
     }
 
+    /// Between frames with nothing of a message held: a fresh decoder
+    /// would continue exactly the same, so a driver may drop this one and
+    /// make a new one for the next bytes (an idle connection then keeps no
+    /// decoder at all).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.stage, Stage::Header { filled: 0, .. })
+            && matches!(self.message, Message::None)
+    }
+
     /// Heap bytes this decoder holds (a partial message or control payload);
     /// zero for an idle connection. For memory metrics.
     pub fn buffered_bytes(&self) -> usize {

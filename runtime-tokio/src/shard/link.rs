@@ -10,8 +10,8 @@ use std::time::Duration;
 use surge_core::Instant;
 use surge_core::admission::LiveSlot;
 use surge_core::frame::{
-    CloseAction, CloseState, Event, FrameDecoder, FrameError, close_frame_into, ping_frame_into,
-    pong_frame_into, text_frame_into,
+    CloseAction, CloseState, DecodeLimits, Event, FrameDecoder, FrameError, close_frame_into,
+    ping_frame_into, pong_frame_into, text_frame_into,
 };
 use surge_core::protocol::{CloseCode, OutFrame, Published};
 use surge_core::session::{Action, Session, resume_gap};
@@ -53,6 +53,24 @@ impl std::fmt::Display for End {
     }
 }
 
+/// Why a closing connection is closing (kept small: every link has one).
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Client,
+    Server(CloseCode),
+    Protocol(u16),
+}
+
+impl Ending {
+    fn end(ending: Option<Ending>) -> End {
+        match ending {
+            None | Some(Ending::Client) => End::ClientClosed,
+            Some(Ending::Server(code)) => End::ClosedByServer(code),
+            Some(Ending::Protocol(code)) => End::Protocol(code),
+        }
+    }
+}
+
 /// What the shard does with the connection after a call.
 pub(super) enum Flow {
     Keep,
@@ -86,23 +104,31 @@ pub(super) struct Parts<'a, P: Poller> {
     pub read_buf: &'a mut [u8],
 }
 
+/// Bytes on their way to the socket: `bytes[written..]` is still to go.
+#[derive(Default)]
+struct Outgoing {
+    bytes: Vec<u8>,
+    written: usize,
+    /// Since when the socket has refused more (the client is not reading).
+    blocked_since: Option<Instant>,
+}
+
 pub(super) struct Link<K> {
     pub socket: K,
     pub session: Session,
-    decoder: FrameDecoder,
-    /// Bytes on their way out; `out[written..]` is still to be written.
-    out: Vec<u8>,
-    written: usize,
+    /// Only while a frame or message is partly read; an idle connection
+    /// holds no decoder (`FrameDecoder::is_idle`).
+    decoder: Option<Box<FrameDecoder>>,
+    /// Bytes on their way out, only while there are some.
+    out: Option<Box<Outgoing>>,
     pub slot: LiveSlot,
     close: CloseState,
     /// The server's Close frame is in `out`: nothing may follow it, and the
     /// wait for the client's Close starts once it is written.
     close_queued: bool,
     /// Why the connection is closing, once it is.
-    ending: Option<End>,
+    ending: Option<Ending>,
     resume: Option<Box<Resume>>,
-    /// Since when writes have been refused (the client is not reading).
-    blocked_since: Option<Instant>,
     /// The deadline the shard's timer queue holds for this connection.
     pub timer_at: Option<Instant>,
     /// Listed among the shard's connections to pump after a fan-out batch.
@@ -110,25 +136,21 @@ pub(super) struct Link<K> {
 }
 
 impl<K> Link<K> {
-    pub fn new(
-        socket: K,
-        session: Session,
-        decoder: FrameDecoder,
-        first_bytes: Vec<u8>,
-        slot: LiveSlot,
-    ) -> Self {
+    pub fn new(socket: K, session: Session, first_bytes: Vec<u8>, slot: LiveSlot) -> Self {
         Link {
             socket,
             session,
-            decoder,
-            out: first_bytes,
-            written: 0,
+            decoder: None,
+            out: Some(Box::new(Outgoing {
+                bytes: first_bytes,
+                written: 0,
+                blocked_since: None,
+            })),
             slot,
             close: CloseState::new(),
             close_queued: false,
             ending: None,
             resume: None,
-            blocked_since: None,
             timer_at: None,
             dirty: false,
         }
@@ -139,7 +161,10 @@ impl<K> Link<K> {
         [
             self.session.poll_timeout(),
             self.close.poll_timeout(),
-            self.blocked_since.map(|t| t + write_timeout),
+            self.out
+                .as_ref()
+                .and_then(|o| o.blocked_since)
+                .map(|t| t + write_timeout),
         ]
         .into_iter()
         .flatten()
@@ -165,10 +190,11 @@ impl<K> Link<K> {
                     Ok(None) => break,
                     Ok(Some(0)) => {
                         self.close.on_transport_closed();
-                        return Flow::Remove(self.ending.take().unwrap_or(End::ClientClosed));
+                        return Flow::Remove(Ending::end(self.ending));
                     }
                     Ok(Some(n)) => {
-                        let (events, error) = decode_all(&mut self.decoder, &parts.read_buf[..n]);
+                        let limits = decode_limits(parts.ctx);
+                        let (events, error) = self.decode(&parts.read_buf[..n], limits);
                         self.on_events(events, error, parts.ctx, now);
                         if self.close.is_done() {
                             break;
@@ -186,7 +212,7 @@ impl<K> Link<K> {
 
     /// Bytes that followed the request head in the handshake's last read.
     pub fn on_leftover(&mut self, leftover: &[u8], ctx: &Context, now: Instant) {
-        let (events, error) = decode_all(&mut self.decoder, leftover);
+        let (events, error) = self.decode(leftover, decode_limits(ctx));
         self.on_events(events, error, ctx, now);
     }
 
@@ -197,7 +223,8 @@ impl<K> Link<K> {
         now: Instant,
     ) -> Flow {
         let write_timeout = parts.ctx.write_timeout;
-        if self.blocked_since.is_some_and(|t| now >= t + write_timeout) {
+        let blocked_since = self.out.as_ref().and_then(|o| o.blocked_since);
+        if blocked_since.is_some_and(|t| now >= t + write_timeout) {
             parts.ctx.metrics.slow_disconnects.inc();
             return Flow::Remove(End::Io("write timed out: client not reading".into()));
         }
@@ -259,7 +286,7 @@ impl<K> Link<K> {
                 Event::Ping(payload) => {
                     self.session.on_heard(now);
                     if self.sending() {
-                        pong_frame_into(&mut self.out, &payload);
+                        pong_frame_into(self.out(), &payload);
                     }
                 }
                 Event::Pong(_) => self.session.on_heard(now),
@@ -269,9 +296,9 @@ impl<K> Link<K> {
                         // (unless our own Close is already on its way).
                         if !self.close_queued {
                             self.frame_queued();
-                            close_frame_into(&mut self.out, code, "");
+                            close_frame_into(self.out(), code, "");
                         }
-                        self.ending.get_or_insert(End::ClientClosed);
+                        self.ending.get_or_insert(Ending::Client);
                     }
                     CloseAction::CloseTcp | CloseAction::None => {}
                 },
@@ -282,10 +309,28 @@ impl<K> Link<K> {
             let code = e.close_code();
             if self.close.fail() && !self.close_queued {
                 self.frame_queued();
-                close_frame_into(&mut self.out, code, &e.to_string());
+                close_frame_into(self.out(), code, &e.to_string());
             }
-            self.ending.get_or_insert(End::Protocol(code));
+            self.ending.get_or_insert(Ending::Protocol(code));
         }
+    }
+
+    /// Decodes `input` with the link's decoder, or a fresh one when it has
+    /// none, and keeps the decoder only if a frame is left unfinished.
+    fn decode(&mut self, input: &[u8], limits: DecodeLimits) -> (Vec<Event>, Option<FrameError>) {
+        if let Some(decoder) = self.decoder.as_deref_mut() {
+            let decoded = decode_all(decoder, input);
+            if decoder.is_idle() {
+                self.decoder = None;
+            }
+            return decoded;
+        }
+        let mut decoder = FrameDecoder::new(limits);
+        let decoded = decode_all(&mut decoder, input);
+        if !decoder.is_idle() {
+            self.decoder = Some(Box::new(decoder));
+        }
+        decoded
     }
 
     /// Frames may still be added: no Close sent, received or queued.
@@ -295,10 +340,14 @@ impl<K> Link<K> {
 
     /// Moves every frame the session has queued into `out`.
     fn frame_queued(&mut self) {
+        if !self.session.has_frames() {
+            self.session.release_idle_memory();
+            return;
+        }
         while let Some(frame) = self.session.pop_frame() {
             match &frame {
-                OutFrame::Control(body) => text_frame_into(&mut self.out, &[body]),
-                OutFrame::Message { head, tail } => text_frame_into(&mut self.out, &[head, tail]),
+                OutFrame::Control(body) => text_frame_into(self.out(), &[body]),
+                OutFrame::Message { head, tail } => text_frame_into(self.out(), &[head, tail]),
             }
         }
         self.session.release_idle_memory();
@@ -310,34 +359,31 @@ impl<K> Link<K> {
         loop {
             self.apply_actions(parts);
             let fed = self.feed_resume(parts.ctx, now);
-            if self.written == self.out.len() && self.sending() {
+            if self.drained() && self.sending() {
                 // Frames leave the session's queue only when the socket took
                 // everything before them, so the queue (and the throttle)
                 // sees exactly what the client is not draining.
-                self.out.clear();
-                self.written = 0;
+                self.out = None;
                 self.frame_queued();
             }
             if let Err(e) = self.flush(parts) {
                 return Flow::Remove(End::Io(e.to_string()));
             }
-            let drained = self.written == self.out.len();
+            let drained = self.drained();
             if drained {
                 // An idle connection holds no write buffer.
-                self.out = Vec::new();
-                self.written = 0;
-                self.blocked_since = None;
+                self.out = None;
                 if self.close_queued && self.close.is_open() {
                     // Our Close is written: now wait for the client's.
                     self.close.initiate(now, CLOSE_WAIT);
                 }
-            } else {
-                self.blocked_since.get_or_insert(now);
+            } else if let Some(out) = self.out.as_deref_mut() {
+                out.blocked_since.get_or_insert(now);
             }
             if self.close.is_done() {
                 if drained {
                     parts.poller.shutdown(&mut self.socket);
-                    return Flow::Remove(self.ending.take().unwrap_or(End::ClientClosed));
+                    return Flow::Remove(Ending::end(self.ending));
                 }
                 // The last bytes are still going out (bounded by the write
                 // timeout); TCP closes once they are written.
@@ -350,12 +396,25 @@ impl<K> Link<K> {
         }
     }
 
-    /// Writes `out[written..]` until done or the socket is full.
+    /// The write buffer, made when the first byte is queued.
+    fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.out.get_or_insert_with(Box::default).bytes
+    }
+
+    /// Everything queued for the socket has been written.
+    fn drained(&self) -> bool {
+        self.out.as_ref().is_none_or(|o| o.written == o.bytes.len())
+    }
+
+    /// Writes what is pending until done or the socket is full.
     fn flush<P: Poller<Socket = K>>(&mut self, parts: &mut Parts<'_, P>) -> std::io::Result<()> {
-        while self.written < self.out.len() {
+        let Some(out) = self.out.as_deref_mut() else {
+            return Ok(());
+        };
+        while out.written < out.bytes.len() {
             match parts
                 .poller
-                .write(&mut self.socket, &self.out[self.written..])?
+                .write(&mut self.socket, &out.bytes[out.written..])?
             {
                 Some(0) => {
                     return Err(std::io::Error::new(
@@ -363,7 +422,7 @@ impl<K> Link<K> {
                         "socket accepted no bytes",
                     ));
                 }
-                Some(n) => self.written += n,
+                Some(n) => out.written += n,
                 None => break,
             }
         }
@@ -414,7 +473,7 @@ impl<K> Link<K> {
                         });
                     });
                 }
-                Action::Ping => ping_frame_into(&mut self.out, b""),
+                Action::Ping => ping_frame_into(self.out(), b""),
                 Action::Close { code, reason } => {
                     let metrics = &parts.ctx.metrics;
                     metrics.disconnect(code);
@@ -425,9 +484,9 @@ impl<K> Link<K> {
                     // first, however long the client takes to read them
                     // (bounded by the write timeout).
                     self.frame_queued();
-                    close_frame_into(&mut self.out, code.code(), &reason);
+                    close_frame_into(self.out(), code.code(), &reason);
                     self.close_queued = true;
-                    self.ending.get_or_insert(End::ClosedByServer(code));
+                    self.ending.get_or_insert(Ending::Server(code));
                 }
             }
         }
@@ -460,6 +519,12 @@ impl<K> Link<K> {
         self.resume = None;
         self.session.resume_complete(last, now);
         true
+    }
+}
+
+fn decode_limits(ctx: &Context) -> DecodeLimits {
+    DecodeLimits {
+        max_message_bytes: ctx.session_config.max_message_bytes,
     }
 }
 
