@@ -41,6 +41,34 @@ impl EpollPoller {
     }
 }
 
+impl EpollPoller {
+    /// Adds or changes a socket's entry: always readable and peer-closed,
+    /// writable only when asked (edge-triggered).
+    fn control(
+        &self,
+        op: libc::c_int,
+        socket: &std::net::TcpStream,
+        token: usize,
+        writable: bool,
+    ) -> io::Result<()> {
+        let mut events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET;
+        if writable {
+            events |= libc::EPOLLOUT;
+        }
+        let mut event = libc::epoll_event {
+            events: events as u32,
+            u64: token as u64,
+        };
+        // SAFETY: both descriptors are open; `event` outlives the call.
+        let r =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, socket.as_raw_fd(), &mut event) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 fn retry<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<Option<T>> {
     loop {
         match op() {
@@ -59,23 +87,17 @@ impl Poller for EpollPoller {
     fn adopt(&mut self, stream: Self::Stream, token: usize) -> io::Result<Self::Socket> {
         // Leaves tokio's reactor; stays non-blocking.
         let socket = stream.into_std()?;
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: token as u64,
-        };
-        // SAFETY: both descriptors are open; `event` outlives the call.
-        let r = unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                socket.as_raw_fd(),
-                &mut event,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        self.control(libc::EPOLL_CTL_ADD, &socket, token, false)?;
         Ok(socket)
+    }
+
+    fn want_writable(
+        &mut self,
+        socket: &mut Self::Socket,
+        token: usize,
+        on: bool,
+    ) -> io::Result<()> {
+        self.control(libc::EPOLL_CTL_MOD, socket, token, on)
     }
 
     fn read(&mut self, socket: &mut Self::Socket, buf: &mut [u8]) -> io::Result<Option<usize>> {

@@ -35,6 +35,20 @@ pub trait Poller: Send + 'static {
     /// Writes from `buf`; `Ok(None)` means the socket is full for now.
     fn write(&mut self, socket: &mut Self::Socket, buf: &[u8]) -> io::Result<Option<usize>>;
 
+    /// Whether to report the socket when it can take more bytes. The
+    /// shard asks only while bytes wait, so that a socket whose writes
+    /// all succeed is not reported after every ACK. A poller that learns of
+    /// writability another way may ignore it.
+    fn want_writable(
+        &mut self,
+        socket: &mut Self::Socket,
+        token: usize,
+        on: bool,
+    ) -> io::Result<()> {
+        let _ = (socket, token, on);
+        Ok(())
+    }
+
     /// Sends FIN (best effort); reading stays possible.
     fn shutdown(&mut self, socket: &mut Self::Socket);
 

@@ -102,6 +102,8 @@ pub(super) struct Parts<'a, P: Poller> {
     pub ctx: &'a Arc<Context>,
     pub inbox: &'a mpsc::UnboundedSender<Inbox<P::Stream>>,
     pub read_buf: &'a mut [u8],
+    /// Where queued frames are framed before a write, shared by the shard.
+    pub scratch: &'a mut Vec<u8>,
 }
 
 /// Bytes on their way to the socket: `bytes[written..]` is still to go.
@@ -133,6 +135,8 @@ pub(super) struct Link<K> {
     pub timer_at: Option<Instant>,
     /// Listed among the shard's connections to pump after a fan-out batch.
     pub dirty: bool,
+    /// The poller was asked to report writability (bytes are waiting).
+    write_armed: bool,
 }
 
 impl<K> Link<K> {
@@ -153,6 +157,7 @@ impl<K> Link<K> {
             resume: None,
             timer_at: None,
             dirty: false,
+            write_armed: false,
         }
     }
 
@@ -344,29 +349,64 @@ impl<K> Link<K> {
             self.session.release_idle_memory();
             return;
         }
-        while let Some(frame) = self.session.pop_frame() {
-            match &frame {
-                OutFrame::Control(body) => text_frame_into(self.out(), &[body]),
-                OutFrame::Message { head, tail } => text_frame_into(self.out(), &[head, tail]),
+        let out = &mut self.out.get_or_insert_with(Box::default).bytes;
+        frames_into(&mut self.session, out);
+    }
+
+    /// Writes the session's queued frames, behind whatever `out` holds.
+    fn send_queued<P: Poller<Socket = K>>(
+        &mut self,
+        parts: &mut Parts<'_, P>,
+        now: Instant,
+    ) -> std::io::Result<()> {
+        if !self.sending() || !self.session.has_frames() {
+            return Ok(());
+        }
+        match self.out.as_deref_mut() {
+            // Not tried yet (the 101, a pong): the frames join it in the
+            // same write.
+            Some(out) if out.written == 0 && out.blocked_since.is_none() => {
+                frames_into(&mut self.session, &mut out.bytes);
+                Ok(())
+            }
+            // Frames leave the session's queue only when the socket took
+            // everything before them, so the queue (and the throttle) sees
+            // exactly what the client is not draining.
+            Some(out) if out.written < out.bytes.len() => Ok(()),
+            _ => {
+                // The common case: framed into the shard's scratch buffer
+                // and written from there; only what the socket refuses is
+                // copied into a buffer of the connection's own.
+                self.out = None;
+                let scratch = &mut *parts.scratch;
+                scratch.clear();
+                frames_into(&mut self.session, scratch);
+                let written = write_some(parts.poller, &mut self.socket, scratch)?;
+                if written < scratch.len() {
+                    self.out = Some(Box::new(Outgoing {
+                        bytes: scratch[written..].to_vec(),
+                        written: 0,
+                        blocked_since: Some(now),
+                    }));
+                }
+                Ok(())
             }
         }
-        self.session.release_idle_memory();
     }
 
     /// Applies the session's actions, feeds a resume, and writes until the
     /// socket refuses; closes TCP once the close handshake is done.
-    fn pump<P: Poller<Socket = K>>(&mut self, parts: &mut Parts<'_, P>, now: Instant) -> Flow {
+    pub fn pump<P: Poller<Socket = K>>(&mut self, parts: &mut Parts<'_, P>, now: Instant) -> Flow {
         loop {
             self.apply_actions(parts);
             let fed = self.feed_resume(parts.ctx, now);
-            if self.drained() && self.sending() {
-                // Frames leave the session's queue only when the socket took
-                // everything before them, so the queue (and the throttle)
-                // sees exactly what the client is not draining.
+            if self.drained() {
                 self.out = None;
-                self.frame_queued();
             }
-            if let Err(e) = self.flush(parts) {
+            if let Err(e) = self
+                .send_queued(parts, now)
+                .and_then(|()| self.flush(parts))
+            {
                 return Flow::Remove(End::Io(e.to_string()));
             }
             let drained = self.drained();
@@ -379,6 +419,19 @@ impl<K> Link<K> {
                 }
             } else if let Some(out) = self.out.as_deref_mut() {
                 out.blocked_since.get_or_insert(now);
+            }
+            if drained == self.write_armed {
+                // Ask for writability only while something waits for it:
+                // otherwise every ACK would report the socket.
+                self.write_armed = !drained;
+                let token = parts.token;
+                if let Err(e) =
+                    parts
+                        .poller
+                        .want_writable(&mut self.socket, token, self.write_armed)
+                {
+                    return Flow::Remove(End::Io(e.to_string()));
+                }
             }
             if self.close.is_done() {
                 if drained {
@@ -411,21 +464,7 @@ impl<K> Link<K> {
         let Some(out) = self.out.as_deref_mut() else {
             return Ok(());
         };
-        while out.written < out.bytes.len() {
-            match parts
-                .poller
-                .write(&mut self.socket, &out.bytes[out.written..])?
-            {
-                Some(0) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        "socket accepted no bytes",
-                    ));
-                }
-                Some(n) => out.written += n,
-                None => break,
-            }
-        }
+        out.written += write_some(parts.poller, &mut self.socket, &out.bytes[out.written..])?;
         Ok(())
     }
 
@@ -520,6 +559,40 @@ impl<K> Link<K> {
         self.session.resume_complete(last, now);
         true
     }
+}
+
+/// Pops every queued frame of `session` and frames it into `out`.
+fn frames_into(session: &mut Session, out: &mut Vec<u8>) {
+    while let Some(frame) = session.pop_frame() {
+        match &frame {
+            OutFrame::Control(body) => text_frame_into(out, &[body]),
+            OutFrame::Message { head, tail } => text_frame_into(out, &[head, tail]),
+        }
+    }
+    session.release_idle_memory();
+}
+
+/// Writes from `bytes` until all is written or the socket is full; returns
+/// how many bytes went.
+fn write_some<P: Poller>(
+    poller: &mut P,
+    socket: &mut P::Socket,
+    bytes: &[u8],
+) -> std::io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match poller.write(socket, &bytes[written..])? {
+            Some(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "socket accepted no bytes",
+                ));
+            }
+            Some(n) => written += n,
+            None => break,
+        }
+    }
+    Ok(written)
 }
 
 fn decode_limits(ctx: &Context) -> DecodeLimits {

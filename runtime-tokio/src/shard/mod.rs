@@ -140,6 +140,7 @@ struct ShardState<P: Poller> {
     dirty: Vec<usize>,
     keys: Vec<usize>,
     read_buf: Box<[u8]>,
+    scratch: Vec<u8>,
     ctx: Arc<Context>,
     inbox: mpsc::UnboundedSender<Inbox<P::Stream>>,
     shutting_down: bool,
@@ -164,6 +165,7 @@ pub(crate) fn start<P: Poller>(
             dirty: Vec::new(),
             keys: Vec::new(),
             read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            scratch: Vec::new(),
             ctx,
             inbox: tx.clone(),
             shutting_down: false,
@@ -334,6 +336,7 @@ impl<P: Poller> ShardState<P> {
             ctx: &self.ctx,
             inbox: &self.inbox,
             read_buf: &mut self.read_buf,
+            scratch: &mut self.scratch,
         };
         match f(link, &mut parts) {
             Flow::Keep => self.schedule(token),
@@ -345,9 +348,12 @@ impl<P: Poller> ShardState<P> {
         }
     }
 
+    /// Lets the link act on what its session queued (no read: the poller
+    /// reports readable sockets, and a read that finds nothing is a wasted
+    /// syscall per delivery).
     fn pump_link(&mut self, token: usize) {
         let now = self.ctx.clock.now();
-        self.with_link(token, None, |link, parts| link.on_ready(parts, now));
+        self.with_link(token, None, |link, parts| link.pump(parts, now));
     }
 
     fn handle_ready(&mut self) {
