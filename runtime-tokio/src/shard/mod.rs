@@ -312,7 +312,9 @@ impl<P: Poller> ShardState<P> {
         }
         entry.insert(link);
         ctx.metrics.connections.inc();
-        self.pump_link(token);
+        // Read too: a waker-based poller reports a socket only after a read
+        // found it empty.
+        self.with_link(token, None, |link, parts| link.on_ready(parts, now));
     }
 
     /// Calls `f` on the link at `token` (if it is still the connection
