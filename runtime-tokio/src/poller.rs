@@ -25,7 +25,8 @@ pub trait Poller: Send + 'static {
     /// What the shard keeps per connection.
     type Socket: Send + 'static;
 
-    /// Takes over a socket; readiness is reported under `token`.
+    /// Takes over a socket; readiness is reported under `token`, including
+    /// bytes that arrived before.
     fn adopt(&mut self, stream: Self::Stream, token: usize) -> io::Result<Self::Socket>;
 
     /// Reads into `buf`: `Ok(Some(0))` is end of stream, `Ok(None)` means
@@ -131,6 +132,9 @@ where
             token,
             list: Arc::clone(&self.ready),
         }));
+        // Reported once at once: until a read finds the stream empty, its
+        // waker is registered nowhere.
+        waker.wake_by_ref();
         Ok(Woken { stream, waker })
     }
 

@@ -312,9 +312,9 @@ impl<P: Poller> ShardState<P> {
         }
         entry.insert(link);
         ctx.metrics.connections.inc();
-        // Read too: a waker-based poller reports a socket only after a read
-        // found it empty.
-        self.with_link(token, None, |link, parts| link.on_ready(parts, now));
+        // The poller reports the socket if bytes are already waiting (the
+        // epoll set on adding it, the waker poller always once).
+        self.with_link(token, None, |link, parts| link.pump(parts, now));
     }
 
     /// Calls `f` on the link at `token` (if it is still the connection
