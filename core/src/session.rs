@@ -9,7 +9,7 @@
 //! [`Session::poll_action`]. The outbound queue lives here, bounded in
 //! bytes, so the throttle sees exactly what the socket is not draining.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,6 +157,47 @@ pub struct SessionStats {
     pub rate_limited: u32,
 }
 
+/// A connection's patterns: a vector sized to fit, not a tree. A B-tree
+/// set allocates a node for eleven entries (about 280 bytes) for the first
+/// pattern; most connections hold one to a few, and at most
+/// `max_subscriptions`, so a scan is as fast as a search.
+#[derive(Debug, Default)]
+struct PatternSet(Vec<Pattern>);
+
+impl PatternSet {
+    fn contains(&self, pattern: &Pattern) -> bool {
+        self.0.contains(pattern)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Pattern> {
+        self.0.iter()
+    }
+
+    /// Adds the patterns not yet present.
+    fn extend<'a>(&mut self, patterns: impl IntoIterator<Item = &'a Pattern>) {
+        for p in patterns {
+            if !self.contains(p) {
+                self.0.push(p.clone());
+            }
+        }
+        self.0.shrink_to_fit();
+    }
+
+    /// Removes `pattern`; whether it was there.
+    fn remove(&mut self, pattern: &Pattern) -> bool {
+        let Some(at) = self.0.iter().position(|p| p == pattern) else {
+            return false;
+        };
+        self.0.swap_remove(at);
+        self.0.shrink_to_fit();
+        true
+    }
+}
+
 /// A FIFO that holds no storage at all while empty (once released): an
 /// idle connection's queues cost one pointer each.
 #[derive(Debug)]
@@ -215,7 +256,7 @@ struct RecoveredFloor {
 pub struct Session {
     id: ConnId,
     config: Arc<SessionConfig>,
-    subscriptions: BTreeSet<Pattern>,
+    subscriptions: PatternSet,
     next_seq: u64,
     ring: ReplayRing,
     throttle: Throttle,
@@ -248,7 +289,7 @@ impl Session {
         let mut session = Session {
             id,
             config,
-            subscriptions: BTreeSet::new(),
+            subscriptions: PatternSet::default(),
             next_seq: 1,
             ring,
             throttle,
@@ -461,7 +502,7 @@ impl Session {
     ) -> Option<Vec<Pattern>> {
         let new: Vec<Pattern> = patterns
             .iter()
-            .filter(|p| !self.subscriptions.contains(*p))
+            .filter(|p| !self.subscriptions.contains(p))
             .cloned()
             .collect();
         let total = self.subscriptions.len() + new.len();
@@ -486,7 +527,7 @@ impl Session {
         let Some(new) = self.new_within_limit(&id, &patterns) else {
             return;
         };
-        self.subscriptions.extend(new.iter().cloned());
+        self.subscriptions.extend(&new);
         self.actions.push_back(Action::Subscribe {
             patterns: new,
             reply: ServerMessage::Subscribed {
@@ -557,7 +598,7 @@ impl Session {
         let Some(new) = self.new_within_limit(&id, &patterns) else {
             return;
         };
-        self.subscriptions.extend(new.iter().cloned());
+        self.subscriptions.extend(&new);
         self.catch_up = Some(Box::new(CatchUp {
             id,
             channels: names,

@@ -388,3 +388,153 @@ async fn bad_requests_get_error_frames() {
     assert_eq!(next_json(&mut ws).await, json!({"type":"pong"}));
     gw.shutdown(Duration::from_secs(2)).await;
 }
+
+/// A client whose socket stops taking bytes: the server's writes block,
+/// its queue fills and drops (counted), and once the client reads again it
+/// gets what was kept, in order. That last part only works if the shard
+/// asks the poller for writability while bytes wait.
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_the_rest_when_it_reads_again() {
+    let gw = start(|c| c.session.outbound_queue_bytes = 32 * 1024).await;
+    let addr = gw.local_addr();
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    // A tiny receive buffer, so the server's socket fills quickly.
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(&addr.into()).expect("connect");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let stream = TcpStream::from_std(socket.into()).expect("tokio stream");
+    let stream = MaybeTlsStream::Plain(stream);
+    let (mut ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    subscribe(&mut ws, &["t.x"]).await;
+
+    // 16 MB: more than the kernel buffers the server's socket can fill.
+    let payload = "x".repeat(4000);
+    for i in 0..4000 {
+        publish(&gw, "t.x", json!({ "i": i, "pad": payload })).await;
+    }
+    let last = gw
+        .broker()
+        .publish(
+            Subject::parse("t.x").expect("subject"),
+            Bytes::from(json!({ "last": true }).to_string()),
+            Priority::Critical,
+        )
+        .await
+        .expect("publish");
+    let dropped = |gw: &Gateway| {
+        gw.metrics_text()
+            .lines()
+            .find(|l| l.starts_with("surge_messages_dropped_total") && l.contains("queue_full"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+
+    // Let the shard finish fanning out: from here on nothing but the
+    // socket becoming writable can move the bytes that wait.
+    let activity = |gw: &Gateway| -> f64 {
+        gw.metrics_text()
+            .lines()
+            .filter(|l| l.starts_with("surge_messages_"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut seen = activity(&gw);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = activity(&gw);
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+
+    // The client reads again. What the server could not write while the
+    // socket was full must now arrive: the messages it kept, then either
+    // the last (critical) one or, if the throttle gave up on the client
+    // first, the 1008 close queued behind them.
+    let (mut seqs, mut sseqs) = (Vec::new(), Vec::new());
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the rest arrives once the client reads")
+            .expect("stream open")
+            .expect("frame ok");
+        let m: Value = match frame {
+            Message::Text(t) => serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Close(Some(close)) => {
+                assert_eq!(u16::from(close.code), 1008, "{close:?}");
+                break;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        };
+        if m["type"] != "message" {
+            continue; // throttle notices
+        }
+        seqs.push(m["seq"].as_u64().expect("seq"));
+        let sseq = m["sseq"].as_u64().expect("sseq");
+        sseqs.push(sseq);
+        if sseq == last {
+            break;
+        }
+    }
+    assert!(!seqs.is_empty(), "nothing arrived");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "seq has a gap");
+    assert!(sseqs.windows(2).all(|w| w[1] > w[0]), "sseq went back");
+    // Every message was delivered or dropped before the last one arrived.
+    assert!(
+        dropped(&gw) > 0.0,
+        "the queue never filled: the socket never blocked"
+    );
+    assert!(seqs.len() < 4001, "everything arrived: nothing was dropped");
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Reads everything the server sends until it closes the connection.
+async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test]
+async fn a_client_close_is_echoed_and_a_framing_error_closes_with_its_code() {
+    let gw = start(|_| {}).await;
+    let mut ws = client(gw.local_addr()).await;
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 4000.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .expect("close");
+    let echoed = loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected the close echoed, got {other:?}"),
+        }
+    };
+    assert_eq!(echoed, Some(4000));
+
+    // An unmasked client frame breaks RFC 6455 §5.1: close 1002.
+    let mut s = TcpStream::connect(gw.local_addr()).await.expect("connect");
+    s.write_all(&upgrade("/ws", "Sec-WebSocket-Version: 13\r\n"))
+        .await
+        .expect("write");
+    s.write_all(&[0x81, 0x02, b'h', b'i']).await.expect("write");
+    let bytes = read_to_end(&mut s).await;
+    let close = bytes
+        .windows(4)
+        .rposition(|w| w[0] == 0x88 && w[2..4] == 1002u16.to_be_bytes())
+        .is_some();
+    assert!(close, "no close frame with 1002 in {bytes:?}");
+    gw.shutdown(Duration::from_secs(2)).await;
+}

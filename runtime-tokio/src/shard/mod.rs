@@ -16,7 +16,7 @@
 mod link;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,10 +44,20 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Published messages taken from the hub per fan-out batch: frames of one
 /// batch leave in one write per subscriber.
-const FAN_OUT_BATCH: usize = 64;
+const FAN_OUT_BATCH: usize = 16;
 
-/// Rounds of work per poll before the task yields to the runtime.
-const ROUNDS_PER_POLL: usize = 8;
+/// No new batch is taken from the hub while this many connections still
+/// have fan-out frames to write: when the shard's CPU is the limit, the
+/// hub's bounded channel then holds messages back (the broker waits, NATS
+/// keeps them in the stream) instead of every session's queue overflowing.
+const DIRTY_HIGH_WATER: usize = OPS_PER_POLL;
+
+/// Connection operations (a read-and-write turn, a write after fan-out, a
+/// deadline) per poll of the shard's task, about 10 ms of socket calls;
+/// then the task yields so that the acceptor, handshakes and the admin
+/// listener on the same worker thread are not starved by a long fan-out.
+/// What is left stays queued in `ready` / `dirty` for the next poll.
+const OPS_PER_POLL: usize = 1024;
 
 /// Per-shard read buffer: bytes are handed to core before the next read,
 /// so no connection carries a read buffer of its own.
@@ -135,9 +145,11 @@ struct ShardState<P: Poller> {
     /// `timer_at` equals its deadline, so stale entries are skipped.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Tokens reported ready and not yet handled.
-    ready: Vec<usize>,
-    /// Links that got frames from the current fan-out batch.
-    dirty: Vec<usize>,
+    ready: VecDeque<usize>,
+    /// Links that got frames from fan-out and have not written them yet.
+    dirty: VecDeque<usize>,
+    /// Where the poller reports tokens.
+    reported: Vec<usize>,
     keys: Vec<usize>,
     read_buf: Box<[u8]>,
     scratch: Vec<u8>,
@@ -161,8 +173,9 @@ pub(crate) fn start<P: Poller>(
             links: Slab::new(),
             index: SubscriptionIndex::new(),
             timers: BinaryHeap::new(),
-            ready: Vec::new(),
-            dirty: Vec::new(),
+            ready: VecDeque::new(),
+            dirty: VecDeque::new(),
+            reported: Vec::new(),
             keys: Vec::new(),
             read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
             scratch: Vec::new(),
@@ -188,14 +201,14 @@ async fn drive<P: Poller>(
     std::future::poll_fn(|cx| {
         let mut state = lock(&cell.state);
         let state = &mut *state;
-        let mut busy = false;
-        for _ in 0..ROUNDS_PER_POLL {
-            busy = false;
+        let mut budget = OPS_PER_POLL;
+        loop {
+            let mut busy = false;
             while let Poll::Ready(Some(message)) = inbox.poll_recv(cx) {
                 state.on_inbox(message);
                 busy = true;
             }
-            if hub_open {
+            if hub_open && state.dirty.len() < DIRTY_HIGH_WATER {
                 while batch.len() < FAN_OUT_BATCH {
                     match hub.poll_recv(cx) {
                         Poll::Ready(Some(message)) => batch.push(message),
@@ -212,41 +225,38 @@ async fn drive<P: Poller>(
                     busy = true;
                 }
             }
-            let mut ready = std::mem::take(&mut state.ready);
-            match state.poller.poll_ready(cx, &mut ready) {
+            match state.poller.poll_ready(cx, &mut state.reported) {
                 Poll::Ready(Ok(())) => busy = true,
                 Poll::Ready(Err(e)) => tracing::warn!(error = %e, "shard poller failed"),
                 Poll::Pending => {}
             }
-            state.ready = ready;
-            if !state.ready.is_empty() {
-                state.handle_ready();
-                busy = true;
+            state.ready.extend(state.reported.drain(..));
+            busy |= state.handle_ready(&mut budget);
+            busy |= state.flush_dirty(&mut budget);
+            busy |= state.fire_timers(&mut budget);
+            if budget == 0 {
+                // More to do: let the worker run other tasks first.
+                cx.waker().wake_by_ref();
+                break;
             }
-            busy |= state.fire_timers();
             if !busy {
                 break;
             }
         }
-        match state.next_deadline() {
-            Some(at) => {
-                let clock = state.ctx.clock;
-                let (armed, timer) = sleep.get_or_insert_with(|| {
-                    (at, Box::pin(tokio::time::sleep_until(clock.to_tokio(at))))
-                });
-                if *armed != at {
-                    *armed = at;
-                    timer.as_mut().reset(clock.to_tokio(at));
-                }
-                if timer.as_mut().poll(cx).is_ready() {
-                    busy = true;
-                }
+        if let Some(at) = state.next_deadline() {
+            let clock = state.ctx.clock;
+            let (armed, timer) = sleep.get_or_insert_with(|| {
+                (at, Box::pin(tokio::time::sleep_until(clock.to_tokio(at))))
+            });
+            if *armed != at {
+                *armed = at;
+                timer.as_mut().reset(clock.to_tokio(at));
             }
-            None => sleep = None,
-        }
-        if busy || !state.ready.is_empty() {
-            // More to do: yield to the runtime, then continue.
-            cx.waker().wake_by_ref();
+            if timer.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        } else {
+            sleep = None;
         }
         Poll::<()>::Pending
     })
@@ -343,7 +353,7 @@ impl<P: Poller> ShardState<P> {
         match f(link, &mut parts) {
             Flow::Keep => self.schedule(token),
             Flow::Again => {
-                self.ready.push(token);
+                self.ready.push_back(token);
                 self.schedule(token);
             }
             Flow::Remove(end) => self.remove(token, end),
@@ -358,25 +368,47 @@ impl<P: Poller> ShardState<P> {
         self.with_link(token, None, |link, parts| link.pump(parts, now));
     }
 
-    fn handle_ready(&mut self) {
+    /// Handles ready sockets while the budget lasts. Returns whether any
+    /// was handled.
+    fn handle_ready(&mut self, budget: &mut usize) -> bool {
         let now = self.ctx.clock.now();
-        let ready = std::mem::take(&mut self.ready);
-        for &token in &ready {
+        let mut any = false;
+        while *budget > 0 {
+            let Some(token) = self.ready.pop_front() else {
+                break;
+            };
+            *budget -= 1;
+            any = true;
             self.with_link(token, None, |link, parts| link.on_ready(parts, now));
         }
-        // Keep the allocation; tokens re-queued meanwhile stay queued.
-        let mut ready = ready;
-        ready.clear();
-        ready.append(&mut self.ready);
-        self.ready = ready;
+        any
     }
 
-    /// Queues one batch of published messages on every matching session,
-    /// then writes to each connection that got something, once.
+    /// Writes what fan-out queued, link by link, while the budget lasts.
+    fn flush_dirty(&mut self, budget: &mut usize) -> bool {
+        let mut any = false;
+        while *budget > 0 {
+            let Some(token) = self.dirty.pop_front() else {
+                break;
+            };
+            *budget -= 1;
+            any = true;
+            if let Some(link) = self.links.get_mut(token) {
+                link.dirty = false;
+            }
+            self.pump_link(token);
+        }
+        any
+    }
+
+    /// Queues one batch of published messages on every matching session
+    /// and lists the connections that got something; `flush_dirty` then
+    /// writes each once, however many of the batch's messages it got.
     fn fan_out(&mut self, batch: &[Arc<Published>]) {
         let now = self.ctx.clock.now();
         let mut tally = Tally::default();
         let mut keys = std::mem::take(&mut self.keys);
+        let write_now_at = self.ctx.session_config.outbound_queue_bytes / 2;
         for message in batch {
             self.index.matches_into(&message.subject, &mut keys);
             for &token in &keys {
@@ -404,22 +436,22 @@ impl<P: Poller> ShardState<P> {
                     Delivery::Closed => true,
                     Delivery::Held => false,
                 };
-                if wake && !link.dirty {
+                if !wake {
+                    continue;
+                }
+                if link.session.queued_bytes() > write_now_at {
+                    // Half the queue's bound taken by this batch alone (large
+                    // messages): write now rather than at the end of the
+                    // batch, so that a client that keeps up is never
+                    // throttled because of how the server batches.
+                    self.pump_link(token);
+                } else if !link.dirty {
                     link.dirty = true;
-                    self.dirty.push(token);
+                    self.dirty.push_back(token);
                 }
             }
         }
         self.keys = keys;
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &token in &dirty {
-            if let Some(link) = self.links.get_mut(token) {
-                link.dirty = false;
-            }
-            self.pump_link(token);
-        }
-        dirty.clear();
-        self.dirty = dirty;
         let m = &self.ctx.metrics;
         m.delivered.inc_by(tally.delivered);
         m.dropped("throttled").inc_by(tally.throttled);
@@ -448,11 +480,11 @@ impl<P: Poller> ShardState<P> {
     }
 
     /// Runs every deadline that has passed. Returns whether any did.
-    fn fire_timers(&mut self) -> bool {
+    fn fire_timers(&mut self, budget: &mut usize) -> bool {
         let now = self.ctx.clock.now();
         let mut fired = false;
         while let Some(&Reverse((at, token))) = self.timers.peek() {
-            if at > now {
+            if at > now || *budget == 0 {
                 break;
             }
             self.timers.pop();
@@ -464,6 +496,7 @@ impl<P: Poller> ShardState<P> {
                 continue;
             }
             fired = true;
+            *budget -= 1;
             if let Some(link) = self.links.get_mut(token) {
                 link.timer_at = None;
             }
