@@ -42,15 +42,17 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Published messages taken from the hub per fan-out batch: frames of one
-/// batch leave in one write per subscriber.
+/// Published messages taken from the hub per round of the shard's task.
+/// Queuing a message on a session is cheap next to the write it causes, and
+/// connections still waiting for their write (`dirty`) collect every
+/// message queued meanwhile into that one write: the busier the shard, the
+/// more frames each write carries.
 const FAN_OUT_BATCH: usize = 16;
 
-/// No new batch is taken from the hub while this many connections still
-/// have fan-out frames to write: when the shard's CPU is the limit, the
-/// hub's bounded channel then holds messages back (the broker waits, NATS
-/// keeps them in the stream) instead of every session's queue overflowing.
-const DIRTY_HIGH_WATER: usize = OPS_PER_POLL;
+/// Connection operations per round: between rounds the hub is read again,
+/// so messages published while a fan-out is being written join the writes
+/// still to come instead of waiting for a whole pass.
+const OPS_PER_ROUND: usize = 128;
 
 /// Connection operations (a read-and-write turn, a write after fan-out, a
 /// deadline) per poll of the shard's task, about 10 ms of socket calls;
@@ -208,7 +210,7 @@ async fn drive<P: Poller>(
                 state.on_inbox(message);
                 busy = true;
             }
-            if hub_open && state.dirty.len() < DIRTY_HIGH_WATER {
+            if hub_open {
                 while batch.len() < FAN_OUT_BATCH {
                     match hub.poll_recv(cx) {
                         Poll::Ready(Some(message)) => batch.push(message),
@@ -231,9 +233,12 @@ async fn drive<P: Poller>(
                 Poll::Pending => {}
             }
             state.ready.extend(state.reported.drain(..));
-            busy |= state.handle_ready(&mut budget);
-            busy |= state.flush_dirty(&mut budget);
-            busy |= state.fire_timers(&mut budget);
+            let mut round = budget.min(OPS_PER_ROUND);
+            let before = round;
+            busy |= state.handle_ready(&mut round);
+            busy |= state.flush_dirty(&mut round);
+            busy |= state.fire_timers(&mut round);
+            budget -= before - round;
             if budget == 0 {
                 // More to do: let the worker run other tasks first.
                 cx.waker().wake_by_ref();
