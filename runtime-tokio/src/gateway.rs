@@ -481,7 +481,8 @@ async fn accept_loop<L: Listener>(
             Ok(reservation) => {
                 let shard = shards[reservation.id().shard.0 as usize].clone();
                 let guard = SlotGuard::new(Arc::clone(&ctx.admission), reservation);
-                tokio::spawn(upgrade::run(stream, guard, Arc::clone(&ctx), shard));
+                let accepted = ctx.clock.now();
+                tokio::spawn(upgrade::run(stream, guard, Arc::clone(&ctx), shard, accepted));
             }
             Err(refusal) => {
                 ctx.metrics.refused(&refusal);

@@ -103,7 +103,7 @@ impl Metrics {
         );
         r.register(
             "handshake_duration_seconds",
-            "Time from accept to the 101 answer",
+            "Time from accept to the accepted handshake (the 101 is written next, with the welcome)",
             handshake_seconds.clone(),
         );
         let connections = Gauge::default();

@@ -82,6 +82,7 @@ pub(crate) async fn run<S>(
     mut slot: SlotGuard,
     ctx: Arc<Context>,
     shard: mpsc::UnboundedSender<Inbox<S>>,
+    accepted: surge_core::Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -91,7 +92,8 @@ pub(crate) async fn run<S>(
     let id = r.id();
     let span = tracing::info_span!("conn", id = %id, shard = id.shard.0);
     async move {
-        let Some((response, leftover)) = upgrade(&mut stream, &mut slot, &ctx).await else {
+        let Some((response, leftover)) = upgrade(&mut stream, &mut slot, &ctx, accepted).await
+        else {
             return;
         };
         let handoff = Handoff {
@@ -117,11 +119,14 @@ async fn upgrade<S>(
     stream: &mut S,
     slot: &mut SlotGuard,
     ctx: &Context,
+    accepted: surge_core::Instant,
 ) -> Option<(Vec<u8>, Vec<u8>)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let started = ctx.clock.now();
+    // The deadline and the duration count from the accept, so time spent
+    // waiting for this task to be scheduled is part of both.
+    let started = accepted;
     let Some(outcome) = handshake(stream, ctx, started).await else {
         slot.abort(AbortCause::Io);
         ctx.metrics.handshake("io").inc();
