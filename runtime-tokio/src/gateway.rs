@@ -482,7 +482,13 @@ async fn accept_loop<L: Listener>(
                 let shard = shards[reservation.id().shard.0 as usize].clone();
                 let guard = SlotGuard::new(Arc::clone(&ctx.admission), reservation);
                 let accepted = ctx.clock.now();
-                tokio::spawn(upgrade::run(stream, guard, Arc::clone(&ctx), shard, accepted));
+                tokio::spawn(upgrade::run(
+                    stream,
+                    guard,
+                    Arc::clone(&ctx),
+                    shard,
+                    accepted,
+                ));
             }
             Err(refusal) => {
                 ctx.metrics.refused(&refusal);

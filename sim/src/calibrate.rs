@@ -16,10 +16,10 @@ use crate::client::FailureKind;
 use crate::params::{Dur, Params, Profile};
 use crate::real::{BurstResult, BurstSpec};
 use crate::scenario::Scenario;
-use crate::scenarios::{Attempt, attempts, hold_then_close, read_welcome};
+use crate::scenarios::{attempt_at, attempts, hold_then_close, read_welcome};
 use crate::world::{
     ClientTask, Driver, GatewaySlot, GatewaySpec, RunState, build_sim_with_tick, install_clients,
-    install_gateway, open_websocket, sleep_until_sim,
+    install_gateway,
 };
 
 /// What to measure.
@@ -243,22 +243,12 @@ pub fn sim_burst(spec: &CalibrationSpec, backlog: u32, seed: u64, two_stage: boo
             let kernel = kernel.clone();
             let start = spread * u32::try_from(i).unwrap_or(u32::MAX);
             Box::pin(async move {
-                sleep_until_sim(start).await;
-                let result = open_websocket(&kernel, i, timeout).await;
-                let ended = crate::net::sim_now();
-                let attempt = |r| Attempt {
-                    started: start,
-                    result: r,
-                    ended,
-                    retry_after: None,
-                };
-                match result {
-                    Ok((mut ws, took)) => {
-                        outcomes.borrow_mut()[i as usize] = Some(attempt(Ok(took)));
+                match attempt_at(&kernel, i, start, timeout, &outcomes).await {
+                    Ok((mut ws, _)) => {
                         let id = read_welcome(&mut ws, Duration::from_secs(1)).await;
                         hold_then_close(ws, id, release_at, &run).await;
                     }
-                    Err(f) => outcomes.borrow_mut()[i as usize] = Some(attempt(Err(f.kind))),
+                    Err(_) => {}
                 }
             })
         }) as Rc<dyn Fn(u64) -> ClientTask>

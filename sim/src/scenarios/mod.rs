@@ -21,8 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::FailureKind;
-use crate::net::SimStream;
+use crate::client::{FailureKind, UpgradeFailure};
+use crate::net::{KernelParams, SimStream};
 use crate::params::Params;
 use crate::scenario::{Report, percentiles};
 use crate::world::{
@@ -69,6 +69,30 @@ pub type Attempts = Rc<RefCell<Vec<Option<Attempt>>>>;
 
 pub fn attempts(n: u32) -> Attempts {
     Rc::new(RefCell::new(vec![None; n as usize]))
+}
+
+/// Client `i`'s attempt: waits until `start` (simulated time), opens a
+/// WebSocket within `timeout` and records how it went in `outcomes[i]`.
+pub async fn attempt_at(
+    kernel: &KernelParams,
+    i: u64,
+    start: Duration,
+    timeout: Duration,
+    outcomes: &Attempts,
+) -> Result<(WebSocketStream<SimStream>, Duration), UpgradeFailure> {
+    sleep_until_sim(start).await;
+    let result = open_websocket(kernel, i, timeout).await;
+    let (outcome, retry_after) = match &result {
+        Ok((_, took)) => (Ok(*took), None),
+        Err(f) => (Err(f.kind), f.retry_after),
+    };
+    outcomes.borrow_mut()[i as usize] = Some(Attempt {
+        started: start,
+        result: outcome,
+        ended: crate::net::sim_now(),
+        retry_after,
+    });
+    result
 }
 
 /// Reads the welcome frame and returns its `conn_id`.
@@ -271,18 +295,9 @@ pub fn connect_and_hold<'a>(
             let kernel = kernel.clone();
             let start = arrivals[i as usize];
             Box::pin(async move {
-                sleep_until_sim(start).await;
-                let result = open_websocket(&kernel, i, timeout).await;
-                let ended = crate::net::sim_now();
-                match result {
+                match attempt_at(&kernel, i, start, timeout, &outcomes).await {
                     Ok((mut ws, took)) => {
                         run.event(&format!("open {i} {}", took.as_micros()));
-                        outcomes.borrow_mut()[i as usize] = Some(Attempt {
-                            started: start,
-                            result: Ok(took),
-                            ended,
-                            retry_after: None,
-                        });
                         let conn_id = read_welcome(&mut ws, Duration::from_secs(5)).await;
                         if let Some(id) = &conn_id {
                             run.conn_opened(id, i);
@@ -291,12 +306,6 @@ pub fn connect_and_hold<'a>(
                     }
                     Err(f) => {
                         run.event(&format!("fail {i} {} {:?}", f.kind, f.retry_after));
-                        outcomes.borrow_mut()[i as usize] = Some(Attempt {
-                            started: start,
-                            result: Err(f.kind),
-                            ended,
-                            retry_after: f.retry_after,
-                        });
                     }
                 }
             })

@@ -18,12 +18,12 @@ use crate::net::SimTransport;
 use crate::params::{Params, Profile};
 use crate::scenario::{Report, Scenario};
 use crate::scenarios::{
-    Attempt, attempts, common_flags, finish, hold_then_close, poisson_arrivals, read_welcome,
+    attempt_at, attempts, common_flags, finish, hold_then_close, poisson_arrivals, read_welcome,
     summarize,
 };
 use crate::world::{
     ClientTask, Driver, GATEWAY, GatewaySlot, GatewaySpec, RunState, WS_PORT, build_sim,
-    install_clients, install_gateway, open_websocket, sleep_until_sim,
+    install_clients, install_gateway,
 };
 
 pub fn run(p: &Params) -> Report {
@@ -87,19 +87,9 @@ pub fn run(p: &Params) -> Report {
             let kernel = kernel.clone();
             let start = arrivals[i as usize];
             Box::pin(async move {
-                sleep_until_sim(start).await;
-                let result = open_websocket(&kernel, i, timeout).await;
-                let ended = crate::net::sim_now();
-                let record = |r| Attempt {
-                    started: start,
-                    result: r,
-                    ended,
-                    retry_after: None,
-                };
-                match result {
-                    Ok((mut ws, took)) => {
+                match attempt_at(&kernel, i, start, timeout, &outcomes).await {
+                    Ok((mut ws, _)) => {
                         run.event(&format!("open {i}"));
-                        outcomes.borrow_mut()[i as usize] = Some(record(Ok(took)));
                         let conn_id = if use_fixture {
                             None
                         } else {
@@ -110,10 +100,7 @@ pub fn run(p: &Params) -> Report {
                         }
                         hold_then_close(ws, conn_id, release_at, &run).await;
                     }
-                    Err(f) => {
-                        run.event(&format!("fail {i} {}", f.kind));
-                        outcomes.borrow_mut()[i as usize] = Some(record(Err(f.kind)));
-                    }
+                    Err(f) => run.event(&format!("fail {i} {}", f.kind)),
                 }
             })
         }) as Rc<dyn Fn(u64) -> ClientTask>
