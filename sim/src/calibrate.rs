@@ -243,12 +243,9 @@ pub fn sim_burst(spec: &CalibrationSpec, backlog: u32, seed: u64, two_stage: boo
             let kernel = kernel.clone();
             let start = spread * u32::try_from(i).unwrap_or(u32::MAX);
             Box::pin(async move {
-                match attempt_at(&kernel, i, start, timeout, &outcomes).await {
-                    Ok((mut ws, _)) => {
-                        let id = read_welcome(&mut ws, Duration::from_secs(1)).await;
-                        hold_then_close(ws, id, release_at, &run).await;
-                    }
-                    Err(_) => {}
+                if let Ok((mut ws, _)) = attempt_at(&kernel, i, start, timeout, &outcomes).await {
+                    let id = read_welcome(&mut ws, Duration::from_secs(1)).await;
+                    hold_then_close(ws, id, release_at, &run).await;
                 }
             })
         }) as Rc<dyn Fn(u64) -> ClientTask>
