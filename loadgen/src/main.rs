@@ -80,8 +80,8 @@ struct ConnectArgs {
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
     /// Channels to subscribe to after welcome (comma-separated).
-    #[arg(long, value_parser = |s: &str| Ok::<_, String>(list(s)))]
-    subscribe: Option<Vec<String>>,
+    #[arg(long)]
+    subscribe: Option<String>,
     /// How long to hold the connections once every attempt has an outcome.
     #[arg(long, default_value = "5s", value_parser = duration)]
     hold: Duration,
@@ -177,7 +177,7 @@ fn main() -> anyhow::Result<()> {
                 connections: a.connections,
                 rate: a.rate,
                 handshake_timeout: a.common.handshake_timeout,
-                subscribe: a.subscribe.unwrap_or_default(),
+                subscribe: a.subscribe.as_deref().map(list).unwrap_or_default(),
                 hold: a.hold,
                 sources: a.common.sources,
                 workers: a.workers,

@@ -256,6 +256,9 @@ async fn binary_spreads_over_worker_processes() {
             "5s",
             "--sources",
             "3",
+            // Through clap: a comma-separated list, subscribed after welcome.
+            "--subscribe",
+            "a.b,c.>",
         ])
         .arg("--report")
         .arg(&dir)
