@@ -414,8 +414,11 @@ impl Gateway {
         }
         let mut levels = [0u64; 4];
         let mut queue_bytes = 0u64;
-        for shard in self.shards.iter().filter_map(Weak::upgrade) {
-            shard.tally(&mut levels, &mut queue_bytes);
+        for (i, shard) in self.shards.iter().enumerate() {
+            if let Some(shard) = shard.upgrade() {
+                shard.tally(&mut levels, &mut queue_bytes);
+                m.set_shard_backlog(i as u32, shard.backlog());
+            }
         }
         m.set_throttled(levels);
         m.queue_bytes

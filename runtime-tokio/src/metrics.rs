@@ -51,6 +51,7 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connections_max: Gauge,
     shard_connections: Family<ShardLabel, Gauge>,
+    shard_backlog: Family<ShardLabel, Gauge>,
     pub published: Counter,
     pub delivered: Counter,
     dropped: Family<Reason, Counter>,
@@ -123,6 +124,12 @@ impl Metrics {
             "shard_connections",
             "Live connections per shard",
             shard_connections.clone(),
+        );
+        let shard_backlog = Family::<ShardLabel, Gauge>::default();
+        r.register(
+            "shard_backlog_connections",
+            "Connections with socket events or fan-out frames their shard has not handled yet (grows when the shard's CPU is the limit)",
+            shard_backlog.clone(),
         );
         let published = Counter::default();
         r.register(
@@ -266,6 +273,7 @@ impl Metrics {
             connections,
             connections_max,
             shard_connections,
+            shard_backlog,
             published,
             delivered,
             dropped,
@@ -326,6 +334,14 @@ impl Metrics {
                 code: code.code().to_string(),
             })
             .inc();
+    }
+
+    pub fn set_shard_backlog(&self, shard: u32, pending: usize) {
+        self.shard_backlog
+            .get_or_create(&ShardLabel {
+                shard: shard.to_string(),
+            })
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
     pub fn set_shard_connections(&self, shard: u32, live: u32) {

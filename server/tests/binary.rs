@@ -249,6 +249,8 @@ async fn publish_reaches_a_subscriber_health_and_metrics_report_it_and_sigterm_c
         "surge_throttled_connections{level=\"none\"} 1",
         "surge_broker_connected 1",
         "surge_slow_client_disconnects_total 0",
+        // Idle shard: nothing left to handle.
+        "surge_shard_backlog_connections{shard=\"0\"} 0",
     ] {
         assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
     }

@@ -99,6 +99,8 @@ pub(crate) trait ShardView: Send + Sync {
     fn tally(&self, levels: &mut [u64; 4], queue_bytes: &mut u64);
     /// Asks the shard to close every connection with 1001.
     fn shutdown(&self);
+    /// Connections with events or fan-out frames not handled yet.
+    fn backlog(&self) -> usize;
 }
 
 pub(crate) struct ShardCell<P: Poller> {
@@ -136,6 +138,11 @@ impl<P: Poller> ShardView for ShardCell<P> {
 
     fn shutdown(&self) {
         let _ = self.inbox.send(Inbox::Shutdown);
+    }
+
+    fn backlog(&self) -> usize {
+        let state = lock(&self.state);
+        state.ready.len() + state.dirty.len()
     }
 }
 
