@@ -104,7 +104,7 @@ impl Metrics {
         );
         r.register(
             "handshake_duration_seconds",
-            "Time from accept to the accepted handshake (the 101 is written next, with the welcome)",
+            "Time from accept to the 101 written to the socket (with the welcome frame)",
             handshake_seconds.clone(),
         );
         let connections = Gauge::default();

@@ -101,6 +101,7 @@ pub(crate) async fn run<S>(
             slot,
             response,
             leftover,
+            accepted,
         };
         if shard.send(Inbox::Adopt(handoff)).is_err() {
             tracing::debug!("shard gone: connection dropped");
@@ -149,8 +150,6 @@ where
         }
     };
     ctx.metrics.handshake("accepted").inc();
-    let elapsed = ctx.clock.now().saturating_duration_since(started);
-    ctx.metrics.handshake_seconds.observe(elapsed.as_secs_f64());
     Some((accepted.response, accepted.leftover))
 }
 

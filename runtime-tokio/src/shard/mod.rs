@@ -89,6 +89,8 @@ pub(crate) struct Handoff<S> {
     pub response: Vec<u8>,
     /// Bytes that followed the request head.
     pub leftover: Vec<u8>,
+    /// When the connection was accepted (for the handshake duration).
+    pub accepted: Instant,
 }
 
 /// What the gateway sees of a shard, whatever its socket type.
@@ -309,6 +311,7 @@ impl<P: Poller> ShardState<P> {
             slot,
             response,
             leftover,
+            accepted,
         } = handoff;
         let ctx = Arc::clone(&self.ctx);
         let entry = self.links.vacant_entry();
@@ -337,6 +340,9 @@ impl<P: Poller> ShardState<P> {
         // The poller reports the socket if bytes are already waiting (the
         // epoll set on adding it, the waker poller always once).
         self.with_link(token, None, |link, parts| link.pump(parts, now));
+        // Accept to the 101 handed to the socket (with the welcome).
+        let elapsed = ctx.clock.now().saturating_duration_since(accepted);
+        ctx.metrics.handshake_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// Calls `f` on the link at `token` (if it is still the connection
