@@ -125,10 +125,9 @@ async fn upgrade<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    // The deadline and the duration count from the accept, so time spent
-    // waiting for this task to be scheduled is part of both.
-    let started = accepted;
-    let Some(outcome) = handshake(stream, ctx, started).await else {
+    // The deadline counts from the accept, so time spent waiting for this
+    // task to be scheduled is part of it.
+    let Some(outcome) = handshake(stream, ctx, accepted).await else {
         slot.abort(AbortCause::Io);
         ctx.metrics.handshake("io").inc();
         return None;

@@ -107,13 +107,12 @@ pub(crate) trait ShardView: Send + Sync {
 
 pub(crate) struct ShardCell<P: Poller> {
     state: Mutex<ShardState<P>>,
-    inbox: mpsc::UnboundedSender<Inbox<P::Stream>>,
 }
 
 impl<P: Poller> ShardCell<P> {
     /// Where handshake tasks hand this shard its connections.
     pub fn inbox(&self) -> mpsc::UnboundedSender<Inbox<P::Stream>> {
-        self.inbox.clone()
+        lock(&self.state).inbox.clone()
     }
 }
 
@@ -139,7 +138,7 @@ impl<P: Poller> ShardView for ShardCell<P> {
     }
 
     fn shutdown(&self) {
-        let _ = self.inbox.send(Inbox::Shutdown);
+        let _ = lock(&self.state).inbox.send(Inbox::Shutdown);
     }
 
     fn backlog(&self) -> usize {
@@ -165,8 +164,8 @@ struct ShardState<P: Poller> {
     read_buf: Box<[u8]>,
     scratch: Vec<u8>,
     ctx: Arc<Context>,
+    /// This shard's own inbox: handshake tasks and resume fetches send here.
     inbox: mpsc::UnboundedSender<Inbox<P::Stream>>,
-    shutting_down: bool,
 }
 
 /// Starts a shard: returns it (the gateway keeps a weak reference and
@@ -191,10 +190,8 @@ pub(crate) fn start<P: Poller>(
             read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
             scratch: Vec::new(),
             ctx,
-            inbox: tx.clone(),
-            shutting_down: false,
+            inbox: tx,
         }),
-        inbox: tx,
     });
     let task = drive(Arc::clone(&cell), rx, hub);
     (cell, task)
@@ -292,7 +289,6 @@ impl<P: Poller> ShardState<P> {
                 });
             }
             Inbox::Shutdown => {
-                self.shutting_down = true;
                 let tokens: Vec<usize> = self.links.iter().map(|(t, _)| t).collect();
                 for token in tokens {
                     if let Some(link) = self.links.get_mut(token) {
@@ -328,7 +324,9 @@ impl<P: Poller> ShardState<P> {
         };
         let now = ctx.clock.now();
         let mut session = Session::new(live.id(), Arc::clone(&ctx.session_config), now);
-        if self.shutting_down || *ctx.shutdown.borrow() {
+        // The gateway raises the flag before it sends `Shutdown`, so a
+        // connection handed over after the sweep is closed here.
+        if *ctx.shutdown.borrow() {
             session.close(CloseCode::GoingAway, "server shutting down".into());
         }
         let mut link = Link::new(socket, session, response, live);
@@ -339,7 +337,7 @@ impl<P: Poller> ShardState<P> {
         ctx.metrics.connections.inc();
         // The poller reports the socket if bytes are already waiting (the
         // epoll set on adding it, the waker poller always once).
-        self.with_link(token, None, |link, parts| link.pump(parts, now));
+        self.pump_link(token);
         // Accept to the 101 handed to the socket (with the welcome).
         let elapsed = ctx.clock.now().saturating_duration_since(accepted);
         ctx.metrics.handshake_seconds.observe(elapsed.as_secs_f64());
