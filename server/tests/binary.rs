@@ -1,6 +1,9 @@
 //! The `surge` binary as an operator runs it: real process, real ports,
 //! real WebSocket client, real signals.
 
+#[path = "common/http.rs"]
+mod http;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
@@ -83,21 +86,11 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String)
     let mut s = TcpStream::connect(addr).expect("connect admin");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
+    s.write_all(http::request(method, path, body).as_bytes())
+        .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
-    let (head, body) = out.split_once("\r\n\r\n").expect("a head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, body.to_string())
+    http::parse(&out)
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -2,6 +2,8 @@
 //! the real `surge` binary, real WebSocket clients, and async-nats as an
 //! independent producer.
 
+#[path = "common/http.rs"]
+mod http;
 #[path = "common/nats_server.rs"]
 mod nats_server;
 
@@ -142,10 +144,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect admin");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let request = http::request(method, path, body);
         s.write_all(request.as_bytes()).await.expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
@@ -154,13 +153,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
     let out = tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .expect("admin answers within 10 s");
-    let (head, body) = out.split_once("\r\n\r\n").expect("a head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, body.to_string())
+    http::parse(&out)
 }
 
 type Ws =
