@@ -21,3 +21,19 @@ pub fn config(suite: &str, cases: u32) -> Config {
         ..Config::default()
     }
 }
+
+/// Cuts `bytes` at the given fractions of its length: `cuts.len() + 1`
+/// pieces in order, some possibly empty. The suites feed the pieces one by
+/// one to check that a decoder does not care how bytes arrive.
+pub fn split_at_fractions<'a>(bytes: &'a [u8], cuts: &[proptest::sample::Index]) -> Vec<&'a [u8]> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+    points.sort_unstable();
+    let mut pieces = Vec::with_capacity(points.len() + 1);
+    let mut start = 0;
+    for p in points {
+        pieces.push(&bytes[start..p]);
+        start = p;
+    }
+    pieces.push(&bytes[start..]);
+    pieces
+}

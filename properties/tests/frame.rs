@@ -12,6 +12,7 @@ use surge_core::frame::{
     DecodeLimits, Event, FrameDecoder, FrameError, MAX_HEADER_LEN, MAX_REASON_LEN, OpCode,
     close_frame_into, encode_header, header_len, ping_frame_into, pong_frame_into, text_frame_into,
 };
+use surge_properties::split_at_fractions;
 
 // ---- Counting allocations (for the one-allocation-per-message claim) ----
 
@@ -293,20 +294,6 @@ fn stream_strategy() -> impl Strategy<Value = ClientStream> {
         })
 }
 
-/// Cuts `bytes` at the given fractions of its length (some pieces may be empty).
-fn split<'a>(bytes: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
-    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
-    points.sort_unstable();
-    let mut pieces = Vec::with_capacity(points.len() + 1);
-    let mut start = 0;
-    for p in points {
-        pieces.push(&bytes[start..p]);
-        start = p;
-    }
-    pieces.push(&bytes[start..]);
-    pieces
-}
-
 /// Feeds the pieces in order, as a driver would, and collects the events
 /// and the error that ended decoding, if any.
 fn decode_pieces(limits: DecodeLimits, pieces: &[&[u8]]) -> (Vec<Event>, Option<FrameError>) {
@@ -414,7 +401,7 @@ proptest! {
         let frames = stream.frames();
         let bytes = encode_all(&frames);
         let limits = DecodeLimits { max_message_bytes: 1 << 20 };
-        let (events, error) = decode_pieces(limits, &split(&bytes, &cuts));
+        let (events, error) = decode_pieces(limits, &split_at_fractions(&bytes, &cuts));
         prop_assert_eq!(error, None);
         prop_assert_eq!(events, expected(&frames, usize::MAX).0);
     }
@@ -430,7 +417,7 @@ proptest! {
     ) {
         let frames = stream.frames();
         let bytes = encode_all(&frames);
-        let got = decode_pieces(DecodeLimits { max_message_bytes: limit }, &split(&bytes, &cuts));
+        let got = decode_pieces(DecodeLimits { max_message_bytes: limit }, &split_at_fractions(&bytes, &cuts));
         prop_assert_eq!(got, expected(&frames, limit));
     }
 
@@ -444,7 +431,7 @@ proptest! {
     ) {
         let limits = DecodeLimits { max_message_bytes: limit };
         let whole = decode_pieces(limits, &[&bytes]);
-        prop_assert_eq!(decode_pieces(limits, &split(&bytes, &cuts)), whole);
+        prop_assert_eq!(decode_pieces(limits, &split_at_fractions(&bytes, &cuts)), whole);
     }
 
     /// Valid streams with a few bytes corrupted or cut short reach deep into
@@ -466,7 +453,7 @@ proptest! {
         bytes.truncate(truncate.index(bytes.len() + 1));
         let limits = DecodeLimits { max_message_bytes: 4096 };
         let whole = decode_pieces(limits, &[&bytes]);
-        prop_assert_eq!(decode_pieces(limits, &split(&bytes, &cuts)), whole);
+        prop_assert_eq!(decode_pieces(limits, &split_at_fractions(&bytes, &cuts)), whole);
     }
 
     /// Frames the server coalesces into one buffer parse back, one by one,

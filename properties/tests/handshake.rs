@@ -7,6 +7,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use surge_core::Instant;
 use surge_core::handshake::{Handshake, HandshakeConfig, Outcome, Progress};
+use surge_properties::split_at_fractions;
 
 const T0: Instant = Instant::from_millis(5);
 
@@ -185,20 +186,6 @@ fn config_strategy() -> impl Strategy<Value = HandshakeConfig> {
                 ..HandshakeConfig::default()
             },
         )
-}
-
-/// Cuts `bytes` at the given fractions of its length (1..N pieces, some may be empty).
-fn split_at_fractions<'a>(bytes: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
-    let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
-    points.sort_unstable();
-    let mut pieces = Vec::with_capacity(points.len() + 1);
-    let mut start = 0;
-    for p in points {
-        pieces.push(&bytes[start..p]);
-        start = p;
-    }
-    pieces.push(&bytes[start..]);
-    pieces
 }
 
 /// Feeds the pieces in order. Returns the outcome and the bytes of the pieces
