@@ -216,11 +216,25 @@ pub fn dotenv_source(explicit: Option<&Path>) -> Result<Source, String> {
     })
 }
 
+/// A configuration resolved from all three sources.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// Unknown `SURGE_*` names that are no near miss of a setting, for the
+    /// caller to report once logging is up.
+    pub ignored: Vec<String>,
+}
+
 /// Resolves the configuration from all three sources.
-pub fn load(invocation: &Invocation) -> Result<Config, LoadError> {
+pub fn load(invocation: &Invocation) -> Result<Loaded, LoadError> {
     let dotenv = dotenv_source(invocation.env_file.as_deref()).map_err(LoadError::EnvFile)?;
     let env = env_source(std::env::vars());
-    Config::from_sources(&[invocation.flags.clone(), env, dotenv]).map_err(LoadError::Invalid)
+    let sources = [invocation.flags.clone(), env, dotenv];
+    let config = Config::from_sources(&sources).map_err(LoadError::Invalid)?;
+    Ok(Loaded {
+        config,
+        ignored: Config::ignored_keys(&sources),
+    })
 }
 
 /// Why the configuration could not be loaded.

@@ -36,13 +36,23 @@ fn main() -> ExitCode {
         print!("{}", cli::env_example());
         return ExitCode::SUCCESS;
     }
-    let config = match cli::load(&invocation) {
-        Ok(c) => c,
+    let (config, ignored) = match cli::load(&invocation) {
+        Ok(loaded) => (loaded.config, loaded.ignored),
         Err(e) => {
             eprintln!("surge: {e}");
             return ExitCode::from(2);
         }
     };
+    init_logging(&config);
+    if !ignored.is_empty() {
+        // Not near any setting's name: an orchestrator's variable (e.g.
+        // Kubernetes' SURGE_SERVICE_HOST for a Service named `surge`), not a typo.
+        tracing::warn!(
+            "ignored {} unknown SURGE_* variable(s), not settings: {}",
+            ignored.len(),
+            ignored.join(", ")
+        );
+    }
     match invocation.task {
         Task::Config { .. } => {
             println!("{}", config.print_effective());
@@ -58,7 +68,6 @@ fn main() -> ExitCode {
             }
         }
         Task::Feed(options) => {
-            init_logging(&config);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -81,7 +90,6 @@ fn main() -> ExitCode {
             }
         }
         Task::Serve => {
-            init_logging(&config);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -30,6 +30,10 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let child = Command::new(SURGE)
@@ -43,6 +47,7 @@ impl Server {
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied())
             .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -123,10 +128,44 @@ fn invalid_configuration_exits_non_zero_naming_the_setting() {
 
     let out = run(&["config"], &[("SURGE_BAKLOG", "10")]);
     assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("SURGE_BACKLOG"),
-        "suggests the right name"
+        err.contains(
+            "SURGE_BAKLOG=10 (from environment): unknown setting; did you mean SURGE_BACKLOG?"
+        ),
+        "suggests the right name: {err}"
     );
+}
+
+/// What Kubernetes injects for a Service named `surge` with ports 8080 and 9090.
+const KUBERNETES_VARS: &[(&str, &str)] = &[
+    ("SURGE_SERVICE_HOST", "10.96.0.12"),
+    ("SURGE_SERVICE_PORT", "8080"),
+    ("SURGE_PORT", "tcp://10.96.0.12:8080"),
+    ("SURGE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+    ("SURGE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+    ("SURGE_PORT_8080_TCP_PORT", "8080"),
+    ("SURGE_PORT_8080_TCP_PROTO", "tcp"),
+    ("SURGE_PORT_9090_TCP", "tcp://10.96.0.12:9090"),
+];
+
+#[test]
+fn kubernetes_service_variables_are_ignored_and_reported_once() {
+    let out = run(&["config"], KUBERNETES_VARS);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let reports: Vec<&str> = err.lines().filter(|l| l.contains("ignored")).collect();
+    assert_eq!(reports.len(), 1, "one report line: {err}");
+    for (name, _) in KUBERNETES_VARS {
+        assert!(reports[0].contains(name), "{name} not reported: {err}");
+    }
+    // The values are not repeated (an orchestrator's variable may hold a secret).
+    assert!(!err.contains("10.96.0.12"), "{err}");
+
+    // The gateway serves with them, as in a pod.
+    let server = Server::start_with_env(&[], KUBERNETES_VARS);
+    let (status, _) = http(server.admin, "GET", "/health", "");
+    assert_eq!(status, 200);
 }
 
 #[test]

@@ -8,8 +8,8 @@
 //!
 //! Why it matters: the seed team lost a deploy to an overwritten env file
 //! that silently changed the mode, and shipped typo'd variables that simply
-//! did nothing. Here an invalid value, an unknown `SURGE_*` name (with the
-//! closest real name suggested) or a contradiction between two settings
+//! did nothing. Here an invalid value, a near miss of a setting's `SURGE_*`
+//! name (with the real name suggested) or a contradiction between two settings
 //! stops the start with every problem listed at once, each naming where the
 //! value came from; and the effective configuration, with the origin of
 //! each value, is printed ([`Config::print_effective`]) and exposed
@@ -442,15 +442,20 @@ impl Config {
     /// of the highest-precedence origin wins (flag > environment > `.env`
     /// file), whatever the order of `sources`; between two sources of the
     /// same origin the earlier one wins. Values shadowed by a higher origin
-    /// are not parsed. Unknown `SURGE_*` keys in any source are errors.
-    /// Returns every problem found.
+    /// are not parsed. An unknown `SURGE_*` key in any source within edit
+    /// distance [`TYPO_DISTANCE`] of a setting is an error (a typo would
+    /// otherwise silently do nothing); other unknown keys are left to
+    /// [`Config::ignored_keys`]. Returns every problem found.
     pub fn from_sources(sources: &[Source]) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
         for origin in Origin::BY_PRECEDENCE {
             for source in sources.iter().filter(|s| s.origin == origin) {
                 for (key, value) in &source.values {
-                    if key.starts_with("SURGE_") && Setting::by_env(key).is_none() {
-                        errors.push(unknown_key(key, value, origin));
+                    if !is_unknown(key) {
+                        continue;
+                    }
+                    if let Some(setting) = near_setting(key) {
+                        errors.push(unknown_key(key, value, origin, setting));
                     }
                 }
             }
@@ -486,6 +491,21 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// The unknown `SURGE_*` keys of `sources` that are not near misses of
+    /// a setting (so [`Config::from_sources`] let them pass), sorted, each
+    /// once: the server reports them as ignored. Orchestrators put such
+    /// variables in the environment on their own, e.g. Kubernetes'
+    /// `SURGE_SERVICE_HOST` and `SURGE_PORT_8080_TCP` for a Service named
+    /// `surge`.
+    pub fn ignored_keys(sources: &[Source]) -> Vec<String> {
+        let keys: BTreeSet<&String> = sources
+            .iter()
+            .flat_map(|source| source.values.keys())
+            .filter(|key| is_unknown(key) && near_setting(key).is_none())
+            .collect();
+        keys.into_iter().cloned().collect()
     }
 
     /// Checks every range and cross-field rule (also for a `Config` built in
@@ -989,18 +1009,21 @@ fn addrs_overlap(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-/// The error for an unknown `SURGE_*` key, suggesting the closest real one.
-fn unknown_key(key: &str, value: &str, origin: Origin) -> ConfigError {
-    let suggestion = closest_setting(key);
+/// The largest edit distance from a setting's name at which an unknown
+/// `SURGE_*` key is taken for a typo of it rather than a foreign variable.
+pub const TYPO_DISTANCE: usize = 2;
+
+fn is_unknown(key: &str) -> bool {
+    key.starts_with("SURGE_") && Setting::by_env(key).is_none()
+}
+
+/// The error for an unknown `SURGE_*` key that is a near miss of `setting`.
+fn unknown_key(key: &str, value: &str, origin: Origin, setting: &Setting) -> ConfigError {
     // The value of a misspelt credential is still a credential.
-    let looks_secret = suggestion.is_some_and(Setting::is_secret)
+    let looks_secret = setting.is_secret()
         || ["TOKEN", "PASS", "SECRET", "CRED", "KEY"]
             .iter()
             .any(|word| key.contains(word));
-    let rule = match suggestion {
-        Some(setting) => format!("unknown setting; did you mean {}?", setting.env),
-        None => "unknown setting (see --help for the list)".to_owned(),
-    };
     ConfigError {
         setting: key.to_owned(),
         origin: Some(origin),
@@ -1009,24 +1032,20 @@ fn unknown_key(key: &str, value: &str, origin: Origin) -> ConfigError {
         } else {
             value.to_owned()
         },
-        rule,
+        rule: format!("unknown setting; did you mean {}?", setting.env),
     }
 }
 
-/// The known setting nearest to `key` by edit distance, if it is close
-/// enough to be a typo (or one name is a prefix of the other). Ties go to
-/// the first in [`SETTINGS`], so the suggestion is deterministic.
-fn closest_setting(key: &str) -> Option<&'static Setting> {
-    let (distance, setting) = SETTINGS
+/// The setting nearest to `key` by edit distance, if within
+/// [`TYPO_DISTANCE`]. Ties go to the first in [`SETTINGS`], so the
+/// suggestion is deterministic.
+fn near_setting(key: &str) -> Option<&'static Setting> {
+    SETTINGS
         .iter()
         .map(|s| (edit_distance(key, s.env), s))
-        .min_by_key(|(distance, _)| *distance)?;
-    if distance <= (setting.env.len() / 5).max(2) {
-        return Some(setting);
-    }
-    SETTINGS.iter().find(|s| {
-        key.len() > "SURGE_".len() + 2 && (s.env.starts_with(key) || key.starts_with(s.env))
-    })
+        .min_by_key(|(distance, _)| *distance)
+        .filter(|(distance, _)| *distance <= TYPO_DISTANCE)
+        .map(|(_, setting)| setting)
 }
 
 /// Levenshtein distance over bytes (setting names are ASCII).

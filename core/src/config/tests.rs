@@ -406,10 +406,10 @@ fn nats_settings_are_read() {
 }
 
 #[test]
-fn unknown_surge_keys_are_errors_with_a_suggestion() {
+fn near_misses_of_a_setting_are_errors_with_a_suggestion() {
     let errors = errors_of(&[env(&[
         ("SURGE_BAKLOG", "100"),
-        ("SURGE_MAX_CONN", "100"),
+        ("SURGE_MAX_CONECTION", "100"),
         ("SURGE_FOO", "1"),
         ("PATH", "/usr/bin"),
         ("surge_backlog", "1"),
@@ -420,8 +420,7 @@ fn unknown_surge_keys_are_errors_with_a_suggestion() {
         shown,
         [
             "SURGE_BAKLOG=100 (from environment): unknown setting; did you mean SURGE_BACKLOG?",
-            "SURGE_FOO=1 (from environment): unknown setting (see --help for the list)",
-            "SURGE_MAX_CONN=100 (from environment): unknown setting; did you mean SURGE_MAX_CONNECTIONS?",
+            "SURGE_MAX_CONECTION=100 (from environment): unknown setting; did you mean SURGE_MAX_CONNECTIONS?",
         ]
     );
     // In .env files too, and the value of a misspelt credential stays hidden.
@@ -429,6 +428,47 @@ fn unknown_surge_keys_are_errors_with_a_suggestion() {
     assert_eq!(
         error,
         "SURGE_NATS_PASWORD=*** (from .env file): unknown setting; did you mean SURGE_NATS_PASSWORD?"
+    );
+}
+
+/// What Kubernetes injects for a Service named `surge`.
+const KUBERNETES_VARS: &[(&str, &str)] = &[
+    ("SURGE_SERVICE_HOST", "10.96.0.12"),
+    ("SURGE_SERVICE_PORT", "8080"),
+    ("SURGE_SERVICE_PORT_WS", "8080"),
+    ("SURGE_SERVICE_PORT_ADMIN", "9090"),
+    ("SURGE_PORT", "tcp://10.96.0.12:8080"),
+    ("SURGE_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+    ("SURGE_PORT_8080_TCP_ADDR", "10.96.0.12"),
+    ("SURGE_PORT_8080_TCP_PORT", "8080"),
+    ("SURGE_PORT_8080_TCP_PROTO", "tcp"),
+    ("SURGE_PORT_9090_TCP", "tcp://10.96.0.12:9090"),
+    ("SURGE_PORT_9090_TCP_ADDR", "10.96.0.12"),
+    ("SURGE_PORT_9090_TCP_PORT", "9090"),
+    ("SURGE_PORT_9090_TCP_PROTO", "tcp"),
+];
+
+#[test]
+fn unknown_keys_far_from_every_setting_are_ignored_and_listed() {
+    let mut vars = KUBERNETES_VARS.to_vec();
+    vars.extend([
+        ("SURGE_MAX_CONN", "100"),
+        ("SURGE_FOO", "1"),
+        ("SURGE_BACKLOG", "64"),
+    ]);
+    let sources = [
+        env(&vars),
+        dotenv(&[("SURGE_FOO", "2"), ("SURGE_ZONE", "a")]),
+    ];
+    let config = load(&sources);
+    assert_eq!(config.backlog, 64);
+    let mut expected: Vec<&str> = KUBERNETES_VARS.iter().map(|(k, _)| *k).collect();
+    expected.extend(["SURGE_MAX_CONN", "SURGE_FOO", "SURGE_ZONE"]);
+    expected.sort_unstable();
+    assert_eq!(Config::ignored_keys(&sources), expected);
+    // A near miss is an error, not ignored; a known key is neither.
+    assert!(
+        Config::ignored_keys(&[env(&[("SURGE_BAKLOG", "1"), ("SURGE_SHARDS", "2")])]).is_empty()
     );
 }
 
