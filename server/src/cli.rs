@@ -110,8 +110,7 @@ fn feed_command() -> Command {
             Arg::new("admin")
                 .long("admin")
                 .value_name("URL")
-                .default_value(feed::DEFAULT_ADMIN)
-                .help("The gateway's admin listener, used with the embedded broker"),
+                .help("The gateway's admin URL (http://host:port), used with the embedded broker [default: --admin-listen / SURGE_ADMIN_LISTEN; a wildcard address is reached over loopback]"),
         )
 }
 
@@ -126,10 +125,7 @@ fn feed_options(sub: &ArgMatches) -> FeedOptions {
             .cloned()
             .unwrap_or_default(),
         duration: sub.get_one("duration").copied(),
-        admin: sub
-            .get_one::<String>("admin")
-            .cloned()
-            .unwrap_or_else(|| feed::DEFAULT_ADMIN.to_owned()),
+        admin: sub.get_one::<String>("admin").cloned(),
     }
 }
 
@@ -311,7 +307,7 @@ mod tests {
         assert_eq!(options.rate, 50);
         assert_eq!(options.symbols[..3], ["BTC", "ETH", "SOL"]);
         assert_eq!(options.duration, None);
-        assert_eq!(options.admin, "http://127.0.0.1:9090");
+        assert_eq!(options.admin, None);
 
         let inv = parse([
             "surge",
@@ -334,7 +330,7 @@ mod tests {
                 rate: 200,
                 symbols: vec!["BTC".into(), "PEPE".into()],
                 duration: Some(std::time::Duration::from_secs(120)),
-                admin: "http://10.0.0.1:9191".into(),
+                admin: Some("http://10.0.0.1:9191".into()),
             })
         );
         assert_eq!(

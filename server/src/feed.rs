@@ -11,10 +11,12 @@
 //!
 //! With `SURGE_NATS_URL` set it publishes to JetStream directly (ensuring
 //! the stream like `surge serve` does); otherwise it posts to the running
-//! gateway's admin `/publish` over one kept-alive HTTP/1.1 connection.
+//! gateway's admin `/publish` over one kept-alive HTTP/1.1 connection: the
+//! one `--admin URL` names, else the configured `SURGE_ADMIN_LISTEN`.
 //! Trades and liquidity together follow `--rate`; trending comes on top.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -32,7 +34,6 @@ pub const DEFAULT_RATE: u32 = 50;
 /// [`DEFAULT_RATE`] as the command line shows it.
 pub const DEFAULT_RATE_TEXT: &str = "50";
 pub const DEFAULT_SYMBOLS: &str = "BTC,ETH,SOL,BNB,XRP,DOGE,ADA,AVAX";
-pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
 /// How often the trending list is published.
 const TRENDING_EVERY: Duration = Duration::from_secs(5);
 /// How many symbols the trending list names.
@@ -51,8 +52,9 @@ pub struct FeedOptions {
     pub symbols: Vec<String>,
     /// `None`: until Ctrl-C.
     pub duration: Option<Duration>,
-    /// The gateway's admin URL, used with the embedded broker.
-    pub admin: String,
+    /// The gateway's admin URL, used with the embedded broker; `None`: the
+    /// configured admin listener.
+    pub admin: Option<String>,
 }
 
 /// Why the feed stopped early.
@@ -346,6 +348,17 @@ fn admin_address(url: &str) -> Result<String, FeedError> {
     }
 }
 
+/// Where to reach a listener bound to `addr`: a wildcard bind is reached
+/// over loopback, as the feed usually runs beside the gateway.
+fn listener_address(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
+}
+
 /// A kept-alive HTTP/1.1 connection to the admin `/publish`.
 struct AdminClient {
     addr: String,
@@ -499,7 +512,10 @@ pub async fn run(config: &Config, options: FeedOptions) -> Result<FeedReport, Fe
         );
         Sink::Nats(Box::new(link))
     } else {
-        let addr = admin_address(&options.admin)?;
+        let addr = match &options.admin {
+            Some(url) => admin_address(url)?,
+            None => listener_address(config.admin_listen),
+        };
         println!(
             "surge feed: posting to http://{addr}/publish (embedded broker) at {} msg/s",
             options.rate
@@ -669,6 +685,14 @@ mod tests {
         ] {
             assert!(admin_address(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_wildcard_admin_listener_is_reached_over_loopback() {
+        let reach = |a: &str| listener_address(a.parse().expect("addr"));
+        assert_eq!(reach("0.0.0.0:9191"), "127.0.0.1:9191");
+        assert_eq!(reach("[::]:9191"), "[::1]:9191");
+        assert_eq!(reach("10.0.0.7:9090"), "10.0.0.7:9090");
     }
 
     #[derive(Default)]

@@ -297,3 +297,46 @@ async fn publish_reaches_a_subscriber_health_and_metrics_report_it_and_sigterm_c
         .expect("exit");
     assert_eq!(status.code(), Some(0));
 }
+
+/// `surge_messages_published_total` of the gateway at `admin`.
+fn published(admin: SocketAddr) -> u64 {
+    let (_, metrics) = http(admin, "GET", "/metrics", "");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("surge_messages_published_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no published counter in\n{metrics}"))
+}
+
+#[test]
+fn feed_posts_to_the_configured_admin_listener() {
+    // A non-default admin port: the feed must find it from the setting alone.
+    let server = Server::start(&[]);
+    let admin = server.admin.to_string();
+    let feed = |args: &[&str], env: &[(&str, &str)]| {
+        let out = run(
+            &[&["feed", "--rate", "100", "--duration", "1s"], args].concat(),
+            env,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?} {env:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("http://{admin}/publish")),
+            "{stdout}"
+        );
+    };
+
+    feed(&["--admin-listen", &admin], &[]);
+    let by_flag = published(server.admin);
+    assert!(by_flag > 0, "nothing published with --admin-listen");
+
+    feed(&[], &[("SURGE_ADMIN_LISTEN", &admin)]);
+    assert!(
+        published(server.admin) > by_flag,
+        "nothing published with SURGE_ADMIN_LISTEN"
+    );
+}
