@@ -1,6 +1,7 @@
 //! The `surge` binary: `surge [serve]`, `surge config`, `surge doctor`,
 //! `surge feed`.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use surge_core::config::{Config, LogFormat};
@@ -11,8 +12,10 @@ use tracing_subscriber::EnvFilter;
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_str()));
+    // Colour codes are noise in files and pipes (journald, log shippers).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use surge_core::admission::ResourceSample;
-use surge_core::config::Config;
+use surge_core::config::{Config, LogFormat};
 use surge_runtime::embedded::{EmbeddedBroker, Retention};
 use surge_runtime::tcp::{SocketTuning, TcpTransport};
 use surge_runtime::{Broker, Gateway, GatewayConfig};
@@ -71,8 +71,11 @@ pub fn resolve_limits(config: &Config) -> anyhow::Result<Resolved> {
                 host::memory_limit_bytes(),
                 host::BYTES_PER_CONNECTION_ESTIMATE,
             );
-            tracing::info!("{}", derived.explanation);
-            println!("{}", derived.explanation);
+            // Said once: to people on stdout, or to a log shipper as an event.
+            match config.log_format {
+                LogFormat::Text => println!("{}", derived.explanation),
+                LogFormat::Json => tracing::info!("{}", derived.explanation),
+            }
             derived.max_connections
         }
     };
@@ -99,8 +102,10 @@ pub fn resolve_limits(config: &Config) -> anyhow::Result<Resolved> {
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let resolved = resolve_limits(&config)?;
-    println!("{}", config.print_effective());
-    tracing::info!(config = %config.to_json(), "effective configuration");
+    match config.log_format {
+        LogFormat::Text => println!("{}", config.print_effective()),
+        LogFormat::Json => tracing::info!(config = %config.to_json(), "effective configuration"),
+    }
 
     let mut gateway_config =
         GatewayConfig::from_config(&config, resolved.max_connections, resolved.shards);
@@ -126,13 +131,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot listen on {} (SURGE_LISTEN)", config.listen))?;
     let gateway = Arc::new(gateway);
-    println!(
+    let listening = format!(
         "surge listening on ws://{}{} (admin http://{}), broker: {}",
         gateway.local_addr(),
         config.ws_path,
         config.admin_listen,
         gateway.broker().kind()
     );
+    match config.log_format {
+        LogFormat::Text => println!("{listening}"),
+        LogFormat::Json => tracing::info!("{listening}"),
+    }
 
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await

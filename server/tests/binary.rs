@@ -340,3 +340,111 @@ fn feed_posts_to_the_configured_admin_listener() {
         "nothing published with SURGE_ADMIN_LISTEN"
     );
 }
+
+/// `surge serve` with stdout and stderr piped (as under systemd or a log
+/// shipper) and max connections derived, from start to SIGTERM: (stdout, stderr).
+fn serve_piped(env: &[(&str, &str)]) -> (String, String) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(SURGE)
+        .args(["--listen", &listen, "--admin-listen", &admin.to_string()])
+        .args(["--shards", "2"])
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("surge starts");
+    let mut server = Server {
+        child,
+        ws: listen.parse().expect("addr"),
+        admin,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(admin).is_err() {
+        assert!(Instant::now() < deadline, "admin listener never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal(libc::SIGTERM);
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    // Both pipes close when the process exits; the output is far below a
+    // pipe's buffer, so reading one after the other cannot block the child.
+    server
+        .child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read stdout");
+    server
+        .child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+    (stdout, stderr)
+}
+
+/// Lines of `text` that show the effective configuration (a table row or
+/// the JSON of a log event).
+fn config_appearances(text: &str) -> usize {
+    text.lines()
+        .filter(|l| l.contains("SURGE_WS_PATH") || l.contains("ws_path"))
+        .count()
+}
+
+fn max_connections_explanations(text: &str) -> usize {
+    text.lines()
+        .filter(|l| l.contains("max connections ") && l.contains("= min(files"))
+        .count()
+}
+
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_and_say_each_thing_once() {
+    let (stdout, stderr) = serve_piped(&[]);
+    assert!(
+        !stderr.contains("\x1b["),
+        "ANSI escapes in piped logs:\n{stderr}"
+    );
+    assert!(!stdout.contains("\x1b["), "{stdout}");
+    let both = format!("{stdout}\n{stderr}");
+    assert_eq!(config_appearances(&both), 1, "{both}");
+    assert_eq!(max_connections_explanations(&both), 1, "{both}");
+    // The people-facing lines are on stdout.
+    assert_eq!(config_appearances(&stdout), 1, "{stdout}");
+    assert_eq!(max_connections_explanations(&stdout), 1, "{stdout}");
+    assert_eq!(
+        stdout.matches("surge listening on ws://").count(),
+        1,
+        "{stdout}"
+    );
+    assert!(!stderr.contains("surge listening on"), "{stderr}");
+}
+
+#[test]
+fn json_logs_leave_no_text_on_stdout_and_log_the_config_once() {
+    let (stdout, stderr) = serve_piped(&[("SURGE_LOG_FORMAT", "json")]);
+    let mut events = Vec::new();
+    for line in stdout.lines().chain(stderr.lines()) {
+        let event: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\nstdout:\n{stdout}"));
+        events.push(event);
+    }
+    let both = format!("{stdout}\n{stderr}");
+    assert!(!both.contains("\x1b["), "{both}");
+    assert_eq!(config_appearances(&both), 1, "{both}");
+    assert_eq!(max_connections_explanations(&both), 1, "{both}");
+    let listening = events
+        .iter()
+        .filter(|e| {
+            e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("surge listening on ws://"))
+        })
+        .count();
+    assert_eq!(listening, 1, "{both}");
+}
