@@ -10,6 +10,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -41,6 +43,9 @@ pub enum RequestKind {
     Resume {
         channels: Vec<String>,
         since_sseq: u64,
+        /// The stream identity the client's `since_sseq` counts in, when
+        /// it knows one (from `welcome` or `resumed`).
+        epoch: Option<String>,
     },
 }
 
@@ -75,6 +80,8 @@ enum WireRequest {
         id: Option<Value>,
         channels: Vec<String>,
         since_sseq: u64,
+        #[serde(default)]
+        epoch: Option<String>,
     },
 }
 
@@ -152,10 +159,12 @@ pub fn parse_request(text: &str) -> Result<ClientRequest, RequestError> {
         WireRequest::Resume {
             channels,
             since_sseq,
+            epoch,
             ..
         } => RequestKind::Resume {
             channels,
             since_sseq,
+            epoch,
         },
     };
     Ok(ClientRequest { id, kind })
@@ -270,6 +279,9 @@ pub enum ServerMessage {
     Welcome {
         conn_id: String,
         shard: u32,
+        /// The identity of the stream `sseq` counts in; `null` while the
+        /// broker has not been reached yet.
+        epoch: Option<String>,
         limits: WelcomeLimits,
     },
     Subscribed {
@@ -302,6 +314,11 @@ pub enum ServerMessage {
     ResumeGap {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         id: Option<Value>,
+        /// The client's `epoch` is not the stream's: its `since_sseq`
+        /// means nothing here, nothing was recovered, and it must refetch
+        /// its state.
+        #[serde(skip_serializing_if = "is_false", default)]
+        epoch_changed: bool,
         oldest_sseq: u64,
     },
     Resumed {
@@ -309,6 +326,7 @@ pub enum ServerMessage {
         id: Option<Value>,
         channels: Vec<String>,
         last_sseq: u64,
+        epoch: String,
     },
     ThrottleUpdate {
         level: u8,
@@ -321,6 +339,10 @@ pub enum ServerMessage {
         code: ErrorCode,
         message: String,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ServerMessage {
@@ -408,8 +430,11 @@ pub struct Published {
 }
 
 impl Published {
-    /// Encodes a message. `data` becomes JSON when it parses as JSON,
-    /// otherwise a JSON string (invalid UTF-8 replaced).
+    /// Encodes a message. A payload that parses as JSON is sent as that
+    /// JSON value; UTF-8 text that is not JSON as a JSON string marked
+    /// `"encoding":"text"`; anything else base64-encoded and marked
+    /// `"encoding":"base64"`, so every byte arrives and a client can always
+    /// tell which of the three it got.
     pub fn new(subject: Subject, sseq: u64, priority: Priority, data: &[u8]) -> Arc<Self> {
         let mut tail = BytesMut::with_capacity(data.len() + subject.as_str().len() + 48);
         tail.put_slice(b",\"subject\":");
@@ -418,10 +443,20 @@ impl Published {
         tail.put_slice(&json_string(subject.as_str()));
         tail.put_slice(b",\"sseq\":");
         tail.put_slice(sseq.to_string().as_bytes());
-        tail.put_slice(b",\"data\":");
-        match serde_json::from_slice::<serde::de::IgnoredAny>(data) {
-            Ok(_) => tail.put_slice(trim_ascii(data)),
-            Err(_) => tail.put_slice(&json_string(&String::from_utf8_lossy(data))),
+        match PayloadEncoding::of(data) {
+            PayloadEncoding::Json => {
+                tail.put_slice(b",\"data\":");
+                tail.put_slice(data.trim_ascii());
+            }
+            PayloadEncoding::Text(text) => {
+                tail.put_slice(b",\"encoding\":\"text\",\"data\":");
+                tail.put_slice(&json_string(text));
+            }
+            PayloadEncoding::Base64 => {
+                tail.put_slice(b",\"encoding\":\"base64\",\"data\":\"");
+                tail.put_slice(BASE64.encode(data).as_bytes());
+                tail.put_u8(b'"');
+            }
         }
         tail.put_u8(b'}');
         Arc::new(Published {
@@ -447,8 +482,26 @@ fn json_string(s: &str) -> Vec<u8> {
     serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
 }
 
-fn trim_ascii(data: &[u8]) -> &[u8] {
-    data.trim_ascii()
+/// How a payload travels in a `message` frame's `data`.
+enum PayloadEncoding<'a> {
+    /// Valid JSON: sent as it is.
+    Json,
+    /// UTF-8 that is not JSON: sent as a JSON string.
+    Text(&'a str),
+    /// Not UTF-8: sent base64-encoded.
+    Base64,
+}
+
+impl<'a> PayloadEncoding<'a> {
+    fn of(data: &'a [u8]) -> Self {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+            return PayloadEncoding::Json;
+        }
+        match std::str::from_utf8(data) {
+            Ok(text) => PayloadEncoding::Text(text),
+            Err(_) => PayloadEncoding::Base64,
+        }
+    }
 }
 
 /// How a message frame is marked besides its `seq`.
@@ -475,7 +528,10 @@ impl OutFrame {
         OutFrame::Control(msg.encode())
     }
 
-    pub fn message(seq: u64, mark: MessageMark, published: &Published) -> Self {
+    /// A message frame. `dropped` counts the live messages this
+    /// connection skipped since its previous delivery; it is written only
+    /// when non-zero (and callers pass 0 for replayed and recovered frames).
+    pub fn message(seq: u64, mark: MessageMark, dropped: u32, published: &Published) -> Self {
         let mut head = BytesMut::with_capacity(48);
         head.put_slice(b"{\"type\":\"message\",\"seq\":");
         head.put_slice(seq.to_string().as_bytes());
@@ -483,6 +539,10 @@ impl OutFrame {
             MessageMark::Live => {}
             MessageMark::Replayed => head.put_slice(b",\"replayed\":true"),
             MessageMark::Recovered => head.put_slice(b",\"recovered\":true"),
+        }
+        if dropped > 0 {
+            head.put_slice(b",\"dropped\":");
+            head.put_slice(dropped.to_string().as_bytes());
         }
         OutFrame::Message {
             head: head.freeze(),
@@ -568,6 +628,15 @@ mod tests {
                 RequestKind::Resume {
                     channels: vec!["a.b".into()],
                     since_sseq: 1200,
+                    epoch: None,
+                },
+            ),
+            (
+                r#"{"type":"resume","channels":["a.b"],"since_sseq":3,"epoch":"e-1"}"#,
+                RequestKind::Resume {
+                    channels: vec!["a.b".into()],
+                    since_sseq: 3,
+                    epoch: Some("e-1".into()),
                 },
             ),
         ];
@@ -623,8 +692,8 @@ mod tests {
             Priority::Medium,
             br#"{"px": 1.5}"#,
         );
-        let a = OutFrame::message(17, MessageMark::Live, &p);
-        let b = OutFrame::message(3, MessageMark::Replayed, &p);
+        let a = OutFrame::message(17, MessageMark::Live, 0, &p);
+        let b = OutFrame::message(3, MessageMark::Replayed, 0, &p);
         assert_eq!(
             text(&a),
             r#"{"type":"message","seq":17,"subject":"odin.token.BTC.trade","sseq":1234,"data":{"px": 1.5}}"#
@@ -642,12 +711,55 @@ mod tests {
     }
 
     #[test]
-    fn non_json_payload_becomes_a_string() {
+    fn non_json_text_becomes_a_string_marked_text() {
         let p = Published::new(subject("a.b"), 1, Priority::Low, b"hello \"world\"");
-        let frame = text(&OutFrame::message(1, MessageMark::Recovered, &p));
+        let frame = text(&OutFrame::message(1, MessageMark::Recovered, 0, &p));
         let v: Value = serde_json::from_str(&frame).expect("valid JSON");
         assert_eq!(v["data"], Value::from("hello \"world\""));
+        assert_eq!(v["encoding"], Value::from("text"));
         assert_eq!(v["recovered"], Value::from(true));
+    }
+
+    #[test]
+    fn a_json_string_and_the_same_raw_text_are_told_apart() {
+        let json = Published::new(subject("a.b"), 1, Priority::Low, br#""hi""#);
+        let raw = Published::new(subject("a.b"), 2, Priority::Low, b"hi");
+        let json: Value =
+            serde_json::from_str(&text(&OutFrame::message(1, MessageMark::Live, 0, &json)))
+                .expect("json");
+        let raw: Value =
+            serde_json::from_str(&text(&OutFrame::message(2, MessageMark::Live, 0, &raw)))
+                .expect("json");
+        assert_eq!(json["data"], Value::from("hi"));
+        assert!(json.get("encoding").is_none(), "{json}");
+        assert_eq!(raw["data"], Value::from("hi"));
+        assert_eq!(raw["encoding"], Value::from("text"));
+    }
+
+    #[test]
+    fn binary_payloads_arrive_intact_as_base64() {
+        let bytes = b"\xff\xfe\x00binary\x80";
+        let p = Published::new(subject("a.b"), 9, Priority::Low, bytes);
+        let v: Value = serde_json::from_str(&text(&OutFrame::message(4, MessageMark::Live, 0, &p)))
+            .expect("valid JSON");
+        assert_eq!(v["encoding"], Value::from("base64"));
+        let decoded = BASE64
+            .decode(v["data"].as_str().expect("string"))
+            .expect("base64");
+        assert_eq!(decoded, bytes);
+    }
+
+    #[test]
+    fn dropped_is_written_only_when_something_was_dropped() {
+        let p = Published::new(subject("a.b"), 5, Priority::Low, b"1");
+        let after_drops = OutFrame::message(8, MessageMark::Live, 12, &p);
+        assert_eq!(
+            text(&after_drops),
+            r#"{"type":"message","seq":8,"dropped":12,"subject":"a.b","sseq":5,"data":1}"#
+        );
+        assert_eq!(after_drops.len(), text(&after_drops).len());
+        let none = text(&OutFrame::message(9, MessageMark::Live, 0, &p));
+        assert!(!none.contains("dropped"), "{none}");
     }
 
     #[test]
@@ -670,6 +782,7 @@ mod tests {
             OutFrame::control(&ServerMessage::Welcome {
                 conn_id: "0-17".into(),
                 shard: 0,
+                epoch: Some("e-18f3a2c1d00-7b2e".into()),
                 limits: WelcomeLimits {
                     max_subscriptions: 100,
                     replay_window: 100,
@@ -688,9 +801,10 @@ mod tests {
                 id: None,
                 channels: vec!["odin.global.>".into()],
             }),
-            OutFrame::message(17, MessageMark::Live, &p),
-            OutFrame::message(17, MessageMark::Replayed, &p),
-            OutFrame::message(18, MessageMark::Recovered, &p),
+            OutFrame::message(17, MessageMark::Live, 0, &p),
+            OutFrame::message(17, MessageMark::Replayed, 0, &p),
+            OutFrame::message(18, MessageMark::Recovered, 0, &p),
+            OutFrame::message(19, MessageMark::Live, 7, &p),
             OutFrame::control(&ServerMessage::ReplayGap {
                 id: None,
                 from_seq: 40,
@@ -707,12 +821,19 @@ mod tests {
             }),
             OutFrame::control(&ServerMessage::ResumeGap {
                 id: None,
+                epoch_changed: false,
                 oldest_sseq: 1100,
+            }),
+            OutFrame::control(&ServerMessage::ResumeGap {
+                id: None,
+                epoch_changed: true,
+                oldest_sseq: 1,
             }),
             OutFrame::control(&ServerMessage::Resumed {
                 id: None,
                 channels: vec!["odin.token.BTC.trade".into()],
                 last_sseq: 1300,
+                epoch: "e-18f3a2c1d00-7b2e".into(),
             }),
             OutFrame::control(&ServerMessage::ThrottleUpdate {
                 level: 1,

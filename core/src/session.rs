@@ -139,6 +139,9 @@ pub enum Delivery {
     Duplicate,
     /// The session is closing.
     Closed,
+    /// Not sent: the client is too slow even for this, and the session is
+    /// closing because of it (1008). Counts as a drop.
+    DroppedClosing,
 }
 
 /// Counters of what happened to this connection's traffic. 32 bits each
@@ -155,6 +158,8 @@ pub struct SessionStats {
     pub requests: u32,
     pub request_errors: u32,
     pub rate_limited: u32,
+    /// Throttle level changes (each one sent as a `throttle_update`).
+    pub throttle_changes: u32,
 }
 
 /// A connection's patterns: a vector sized to fit, not a tree. A B-tree
@@ -239,7 +244,23 @@ struct CatchUp {
     id: Option<Value>,
     channels: Vec<String>,
     patterns: Vec<Pattern>,
+    since_sseq: u64,
+    /// The epoch the client's `since_sseq` counts in, if it sent one.
+    client_epoch: Option<String>,
+    /// The stream's epoch, once the fetch has come back.
+    stream_epoch: Option<String>,
     held: VecDeque<Arc<Published>>,
+}
+
+/// What to do with the messages a resume's fetch returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Hand them, in order, to [`Session::recover`], then call
+    /// [`Session::resume_complete`].
+    Feed,
+    /// The client's position counts in another stream (epoch changed):
+    /// recover nothing and call [`Session::resume_complete`] at once.
+    Skip,
 }
 
 /// After a `resume` completes, live messages on its patterns up to this
@@ -271,19 +292,24 @@ pub struct Session {
     catch_up: Option<Box<CatchUp>>,
     floor: Option<Box<RecoveredFloor>>,
     closed: bool,
+    /// Live messages skipped (throttled or queue full) since the last
+    /// delivered one; the next live `message` carries it as `dropped`.
+    dropped: u32,
     stats: SessionStats,
 }
 
 impl Session {
     /// A session for a connection that just upgraded; its `welcome` frame
-    /// is already queued.
-    pub fn new(id: ConnId, config: Arc<SessionConfig>, now: Instant) -> Self {
+    /// (with the stream's `epoch`, when the broker knows it) is already
+    /// queued.
+    pub fn new(id: ConnId, config: Arc<SessionConfig>, now: Instant, epoch: Option<&str>) -> Self {
         let ring = ReplayRing::new(config.replay_window as usize, config.replay_max_bytes);
         let inbound = TokenBucket::new(config.client_rate_per_sec, config.client_burst, now);
         let throttle = Throttle::new(now);
         let welcome = ServerMessage::Welcome {
             conn_id: id.to_string(),
             shard: id.shard.0,
+            epoch: epoch.map(str::to_owned),
             limits: config.welcome_limits(),
         };
         let mut session = Session {
@@ -303,6 +329,7 @@ impl Session {
             catch_up: None,
             floor: None,
             closed: false,
+            dropped: 0,
             stats: SessionStats::default(),
         };
         session.push_control(&welcome);
@@ -449,16 +476,20 @@ impl Session {
             RequestKind::Resume {
                 channels,
                 since_sseq,
-            } => self.begin_resume(id, channels, since_sseq),
+                epoch,
+            } => self.begin_resume(id, channels, since_sseq, epoch),
         }
     }
 
     /// Parses a channel list; on any invalid channel, queues one error
-    /// naming each and returns `None` (a request applies whole or not at all).
+    /// naming each and returns `None`: a request applies whole or not at
+    /// all, and the error says so (`what` is "subscribed" or
+    /// "unsubscribed").
     fn parse_channels(
         &mut self,
         id: &Option<Value>,
         channels: &[String],
+        what: &str,
     ) -> Option<(Vec<String>, Vec<Pattern>)> {
         if channels.is_empty() {
             self.error(
@@ -484,10 +515,18 @@ impl Session {
         }
         if !bad.is_empty() {
             let detail: Vec<String> = bad.iter().map(|(c, e)| format!("{c:?}: {e}")).collect();
+            let noun = if bad.len() == 1 {
+                "channel"
+            } else {
+                "channels"
+            };
             self.error(
                 id.clone(),
                 ErrorCode::InvalidSubject,
-                format!("invalid channel {}", detail.join("; ")),
+                format!(
+                    "invalid {noun} {}; nothing was {what} (a request applies to all its channels or to none)",
+                    detail.join("; ")
+                ),
             );
             return None;
         }
@@ -521,7 +560,7 @@ impl Session {
     }
 
     fn subscribe(&mut self, id: Option<Value>, channels: Vec<String>) {
-        let Some((names, patterns)) = self.parse_channels(&id, &channels) else {
+        let Some((names, patterns)) = self.parse_channels(&id, &channels, "subscribed") else {
             return;
         };
         let Some(new) = self.new_within_limit(&id, &patterns) else {
@@ -538,7 +577,7 @@ impl Session {
     }
 
     fn unsubscribe(&mut self, id: Option<Value>, channels: Vec<String>) {
-        let Some((names, patterns)) = self.parse_channels(&id, &channels) else {
+        let Some((names, patterns)) = self.parse_channels(&id, &channels, "unsubscribed") else {
             return;
         };
         let removed: Vec<Pattern> = patterns
@@ -573,7 +612,7 @@ impl Session {
         for (seq, message) in &slice.messages {
             // Replayed frames are bounded by the ring's byte bound, which
             // the hard queue bound leaves room for.
-            self.push_frame(OutFrame::message(*seq, MessageMark::Replayed, message));
+            self.push_frame(OutFrame::message(*seq, MessageMark::Replayed, 0, message));
             self.stats.replayed = self.stats.replayed.saturating_add(1);
         }
         self.push_control(&ServerMessage::ReplayDone {
@@ -583,7 +622,13 @@ impl Session {
         });
     }
 
-    fn begin_resume(&mut self, id: Option<Value>, channels: Vec<String>, since: u64) {
+    fn begin_resume(
+        &mut self,
+        id: Option<Value>,
+        channels: Vec<String>,
+        since: u64,
+        client_epoch: Option<String>,
+    ) {
         if self.catch_up.is_some() {
             self.error(
                 id,
@@ -592,7 +637,7 @@ impl Session {
             );
             return;
         }
-        let Some((names, patterns)) = self.parse_channels(&id, &channels) else {
+        let Some((names, patterns)) = self.parse_channels(&id, &channels, "subscribed") else {
             return;
         };
         let Some(new) = self.new_within_limit(&id, &patterns) else {
@@ -603,6 +648,9 @@ impl Session {
             id,
             channels: names,
             patterns: patterns.clone(),
+            since_sseq: since,
+            client_epoch,
+            stream_epoch: None,
             held: VecDeque::new(),
         }));
         self.actions.push_back(Action::Resume {
@@ -612,14 +660,40 @@ impl Session {
         });
     }
 
-    /// The broker no longer retains everything after the requested
-    /// sequence: `oldest_sseq` is the oldest it still has.
-    pub fn resume_gap(&mut self, oldest_sseq: u64) {
-        let Some(catch_up) = &self.catch_up else {
-            return;
+    /// The resume's fetch came back from the stream identified by
+    /// `epoch`, which retains sequences from `first_retained` (`None`:
+    /// nothing) up to `last_sseq`. Tells the client about a gap or a
+    /// changed stream, and says whether the fetched messages are to be
+    /// recovered.
+    pub fn resume_fetched(
+        &mut self,
+        epoch: &str,
+        first_retained: Option<u64>,
+        last_sseq: u64,
+    ) -> Recovery {
+        let Some(catch_up) = self.catch_up.as_deref_mut() else {
+            return Recovery::Skip;
         };
+        catch_up.stream_epoch = Some(epoch.to_owned());
         let id = catch_up.id.clone();
-        self.push_control(&ServerMessage::ResumeGap { id, oldest_sseq });
+        let changed = catch_up.client_epoch.as_deref().is_some_and(|e| e != epoch);
+        if changed {
+            let oldest_sseq = first_retained.unwrap_or(last_sseq + 1);
+            self.push_control(&ServerMessage::ResumeGap {
+                id,
+                epoch_changed: true,
+                oldest_sseq,
+            });
+            return Recovery::Skip;
+        }
+        if let Some(oldest_sseq) = resume_gap(catch_up.since_sseq, first_retained, last_sseq) {
+            self.push_control(&ServerMessage::ResumeGap {
+                id,
+                epoch_changed: false,
+                oldest_sseq,
+            });
+        }
+        Recovery::Feed
     }
 
     /// One retained message found by the catch-up fetch, in stream order.
@@ -646,6 +720,7 @@ impl Session {
             id: catch_up.id,
             channels: catch_up.channels,
             last_sseq,
+            epoch: catch_up.stream_epoch.unwrap_or_default(),
         });
         self.floor = Some(Box::new(RecoveredFloor {
             patterns: catch_up.patterns,
@@ -700,6 +775,7 @@ impl Session {
         }
         if !self.throttle.admits(message.priority) {
             self.stats.throttled = self.stats.throttled.saturating_add(1);
+            self.dropped = self.dropped.saturating_add(1);
             return Delivery::Throttled;
         }
         let frame_len = self.frame_len(message, MessageMark::Live);
@@ -709,21 +785,21 @@ impl Session {
             message.priority == Priority::Critical && after <= self.config.hard_queue_bytes();
         if !fits && !critical_fits {
             self.stats.queue_full = self.stats.queue_full.saturating_add(1);
+            self.dropped = self.dropped.saturating_add(1);
             if message.priority == Priority::Critical {
-                self.close(
-                    CloseCode::Policy,
-                    "client too slow to receive critical messages".into(),
-                );
-                return Delivery::Closed;
+                let reason = self.lost_reason("client too slow to receive critical messages");
+                self.close(CloseCode::Policy, reason);
+                return Delivery::DroppedClosing;
             }
             match self.throttle.on_queue_full(&self.config.throttle, now) {
-                Some(ThrottleChange::Raised(level)) => self.push_control(&level.notice()),
+                Some(ThrottleChange::Raised(level)) => {
+                    self.stats.throttle_changes = self.stats.throttle_changes.saturating_add(1);
+                    self.push_control(&level.notice());
+                }
                 Some(ThrottleChange::Disconnect) => {
-                    self.close(
-                        CloseCode::Policy,
-                        "client too slow even at the heaviest throttle".into(),
-                    );
-                    return Delivery::Closed;
+                    let reason = self.lost_reason("client too slow even at the heaviest throttle");
+                    self.close(CloseCode::Policy, reason);
+                    return Delivery::DroppedClosing;
                 }
                 Some(ThrottleChange::Lowered(_)) | None => {}
             }
@@ -772,6 +848,7 @@ impl Session {
         if let Some(ThrottleChange::Lowered(level)) =
             self.throttle.handle_timeout(&self.config.throttle, now)
         {
+            self.stats.throttle_changes = self.stats.throttle_changes.saturating_add(1);
             self.push_control(&level.notice());
         }
     }
@@ -785,9 +862,21 @@ impl Session {
         self.actions.push_back(Action::Close { code, reason });
     }
 
+    /// A close reason that also says what the client lost since its last
+    /// message, since no later `message` will carry `dropped` (at most
+    /// 106 bytes: a close reason must fit in 123).
+    fn lost_reason(&self, why: &str) -> String {
+        format!(
+            "{why}; {} messages dropped after seq {}",
+            self.dropped,
+            self.next_seq - 1
+        )
+    }
+
     fn frame_len(&self, message: &Published, mark: MessageMark) -> usize {
         // Exact length of the head written by OutFrame::message.
         let head = match mark {
+            MessageMark::Live if self.dropped > 0 => 11 + decimal_len(u64::from(self.dropped)),
             MessageMark::Live => 0,
             MessageMark::Replayed => 16,
             MessageMark::Recovered => 17,
@@ -798,7 +887,11 @@ impl Session {
     fn send_message(&mut self, message: &Arc<Published>, mark: MessageMark) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let frame = OutFrame::message(seq, mark, message);
+        let dropped = match mark {
+            MessageMark::Live => std::mem::take(&mut self.dropped),
+            MessageMark::Replayed | MessageMark::Recovered => 0,
+        };
+        let frame = OutFrame::message(seq, mark, dropped, message);
         self.ring.push(seq, Arc::clone(message), frame.len());
         self.push_frame(frame);
         self.stats.delivered = self.stats.delivered.saturating_add(1);

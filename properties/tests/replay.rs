@@ -86,7 +86,7 @@ proptest! {
         let config = SessionConfig { outbound_queue_bytes: queue_bytes, ..SessionConfig::default() };
         let hard_bound = config.hard_queue_bytes();
         let id = ConnId { shard: ShardId(0), serial: 1 };
-        let mut session = Session::new(id, Arc::new(config), Instant::ZERO);
+        let mut session = Session::new(id, Arc::new(config), Instant::ZERO, None);
         let mut now = Instant::ZERO;
         let mut expected_seq = 1;
         let mut queued_seqs = Vec::new();
@@ -100,7 +100,7 @@ proptest! {
                     expected_seq += 1;
                     queued_seqs.push(seq);
                 }
-                Delivery::Closed => break,
+                Delivery::Closed | Delivery::DroppedClosing => break,
                 Delivery::Throttled | Delivery::QueueFull => {
                     prop_assert!(priority != Priority::Critical, "a critical message was dropped");
                 }

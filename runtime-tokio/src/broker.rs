@@ -28,6 +28,8 @@ pub struct Fetched {
     pub messages: Vec<Arc<Published>>,
     /// The stream sequence up to which the fetch is complete.
     pub last_sseq: u64,
+    /// The identity of the stream read (see [`Broker::epoch`]).
+    pub epoch: String,
 }
 
 /// Why a broker operation failed.
@@ -46,6 +48,11 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker is reachable now.
     fn connected(&self) -> bool;
+
+    /// The identity of the stream that sequences count in: a new one
+    /// whenever sequences may start over (an embedded broker's restart, a
+    /// JetStream stream deleted and created again). `None` until known.
+    fn epoch(&self) -> Option<String>;
 
     /// Publishes a message; resolves to its stream sequence.
     fn publish(

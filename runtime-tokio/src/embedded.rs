@@ -57,10 +57,29 @@ pub struct EmbeddedBroker {
     clock: Clock,
     /// Serialises publish so sequence order and dispatch order agree.
     order: tokio::sync::Mutex<()>,
+    /// Sequences start at 1 in every process: this names the run.
+    epoch: String,
+}
+
+/// An epoch for a broker starting now: the wall-clock start in
+/// milliseconds and 32 random bits, so two starts in the same millisecond
+/// still differ.
+pub fn fresh_epoch() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    // RandomState is seeded from the OS for each process.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(millis);
+    hasher.write_u32(std::process::id());
+    format!("e-{millis:x}-{:08x}", hasher.finish() as u32)
 }
 
 impl EmbeddedBroker {
-    pub fn new(hub: Hub, retention: Retention, clock: Clock) -> Self {
+    /// A broker whose stream is named `epoch` (see [`fresh_epoch`]; the
+    /// simulator passes one derived from its seed).
+    pub fn new(hub: Hub, retention: Retention, clock: Clock, epoch: String) -> Self {
         EmbeddedBroker {
             log: Mutex::new(Log {
                 entries: VecDeque::new(),
@@ -71,6 +90,7 @@ impl EmbeddedBroker {
             hub,
             clock,
             order: tokio::sync::Mutex::new(()),
+            epoch,
         }
     }
 
@@ -111,6 +131,7 @@ impl EmbeddedBroker {
             first_retained: log.entries.front().map(|(_, m)| m.sseq),
             messages,
             last_sseq: log.last_sseq,
+            epoch: self.epoch.clone(),
         }
     }
 }
@@ -122,6 +143,10 @@ impl Broker for EmbeddedBroker {
 
     fn connected(&self) -> bool {
         true
+    }
+
+    fn epoch(&self) -> Option<String> {
+        Some(self.epoch.clone())
     }
 
     fn publish(

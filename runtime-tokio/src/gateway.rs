@@ -133,6 +133,9 @@ impl Broker for NoBroker {
     fn connected(&self) -> bool {
         false
     }
+    fn epoch(&self) -> Option<String> {
+        None
+    }
     fn publish(
         &self,
         _: surge_core::subjects::Subject,
@@ -426,9 +429,7 @@ impl Gateway {
         let broker = self.ctx.broker();
         m.broker_connected.set(i64::from(broker.connected()));
         if let Some(answers) = &self.fd_exhaustion_answers {
-            let n = answers.load(std::sync::atomic::Ordering::Relaxed);
-            m.fd_exhaustion_answers
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            m.sync_fd_exhaustion_answers(answers.load(std::sync::atomic::Ordering::Relaxed));
         }
         m.encode()
     }

@@ -14,6 +14,7 @@ use prometheus_client::registry::Registry;
 use surge_core::admission::Refusal;
 use surge_core::handshake::RejectReason;
 use surge_core::protocol::CloseCode;
+use surge_core::session::SessionStats;
 use surge_core::throttle::ThrottleLevel;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,7 +75,9 @@ pub struct Metrics {
     pub cpu_percent: Gauge,
     pub memory_bytes: Gauge,
     pub accept_errors: Counter,
-    pub fd_exhaustion_answers: Gauge,
+    fd_exhaustion_answers: Counter,
+    /// The listener's own count, already added to `fd_exhaustion_answers`.
+    fd_exhaustion_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -259,10 +262,10 @@ impl Metrics {
             "accept() failures other than descriptor exhaustion",
             accept_errors.clone(),
         );
-        let fd_exhaustion_answers = Gauge::default();
+        let fd_exhaustion_answers = Counter::default();
         r.register(
             "fd_exhaustion_answers",
-            "Clients answered 503 with the spare descriptor because the file limit was reached (total since start)",
+            "Clients answered 503 with the spare descriptor because the file limit was reached",
             fd_exhaustion_answers.clone(),
         );
         Metrics {
@@ -297,6 +300,31 @@ impl Metrics {
             memory_bytes,
             accept_errors,
             fd_exhaustion_answers,
+            fd_exhaustion_seen: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Adds what a session counted between two snapshots of its stats:
+    /// the events only the session sees (error frames, rate-limit
+    /// refusals, replays, throttle level changes).
+    pub fn session_delta(&self, before: &SessionStats, after: &SessionStats) {
+        let delta = |a: u32, b: u32| u64::from(b.saturating_sub(a));
+        self.client_errors
+            .inc_by(delta(before.request_errors, after.request_errors));
+        self.rate_limited
+            .inc_by(delta(before.rate_limited, after.rate_limited));
+        self.replayed.inc_by(delta(before.replayed, after.replayed));
+        self.throttle_changes
+            .inc_by(delta(before.throttle_changes, after.throttle_changes));
+    }
+
+    /// Brings `surge_fd_exhaustion_answers_total` up to the listener's own
+    /// running count (kept by the listener, which knows no metrics).
+    pub fn sync_fd_exhaustion_answers(&self, total: u64) {
+        use std::sync::atomic::Ordering;
+        let seen = self.fd_exhaustion_seen.fetch_max(total, Ordering::Relaxed);
+        if total > seen {
+            self.fd_exhaustion_answers.inc_by(total - seen);
         }
     }
 

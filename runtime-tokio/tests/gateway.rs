@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use surge_core::protocol::Priority;
 use surge_core::subjects::Subject;
-use surge_runtime::embedded::{EmbeddedBroker, Retention};
+use surge_runtime::embedded::{EmbeddedBroker, Retention, fresh_epoch};
 use surge_runtime::tcp::{SocketTuning, TcpTransport};
 use surge_runtime::{Broker, Gateway, GatewayConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,7 +31,7 @@ async fn start(configure: impl FnOnce(&mut GatewayConfig)) -> Gateway {
         max_bytes: 1 << 20,
     };
     Gateway::start(&transport, config, |hub, clock| {
-        Arc::new(EmbeddedBroker::new(hub, retention, clock)) as Arc<dyn Broker>
+        Arc::new(EmbeddedBroker::new(hub, retention, clock, fresh_epoch())) as Arc<dyn Broker>
     })
     .await
     .expect("gateway starts")
@@ -188,9 +188,13 @@ async fn resume_recovers_missed_messages_then_continues_live() {
         );
     }
     let resumed = next_json(&mut ws).await;
+    let epoch = gw
+        .broker()
+        .epoch()
+        .expect("the embedded broker has an epoch");
     assert_eq!(
         resumed,
-        json!({"type":"resumed","channels":["x.even"],"last_sseq":10})
+        json!({"type":"resumed","channels":["x.even"],"last_sseq":10,"epoch":epoch})
     );
     publish(&gw, "x.even", json!(11)).await;
     let live = next_json(&mut ws).await;
@@ -204,6 +208,118 @@ async fn resume_recovers_missed_messages_then_continues_live() {
 
 /// Sends raw bytes and returns what the server wrote up to the end of its
 /// response head (a 101 leaves the connection open) or its close.
+/// The embedded broker starts its sequences over at every start. A client
+/// that resumes on the restarted gateway with a position from before (and
+/// the epoch it was given then) is told that its position is void, instead
+/// of being `resumed` as if nothing was missed.
+#[tokio::test]
+async fn resume_after_a_restart_reports_the_changed_epoch() {
+    let first = start(|_| {}).await;
+    let mut ws = connect(first.local_addr()).await;
+    let welcome = next_json(&mut ws).await;
+    let old_epoch = welcome["epoch"]
+        .as_str()
+        .expect("welcome has an epoch")
+        .to_owned();
+    assert_eq!(Some(old_epoch.clone()), first.broker().epoch());
+    subscribe(&mut ws, &["x.a"]).await;
+    let mut last = 0;
+    for i in 1..=8 {
+        last = publish(&first, "x.a", json!(i)).await;
+        assert_eq!(next_json(&mut ws).await["sseq"], last);
+    }
+    drop(ws);
+    first.shutdown(Duration::from_secs(2)).await;
+
+    let second = start(|_| {}).await;
+    let new_epoch = second.broker().epoch().expect("epoch");
+    assert_ne!(new_epoch, old_epoch, "a restart must change the epoch");
+    for i in 1..=3 {
+        publish(&second, "x.a", json!(i)).await;
+    }
+    let mut ws = connect(second.local_addr()).await;
+    assert_eq!(next_json(&mut ws).await["epoch"], new_epoch.as_str());
+    send(
+        &mut ws,
+        json!({"type":"resume","id":1,"channels":["x.a"],"since_sseq":last,"epoch":old_epoch}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type":"resume_gap","id":1,"epoch_changed":true,"oldest_sseq":1})
+    );
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type":"resumed","id":1,"channels":["x.a"],"last_sseq":3,"epoch":new_epoch})
+    );
+    // Subscribed: live traffic follows.
+    publish(&second, "x.a", json!(4)).await;
+    let live = next_json(&mut ws).await;
+    assert_eq!(
+        (live["seq"].as_u64(), live["sseq"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_eq!(metric(&second, "surge_resume_gaps_total"), 1.0);
+    second.shutdown(Duration::from_secs(2)).await;
+}
+
+/// The value of the metric line that starts with `name` (labels included
+/// in `name` when the metric has them).
+fn metric(gw: &Gateway, name: &str) -> f64 {
+    gw.metrics_text()
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Events only a session sees (error frames, rate-limit refusals, replays)
+/// reach their counters, with the values the client observed.
+#[tokio::test]
+async fn session_events_move_their_counters() {
+    let gw = start(|c| {
+        c.session.client_rate_per_sec = 1;
+        c.session.client_burst = 20;
+    })
+    .await;
+    let mut ws = client(gw.local_addr()).await;
+    subscribe(&mut ws, &["t.x"]).await;
+    for i in 0..3 {
+        publish(&gw, "t.x", json!(i)).await;
+        assert_eq!(next_json(&mut ws).await["type"], "message");
+    }
+    send(&mut ws, json!({"type":"replay","from_seq":1,"to_seq":3})).await;
+    for _ in 0..3 {
+        assert_eq!(next_json(&mut ws).await["replayed"], true);
+    }
+    assert_eq!(next_json(&mut ws).await["type"], "replay_done");
+    assert_eq!(metric(&gw, "surge_messages_replayed_total"), 3.0);
+
+    let (mut errors, mut rate_limited) = (0u32, 0u32);
+    for i in 0..11 {
+        send(&mut ws, json!({"type":"dance","id":i})).await;
+    }
+    // The bucket (burst 20, 1/s) runs dry during these.
+    for _ in 0..20 {
+        send(&mut ws, json!({"type":"ping"})).await;
+    }
+    for _ in 0..31 {
+        let f = next_json(&mut ws).await;
+        if f["type"] == "error" {
+            errors += 1;
+            rate_limited += u32::from(f["code"] == "rate_limited");
+        }
+    }
+    assert!(rate_limited > 0, "the limit never bit");
+    assert!(errors >= 11 + rate_limited);
+    assert_eq!(metric(&gw, "surge_client_errors_total"), f64::from(errors));
+    assert_eq!(
+        metric(&gw, "surge_client_rate_limited_total"),
+        f64::from(rate_limited)
+    );
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
 async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(request).await.expect("write");
@@ -458,6 +574,7 @@ async fn a_client_that_stops_reading_gets_the_rest_when_it_reads_again() {
     // the last (critical) one or, if the throttle gave up on the client
     // first, the 1008 close queued behind them.
     let (mut seqs, mut sseqs) = (Vec::new(), Vec::new());
+    let (mut notices, mut told_dropped, mut prev_sseq) = (0.0, 0u64, 0u64);
     loop {
         let frame = tokio::time::timeout(WAIT, ws.next())
             .await
@@ -468,17 +585,40 @@ async fn a_client_that_stops_reading_gets_the_rest_when_it_reads_again() {
             Message::Text(t) => serde_json::from_str(t.as_str()).expect("JSON"),
             Message::Close(Some(close)) => {
                 assert_eq!(u16::from(close.code), 1008, "{close:?}");
+                // No later message can carry `dropped`: the reason says
+                // what was lost after the last one delivered.
+                let reason = close.reason.as_str();
+                let lost: u64 = reason
+                    .split("; ")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next()?.parse().ok())
+                    .unwrap_or_else(|| panic!("no count in {reason:?}"));
+                assert!(
+                    reason.ends_with(&format!("after seq {}", seqs.last().copied().unwrap_or(0))),
+                    "{reason}"
+                );
+                told_dropped += lost;
                 break;
             }
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("unexpected frame {other:?}"),
         };
+        if m["type"] == "throttle_update" {
+            notices += 1.0;
+        }
         if m["type"] != "message" {
-            continue; // throttle notices
+            continue;
         }
         seqs.push(m["seq"].as_u64().expect("seq"));
         let sseq = m["sseq"].as_u64().expect("sseq");
         sseqs.push(sseq);
+        // Every publish was on t.x: the messages skipped before this one
+        // are exactly the stream sequences between the two deliveries, and
+        // the client is told how many.
+        let dropped = m["dropped"].as_u64().unwrap_or(0);
+        assert_eq!(dropped, sseq - prev_sseq - 1, "dropped on {m}");
+        told_dropped += dropped;
+        prev_sseq = sseq;
         if sseq == last {
             break;
         }
@@ -492,6 +632,12 @@ async fn a_client_that_stops_reading_gets_the_rest_when_it_reads_again() {
         "the queue never filled: the socket never blocked"
     );
     assert!(seqs.len() < 4001, "everything arrived: nothing was dropped");
+    assert!(told_dropped > 0, "the client was never told of its losses");
+    // The counters agree with what the client was told.
+    let counted = dropped(&gw) + metric(&gw, "surge_messages_dropped_total{reason=\"throttled\"}");
+    assert!(counted >= told_dropped as f64, "{counted} < {told_dropped}");
+    assert!(notices > 0.0, "no throttle_update arrived");
+    assert!(metric(&gw, "surge_throttle_changes_total") >= notices);
     gw.shutdown(Duration::from_secs(2)).await;
 }
 

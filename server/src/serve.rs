@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use surge_core::admission::ResourceSample;
 use surge_core::config::{Config, LogFormat};
-use surge_runtime::embedded::{EmbeddedBroker, Retention};
+use surge_runtime::embedded::{EmbeddedBroker, Retention, fresh_epoch};
 use surge_runtime::tcp::{SocketTuning, TcpTransport};
 use surge_runtime::{Broker, Gateway, GatewayConfig};
 
@@ -126,7 +126,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let gateway = Gateway::start(&transport, gateway_config, |hub, clock| match nats {
         Some(bridge) => bridge.attach(hub, clock) as Arc<dyn Broker>,
-        None => Arc::new(EmbeddedBroker::new(hub, retention, clock)) as Arc<dyn Broker>,
+        None => {
+            Arc::new(EmbeddedBroker::new(hub, retention, clock, fresh_epoch())) as Arc<dyn Broker>
+        }
     })
     .await
     .with_context(|| format!("cannot listen on {} (SURGE_LISTEN)", config.listen))?;

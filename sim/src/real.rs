@@ -123,7 +123,12 @@ pub async fn burst(spec: BurstSpec) -> io::Result<BurstResult> {
     config.backlog = spec.backlog;
     config.handshake.timeout = spec.timeout + Duration::from_secs(5);
     let gateway = Gateway::start(&transport, config, |hub, clock| {
-        Arc::new(EmbeddedBroker::new(hub, retention(), clock)) as Arc<dyn Broker>
+        Arc::new(EmbeddedBroker::new(
+            hub,
+            retention(),
+            clock,
+            "calibrate".into(),
+        )) as Arc<dyn Broker>
     })
     .await?;
     let target = gateway.local_addr();

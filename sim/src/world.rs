@@ -245,8 +245,10 @@ pub fn install_gateway(
             );
             let net = transport.shared();
             let retention = spec.retention;
+            // Deterministic, and new at every start like a real restart's.
+            let epoch = format!("sim-{}", slot.starts.get() + 1);
             let gateway = Gateway::start(&transport, spec.config.clone(), move |hub, clock| {
-                Arc::new(EmbeddedBroker::new(hub, retention, clock)) as Arc<dyn Broker>
+                Arc::new(EmbeddedBroker::new(hub, retention, clock, epoch)) as Arc<dyn Broker>
             })
             .await?;
             let gateway = Arc::new(gateway);

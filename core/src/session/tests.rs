@@ -14,11 +14,12 @@ fn id() -> ConnId {
 }
 
 fn session(config: SessionConfig) -> Session {
-    let mut s = Session::new(id(), Arc::new(config), ms(0));
+    let mut s = Session::new(id(), Arc::new(config), ms(0), Some("e1"));
     let welcome = frames(&mut s);
     assert_eq!(welcome.len(), 1);
     assert_eq!(welcome[0]["type"], "welcome");
     assert_eq!(welcome[0]["conn_id"], "0-7");
+    assert_eq!(welcome[0]["epoch"], "e1");
     s
 }
 
@@ -70,9 +71,15 @@ fn frame_length_arithmetic_matches_the_encoder() {
     ] {
         assert_eq!(
             s.frame_len(&m, mark),
-            OutFrame::message(s.next_seq(), mark, &m).len()
+            OutFrame::message(s.next_seq(), mark, 0, &m).len()
         );
     }
+    let mut s = s;
+    s.dropped = 123;
+    assert_eq!(
+        s.frame_len(&m, MessageMark::Live),
+        OutFrame::message(s.next_seq(), MessageMark::Live, 123, &m).len()
+    );
     assert_eq!(decimal_len(0), 1);
     assert_eq!(decimal_len(9), 1);
     assert_eq!(decimal_len(10), 2);
@@ -116,6 +123,8 @@ fn invalid_channels_are_named_and_nothing_is_applied() {
         message.contains("bad..x") && message.contains("a.>.b"),
         "{message}"
     );
+    assert!(message.contains("nothing was subscribed"), "{message}");
+    assert!(!message.contains("ok.one"), "{message}");
     assert_eq!(s.subscriptions().count(), 0);
 }
 
@@ -229,7 +238,7 @@ fn slow_client_is_throttled_then_disconnected_and_critical_always_goes() {
             // Critical messages get through whatever the level.
             let c = s.deliver(&published("a.b", 1000 + sseq, Priority::Critical), ms(sseq));
             assert!(
-                matches!(c, Delivery::Queued(_) | Delivery::Closed),
+                matches!(c, Delivery::Queued(_) | Delivery::DroppedClosing),
                 "critical: {c:?}"
             );
         }
@@ -248,12 +257,78 @@ fn slow_client_is_throttled_then_disconnected_and_critical_always_goes() {
             ..
         })
     ));
-    let notices: Vec<u64> = frames(&mut s)
+    let out = frames(&mut s);
+    let notices: Vec<u64> = out
         .iter()
         .filter(|f| f["type"] == "throttle_update")
         .map(|f| f["level"].as_u64().expect("level"))
         .collect();
     assert_eq!(notices, [1, 2, 3]);
+    assert_eq!(s.stats().throttle_changes, 3);
+    // Every message the client did not get is accounted for: the `dropped`
+    // on the messages it did get add up to what the session skipped
+    // (minus what was skipped after its last delivery).
+    let told: u64 = out.iter().filter_map(|f| f["dropped"].as_u64()).sum();
+    let skipped = u64::from(s.stats().throttled + s.stats().queue_full);
+    assert!(
+        told > 0 && told <= skipped,
+        "told {told}, skipped {skipped}"
+    );
+    assert_eq!(told + u64::from(s.dropped), skipped);
+}
+
+#[test]
+fn the_next_message_after_drops_says_how_many_were_dropped() {
+    let mut s = session(SessionConfig {
+        outbound_queue_bytes: 100,
+        ..SessionConfig::default()
+    });
+    // The first fits, the others do not (queue full): nothing is written.
+    let outcomes: Vec<Delivery> = (1..=5)
+        .map(|sseq| s.deliver(&published("a.b", sseq, Priority::Medium), ms(0)))
+        .collect();
+    assert_eq!(outcomes[0], Delivery::Queued(1));
+    assert!(
+        outcomes[1..].iter().all(|d| *d == Delivery::QueueFull),
+        "{outcomes:?}"
+    );
+    let first = frames(&mut s);
+    let messages: Vec<&Value> = first.iter().filter(|f| f["type"] == "message").collect();
+    assert!(messages.iter().all(|f| f.get("dropped").is_none()));
+    // The client catches up; the next live message carries the count,
+    // whatever the throttle did meanwhile, and the one after it does not.
+    let mut next = 6;
+    let carried = loop {
+        let d = s.deliver(&published("a.b", next, Priority::Medium), ms(next));
+        next += 1;
+        if let Delivery::Queued(_) = d {
+            let f = frames(&mut s);
+            let m = f.iter().find(|f| f["type"] == "message").expect("message");
+            break m["dropped"].as_u64().expect("dropped present");
+        }
+        frames(&mut s);
+    };
+    let skipped = u64::from(s.stats().throttled + s.stats().queue_full);
+    assert_eq!(carried, skipped);
+    assert!(carried >= 3);
+    s.deliver(&published("a.b", next, Priority::Critical), ms(next));
+    let f = frames(&mut s);
+    assert!(f[0].get("dropped").is_none(), "{}", f[0]);
+}
+
+#[test]
+fn replayed_and_recovered_frames_never_carry_dropped() {
+    let mut s = session(SessionConfig {
+        outbound_queue_bytes: 100,
+        ..SessionConfig::default()
+    });
+    for sseq in 1..=4 {
+        s.deliver(&published("a.b", sseq, Priority::Medium), ms(0));
+    }
+    frames(&mut s);
+    let out = request(&mut s, r#"{"type":"replay","from_seq":1,"to_seq":2}"#);
+    assert!(out.iter().all(|f| f.get("dropped").is_none()), "{out:?}");
+    assert!(s.dropped > 0, "still owed to the next live message");
 }
 
 #[test]
@@ -354,6 +429,7 @@ fn resume_recovers_then_dedupes_the_live_seam() {
         subscribe,
         patterns,
         since_sseq,
+        ..
     }) = s.poll_action()
     else {
         panic!("resume action expected");
@@ -368,7 +444,7 @@ fn resume_recovers_then_dedupes_the_live_seam() {
             Delivery::Held
         );
     }
-    s.resume_gap(11);
+    assert_eq!(s.resume_fetched("e1", Some(11), 14), Recovery::Feed);
     for (subject, sseq) in [("a.b", 11), ("a.b", 12), ("a.c", 14)] {
         s.recover(&published(subject, sseq, Priority::Medium))
             .expect("room");
@@ -406,7 +482,6 @@ fn resume_recovers_then_dedupes_the_live_seam() {
     assert_eq!(
         summary,
         [
-            "resume_gap",
             "seq 1 sseq 11 recovered",
             "seq 2 sseq 12 recovered",
             "seq 3 sseq 14 recovered",
@@ -417,8 +492,75 @@ fn resume_recovers_then_dedupes_the_live_seam() {
         .map(String::from)
         .to_vec()
     );
-    assert_eq!(out[4]["last_sseq"], 14);
-    assert_eq!(out[4]["id"], "r");
+    assert_eq!(out[3]["last_sseq"], 14);
+    assert_eq!(out[3]["id"], "r");
+    assert_eq!(out[3]["epoch"], "e1");
+}
+
+#[test]
+fn resume_past_expired_messages_reports_the_gap_first() {
+    let mut s = session(SessionConfig::default());
+    request(
+        &mut s,
+        r#"{"type":"resume","channels":["a.b"],"since_sseq":10,"epoch":"e1"}"#,
+    );
+    assert_eq!(s.resume_fetched("e1", Some(15), 16), Recovery::Feed);
+    for sseq in [15, 16] {
+        s.recover(&published("a.b", sseq, Priority::Medium))
+            .expect("room");
+    }
+    s.resume_complete(16, ms(2));
+    let out = frames(&mut s);
+    let kinds: Vec<&str> = out
+        .iter()
+        .map(|f| f["type"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(kinds, ["resume_gap", "message", "message", "resumed"]);
+    assert_eq!(out[0]["oldest_sseq"], 15);
+    assert!(out[0].get("epoch_changed").is_none(), "{}", out[0]);
+}
+
+/// A client resuming with a position from another stream (the embedded
+/// broker restarted, or the JetStream stream was recreated) is told its
+/// position means nothing here, and recovers nothing.
+#[test]
+fn resume_with_another_epoch_recovers_nothing_and_says_so() {
+    let mut s = session(SessionConfig::default());
+    request(
+        &mut s,
+        r#"{"type":"resume","id":4,"channels":["a.b"],"since_sseq":800,"epoch":"old"}"#,
+    );
+    assert!(s.is_resuming());
+    assert_eq!(s.resume_fetched("new", Some(1), 3), Recovery::Skip);
+    s.resume_complete(3, ms(2));
+    // Live traffic after the stream position flows normally.
+    assert_eq!(
+        s.deliver(&published("a.b", 4, Priority::Medium), ms(3)),
+        Delivery::Queued(1)
+    );
+    let out = frames(&mut s);
+    assert_eq!(out[0]["type"], "resume_gap");
+    assert_eq!(out[0]["epoch_changed"], true);
+    assert_eq!(out[0]["oldest_sseq"], 1);
+    assert_eq!(out[0]["id"], 4);
+    assert_eq!(out[1]["type"], "resumed");
+    assert_eq!(out[1]["last_sseq"], 3);
+    assert_eq!(out[1]["epoch"], "new");
+    assert_eq!(out[2]["sseq"], 4);
+    assert_eq!(out.len(), 3);
+    assert!(s.subscriptions().any(|p| p.as_str() == "a.b"));
+}
+
+#[test]
+fn epoch_changed_gap_points_past_an_empty_stream() {
+    let mut s = session(SessionConfig::default());
+    request(
+        &mut s,
+        r#"{"type":"resume","channels":["a.b"],"since_sseq":5,"epoch":"old"}"#,
+    );
+    assert_eq!(s.resume_fetched("new", None, 0), Recovery::Skip);
+    let out = frames(&mut s);
+    assert_eq!(out[0]["oldest_sseq"], 1);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use surge_core::frame::{
     ping_frame_into, pong_frame_into, text_frame_into,
 };
 use surge_core::protocol::{CloseCode, OutFrame, Published};
-use surge_core::session::{Action, Session, resume_gap};
+use surge_core::session::{Action, Recovery, Session, resume_gap};
 use surge_core::subjects::SubscriptionIndex;
 use tokio::sync::mpsc;
 
@@ -252,12 +252,21 @@ impl<K> Link<K> {
         };
         match result {
             Ok(fetched) => {
-                if let Some(oldest) = resume_gap(since, fetched.first_retained, fetched.last_sseq) {
+                let gap = resume_gap(since, fetched.first_retained, fetched.last_sseq).is_some();
+                let recovery = self.session.resume_fetched(
+                    &fetched.epoch,
+                    fetched.first_retained,
+                    fetched.last_sseq,
+                );
+                let messages = match recovery {
+                    Recovery::Feed => fetched.messages,
+                    Recovery::Skip => Vec::new(),
+                };
+                if gap || recovery == Recovery::Skip {
                     parts.ctx.metrics.resume_gaps.inc();
-                    self.session.resume_gap(oldest);
                 }
                 self.resume = Some(Box::new(Resume::Feeding {
-                    messages: fetched.messages,
+                    messages,
                     next: 0,
                     last_sseq: fetched.last_sseq,
                 }));

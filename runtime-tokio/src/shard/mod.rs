@@ -323,7 +323,13 @@ impl<P: Poller> ShardState<P> {
             return;
         };
         let now = ctx.clock.now();
-        let mut session = Session::new(live.id(), Arc::clone(&ctx.session_config), now);
+        let epoch = ctx.broker().epoch();
+        let mut session = Session::new(
+            live.id(),
+            Arc::clone(&ctx.session_config),
+            now,
+            epoch.as_deref(),
+        );
         // The gateway raises the flag before it sends `Shutdown`, so a
         // connection handed over after the sweep is closed here.
         if *ctx.shutdown.borrow() {
@@ -331,7 +337,9 @@ impl<P: Poller> ShardState<P> {
         }
         let mut link = Link::new(socket, session, response, live);
         if !leftover.is_empty() {
+            let before = link.session.stats();
             link.on_leftover(&leftover, &ctx, now);
+            ctx.metrics.session_delta(&before, &link.session.stats());
         }
         entry.insert(link);
         ctx.metrics.connections.inc();
@@ -366,7 +374,12 @@ impl<P: Poller> ShardState<P> {
             read_buf: &mut self.read_buf,
             scratch: &mut self.scratch,
         };
-        match f(link, &mut parts) {
+        let before = link.session.stats();
+        let flow = f(link, &mut parts);
+        self.ctx
+            .metrics
+            .session_delta(&before, &link.session.stats());
+        match flow {
             Flow::Keep => self.schedule(token),
             Flow::Again => {
                 self.ready.push_back(token);
@@ -431,6 +444,7 @@ impl<P: Poller> ShardState<P> {
                 let Some(link) = self.links.get_mut(token) else {
                     continue;
                 };
+                let level = link.session.throttle_level();
                 let wake = match link.session.deliver(message, now) {
                     Delivery::Queued(_) => {
                         tally.delivered += 1;
@@ -442,12 +456,17 @@ impl<P: Poller> ShardState<P> {
                     }
                     Delivery::QueueFull => {
                         tally.queue_full += 1;
+                        tally.throttle_changes += u64::from(link.session.throttle_level() != level);
                         // A throttle notice may have been queued.
                         true
                     }
                     Delivery::Duplicate => {
                         tally.duplicates += 1;
                         false
+                    }
+                    Delivery::DroppedClosing => {
+                        tally.queue_full += 1;
+                        true
                     }
                     Delivery::Closed => true,
                     Delivery::Held => false,
@@ -473,6 +492,7 @@ impl<P: Poller> ShardState<P> {
         m.dropped("throttled").inc_by(tally.throttled);
         m.dropped("queue_full").inc_by(tally.queue_full);
         m.deduplicated.inc_by(tally.duplicates);
+        m.throttle_changes.inc_by(tally.throttle_changes);
     }
 
     /// Puts the link's next deadline in the timer queue if it is earlier
@@ -543,6 +563,7 @@ struct Tally {
     throttled: u64,
     queue_full: u64,
     duplicates: u64,
+    throttle_changes: u64,
 }
 
 #[cfg(test)]

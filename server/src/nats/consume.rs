@@ -134,6 +134,7 @@ impl LiveConsumer {
     /// sequence, and its message stream.
     async fn open(&mut self) -> Result<(String, Messages), String> {
         let stream = stream::current(&self.link.js, &self.link.spec).await?;
+        self.link.note_stream(&stream);
         let last = stream.cached_info().state.last_sequence;
         if last < self.last_dispatched {
             // Sequences only grow, so the stream was deleted or reset.

@@ -116,11 +116,13 @@ async fn fetch_within(
         .get_stream(&link.spec.name)
         .await
         .map_err(|e| unavailable("reading the stream", e))?;
+    let epoch = link.note_stream(&stream);
     let state = &stream.cached_info().state;
     let mut fetched = Fetched {
         first_retained: (state.messages > 0).then_some(state.first_sequence),
         messages: Vec::new(),
         last_sseq: state.last_sequence,
+        epoch,
     };
     if since >= fetched.last_sseq {
         return Ok(fetched);

@@ -141,6 +141,18 @@ pub struct Link {
     /// The stream's subjects as patterns (they are validated NATS subjects).
     subjects: Vec<Pattern>,
     events: Arc<LinkEvents>,
+    /// The stream's identity, from its creation time, as last read.
+    epoch: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// A stream's epoch: its name and creation time, so a stream deleted and
+/// created again (sequences restarting at 1) is told apart from the old one.
+fn stream_epoch(info: &async_nats::jetstream::stream::Info) -> String {
+    format!(
+        "js-{}-{:x}",
+        info.config.name,
+        info.created.unix_timestamp_nanos()
+    )
 }
 
 /// Delay before reconnect attempt `attempts` (1-based): immediately, then
@@ -212,7 +224,10 @@ impl Link {
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(API_TIMEOUT);
         let spec = StreamSpec::from_config(config);
-        let (_, ensured) = stream::ensure(&js, &spec, config.js_update_stream).await?;
+        let (stream, ensured) = stream::ensure(&js, &spec, config.js_update_stream).await?;
+        let epoch = Arc::new(std::sync::Mutex::new(Some(stream_epoch(
+            stream.cached_info(),
+        ))));
         let subjects = spec
             .subjects
             .iter()
@@ -225,9 +240,28 @@ impl Link {
                 spec,
                 subjects,
                 events,
+                epoch,
             },
             ensured,
         ))
+    }
+
+    /// Records the epoch of the stream as just read.
+    fn note_stream(&self, stream: &async_nats::jetstream::stream::Stream) -> String {
+        let epoch = stream_epoch(stream.cached_info());
+        let mut current = self.epoch.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_deref() != Some(epoch.as_str()) {
+            if let Some(old) = current.as_deref() {
+                tracing::warn!(stream = %self.spec.name, old, new = %epoch, "the stream was created again: clients' positions in the old one are void");
+            }
+            *current = Some(epoch.clone());
+        }
+        epoch
+    }
+
+    /// The epoch of the stream as last read.
+    pub fn epoch(&self) -> Option<String> {
+        self.epoch.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether the client holds a live connection to a server now.
@@ -306,16 +340,44 @@ fn priority_of(headers: Option<&HeaderMap>) -> Priority {
 /// stream fails the start) and consuming (once the gateway's hub exists).
 #[derive(Debug)]
 pub struct NatsBridge {
-    link: Link,
-    /// Live consumption starts after this stream sequence: the stream's
-    /// end at start. Older messages are for `resume`, not for live clients.
-    start_after: u64,
-    broker_rate: u32,
+    /// `None` when NATS could not be reached at start: the gateway starts
+    /// anyway and the bridge keeps connecting in the background.
+    ready: Option<(Link, u64)>,
+    config: Config,
+}
+
+/// Delay before background connection attempt `attempt` (1-based) when
+/// NATS was unreachable at start: 100 ms doubling to 5 s.
+fn connect_retry_delay(attempt: u32) -> Duration {
+    (Duration::from_millis(100) * 2u32.pow(attempt.saturating_sub(1).min(6)))
+        .min(Duration::from_secs(5))
 }
 
 impl NatsBridge {
-    /// Connects and ensures the stream.
+    /// Connects and ensures the stream. NATS not answering is not an
+    /// error (the gateway starts, not ready, and connects with backoff);
+    /// a configuration NATS refuses (credentials, a mismatched stream) is.
     pub async fn prepare(config: &Config) -> Result<NatsBridge, NatsError> {
+        match Self::connect(config).await {
+            Ok(ready) => Ok(NatsBridge {
+                ready: Some(ready),
+                config: config.clone(),
+            }),
+            Err(e @ NatsError::Connect { .. }) => {
+                tracing::warn!(error = %e, "NATS is not reachable; starting without it and connecting in the background");
+                Ok(NatsBridge {
+                    ready: None,
+                    config: config.clone(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One attempt: the link and the stream sequence live consumption
+    /// starts after (the stream's end now: older messages are for
+    /// `resume`, not for live clients).
+    async fn connect(config: &Config) -> Result<(Link, u64), NatsError> {
         let (link, ensured) = Link::open(config).await?;
         let stream =
             link.js
@@ -326,42 +388,74 @@ impl NatsBridge {
                     reason: e.to_string(),
                 })?;
         let start_after = stream.cached_info().state.last_sequence;
-        tracing::info!(stream = %link.spec.name, ?ensured, start_after, "NATS JetStream ready");
-        Ok(NatsBridge {
-            link,
-            start_after,
-            broker_rate: config.broker_rate,
-        })
+        tracing::info!(stream = %link.spec.name, ?ensured, start_after, epoch = ?link.epoch(), "NATS JetStream ready");
+        Ok((link, start_after))
     }
 
-    /// Starts consuming into `hub` and returns the gateway's broker.
+    /// Starts consuming into `hub` (once connected) and returns the
+    /// gateway's broker.
     pub fn attach(self, hub: Hub, clock: Clock) -> Arc<NatsBroker> {
-        let _ = self.link.events.metrics.set(Arc::clone(hub.metrics()));
+        let shared = Arc::new(OnceLock::new());
         let (paused_tx, paused_rx) = watch::channel(false);
-        let last_dispatched = Arc::new(AtomicU64::new(self.start_after));
-        let consumer = consume::LiveConsumer {
-            link: self.link.clone(),
-            hub,
-            clock,
-            rate: self.broker_rate,
-            paused: paused_rx,
-            last_dispatched: self.start_after,
-            shared_last: Arc::clone(&last_dispatched),
+        let last_dispatched = Arc::new(AtomicU64::new(0));
+        let task = {
+            let shared = Arc::clone(&shared);
+            let last_dispatched = Arc::clone(&last_dispatched);
+            let NatsBridge { ready, config } = self;
+            tokio::spawn(async move {
+                let (link, start_after) = match ready {
+                    Some(ready) => ready,
+                    None => Self::connect_with_backoff(&config).await,
+                };
+                let _ = link.events.metrics.set(Arc::clone(hub.metrics()));
+                last_dispatched.store(start_after, Ordering::Relaxed);
+                let _ = shared.set(link.clone());
+                let consumer = consume::LiveConsumer {
+                    link,
+                    hub,
+                    clock,
+                    rate: config.broker_rate,
+                    paused: paused_rx,
+                    last_dispatched: start_after,
+                    shared_last: last_dispatched,
+                };
+                consumer.run().await;
+            })
         };
-        let task = tokio::spawn(consumer.run());
         Arc::new(NatsBroker {
-            link: self.link,
+            link: shared,
             paused: paused_tx,
             last_dispatched,
             task,
         })
+    }
+
+    /// Tries until NATS answers and the stream is usable, logging each
+    /// failed attempt.
+    async fn connect_with_backoff(config: &Config) -> (Link, u64) {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match Self::connect(config).await {
+                Ok(ready) => {
+                    tracing::info!(attempt, "NATS reached");
+                    return ready;
+                }
+                Err(e) => {
+                    let delay = connect_retry_delay(attempt);
+                    tracing::warn!(attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "NATS connection attempt failed");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 }
 
 /// The gateway's broker when NATS is configured.
 #[derive(Debug)]
 pub struct NatsBroker {
-    link: Link,
+    /// Set once NATS has been reached and the stream ensured.
+    link: Arc<OnceLock<Link>>,
     paused: watch::Sender<bool>,
     last_dispatched: Arc<AtomicU64>,
     task: JoinHandle<()>,
@@ -371,6 +465,12 @@ impl NatsBroker {
     /// The last stream sequence handed to the hub.
     pub fn last_dispatched(&self) -> u64 {
         self.last_dispatched.load(Ordering::Relaxed)
+    }
+
+    fn link(&self) -> Result<&Link, BrokerError> {
+        self.link.get().ok_or_else(|| {
+            BrokerError::Unavailable("NATS has not been reached since the start".into())
+        })
     }
 }
 
@@ -386,7 +486,11 @@ impl Broker for NatsBroker {
     }
 
     fn connected(&self) -> bool {
-        self.link.connected()
+        self.link.get().is_some_and(Link::connected)
+    }
+
+    fn epoch(&self) -> Option<String> {
+        self.link.get().and_then(Link::epoch)
     }
 
     fn publish(
@@ -395,7 +499,7 @@ impl Broker for NatsBroker {
         data: Bytes,
         priority: Priority,
     ) -> BoxFuture<'_, Result<u64, BrokerError>> {
-        Box::pin(async move { self.link.publish(&subject, data, priority).await })
+        Box::pin(async move { self.link()?.publish(&subject, data, priority).await })
     }
 
     fn fetch(
@@ -403,7 +507,7 @@ impl Broker for NatsBroker {
         patterns: Vec<Pattern>,
         since_sseq: u64,
     ) -> BoxFuture<'_, Result<Fetched, BrokerError>> {
-        Box::pin(fetch::fetch(&self.link, patterns, since_sseq))
+        Box::pin(async move { fetch::fetch(self.link()?, patterns, since_sseq).await })
     }
 
     fn set_paused(&self, paused: bool) {
@@ -438,6 +542,17 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(PRIORITY_HEADER, "urgent");
         assert_eq!(priority_of(Some(&h)), Priority::Medium);
+    }
+
+    #[test]
+    fn start_without_nats_retries_from_100_ms_to_5_s() {
+        let delays: Vec<u64> = (1..=9)
+            .map(|a| connect_retry_delay(a).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            vec![100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
+        );
     }
 
     #[test]
