@@ -44,6 +44,7 @@ struct RunArgs {
 
 #[derive(Args, Clone)]
 struct SoakArgs {
+    /// The scenario to soak (see `surge-sim list`).
     #[arg(long)]
     scenario: Scenario,
     /// How many seeds to try.
@@ -84,19 +85,23 @@ struct CalibrateArgs {
     seed: u64,
 }
 
-/// Every scenario parameter; unset ones take the profile's default.
+/// Every scenario parameter; unset ones take the profile's default. Each
+/// scenario reads only some of them and prints those it used.
 #[derive(Args, Clone)]
 struct ParamArgs {
+    /// Seed of the run: arrivals, latencies and losses follow from it (soak uses --first instead).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// seed (the seed system's set-up) or surge (surge's defaults).
     #[arg(long, default_value = "surge")]
     profile: Profile,
+    /// Simulated clients that connect.
     #[arg(long)]
     clients: Option<u32>,
     /// New connections per second.
     #[arg(long)]
     rate: Option<f64>,
+    /// Listen backlog the gateway requests (the kernel caps it at somaxconn 4096).
     #[arg(long)]
     backlog: Option<u32>,
     /// Accept path: time per accepted connection.
@@ -108,16 +113,19 @@ struct ParamArgs {
     /// Client deadline for connect + upgrade.
     #[arg(long)]
     timeout: Option<Dur>,
+    /// The gateway's deadline for a client to finish its upgrade request.
     #[arg(long)]
     handshake_timeout: Option<Dur>,
     /// Upgrade path: work per handshake on a shared worker.
     #[arg(long)]
     upgrade_time: Option<Dur>,
+    /// Upgrade path: extra work per handshake for each connection held.
     #[arg(long)]
     upgrade_per_conn: Option<Dur>,
     /// Max live connections over all shards.
     #[arg(long)]
     capacity: Option<u32>,
+    /// Gateway shards the capacity is split over.
     #[arg(long)]
     shards: Option<u32>,
     /// Client hosts.
@@ -132,29 +140,40 @@ struct ParamArgs {
     /// Message loss probability per link.
     #[arg(long)]
     loss: Option<f64>,
+    /// slow_consumers: share of clients that read slowly (0 to 1).
     #[arg(long)]
     slow_fraction: Option<f64>,
+    /// slow_consumers: a slow client's pause between two reads.
     #[arg(long)]
     slow_read: Option<Dur>,
+    /// slow_consumers, broker_outage: messages the publisher sends.
     #[arg(long)]
     messages: Option<u32>,
+    /// slow_consumers, broker_outage: messages the publisher sends per second.
     #[arg(long)]
     publish_rate: Option<f64>,
+    /// slow_consumers, broker_outage: every n-th message is critical (0: none).
     #[arg(long)]
     critical_every: Option<u32>,
+    /// broker_outage, reconnect_storm: when the fault starts.
     #[arg(long)]
     fault_at: Option<Dur>,
+    /// broker_outage, reconnect_storm: how long the fault lasts.
     #[arg(long)]
     fault_for: Option<Dur>,
-    /// partition or crash.
+    /// broker_outage: partition or crash.
     #[arg(long)]
     outage: Option<OutageMode>,
+    /// broker_outage: share of clients that leave during the outage and come back with resume.
     #[arg(long)]
     resume_fraction: Option<f64>,
+    /// reconnect_storm: the clients' first reconnect backoff (doubled, jittered).
     #[arg(long)]
     backoff: Option<Dur>,
+    /// reconnect_storm: the longest reconnect backoff.
     #[arg(long)]
     backoff_cap: Option<Dur>,
+    /// reconnect_storm: every client must be back within this.
     #[arg(long)]
     recover_within: Option<Dur>,
 }
