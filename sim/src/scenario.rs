@@ -56,7 +56,7 @@ impl Scenario {
                 "check-then-acquire across an await over-admits (seed 002); surge's atomic admission never exceeds a shard's capacity and leaks no slot"
             }
             Scenario::HandshakeTimeout => {
-                "a slow upgrade path fails clients with a 5 s timeout but not with 10 s (seed 004: 97.1 % vs 100 %); surge's upgrade stays fast"
+                "a slow upgrade path fails clients with a 5 s timeout but not with 10 s (seed 004: 97.1 % vs 100 %); surge's upgrade stays fast (accept is kept fast in both profiles, so only the upgrade is measured; the gateway's own handshake timeout is raised above both client deadlines)"
             }
             Scenario::CapacityCeiling => {
                 "past capacity every client gets a prompt 503 with Retry-After, never a timeout (the seed timed out at its memory ceiling)"

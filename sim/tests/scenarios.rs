@@ -169,6 +169,41 @@ fn handshake_timeout_depends_on_the_client_deadline_under_the_seed_profile() {
     assert_eq!(figure(&surge, "success_short"), 100.0);
 }
 
+/// The value a report prints (and its replay command passes) for `--name`.
+fn printed<'a>(report: &'a Report, name: &str) -> &'a str {
+    report
+        .flags
+        .iter()
+        .find(|(flag, _)| *flag == name)
+        .map(|(_, value)| value.as_str())
+        .unwrap_or_else(|| panic!("no --{name} in\n{}", report.render()))
+}
+
+#[test]
+fn handshake_timeout_prints_the_parameters_it_runs_with() {
+    for (profile, backlog) in [(Profile::Seed, "128"), (Profile::Surge, "4096")] {
+        let mut p = params(Scenario::HandshakeTimeout, profile, 1);
+        // Every scenario's seed profile has the seed system's backlog.
+        assert_eq!(
+            p.backlog,
+            params(Scenario::BacklogBurst, profile, 1).backlog
+        );
+        p.clients = 200;
+        let report = run(Scenario::HandshakeTimeout, &p);
+        assert_passed(&report);
+        assert_eq!(printed(&report, "backlog"), backlog, "{}", report.render());
+        // The gateway's own deadline is raised above twice the longest
+        // client deadline (2 x 5 s) so that only the client's can fail:
+        // the report says so instead of the profile's 5 s or 10 s.
+        assert_eq!(
+            printed(&report, "handshake-timeout"),
+            "20s",
+            "{}",
+            report.render()
+        );
+    }
+}
+
 #[test]
 fn capacity_ceiling_answers_every_excess_client_with_503() {
     let mut p = params(Scenario::CapacityCeiling, Profile::Surge, 5);
