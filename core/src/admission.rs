@@ -184,6 +184,17 @@ impl Refusal {
     }
 }
 
+/// Why the gateway is not ready for new connections (`/readyz` 503).
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum NotReady {
+    /// A new connection would be refused (full, overloaded, draining).
+    #[error("{0}")]
+    Refusing(Refusal),
+    /// The broker is disconnected and readiness is configured to need it.
+    #[error("the broker is disconnected")]
+    BrokerDisconnected,
+}
+
 /// Thresholds of the resource guard (seed 003: reject at 75 % CPU, pause
 /// the broker at 80 %).
 #[derive(Debug, Clone, PartialEq)]
@@ -410,6 +421,35 @@ impl Admission {
         self.shutting_down = true;
     }
 
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Whether a new connection would be admitted now: what `admit`
+    /// checks, without reserving anything.
+    pub fn would_admit(&self) -> Result<(), Refusal> {
+        if self.shutting_down {
+            return Err(Refusal::ShuttingDown);
+        }
+        self.guard.check()?;
+        match self.selector.select(&self.shards) {
+            Some(_) => Ok(()),
+            None => Err(Refusal::Full {
+                capacity: self.capacity(),
+            }),
+        }
+    }
+
+    /// Readiness for a load balancer: ready while new connections would be
+    /// admitted and, when `requires_broker`, while the broker is connected.
+    pub fn readiness(&self, broker_connected: bool, requires_broker: bool) -> Result<(), NotReady> {
+        self.would_admit().map_err(NotReady::Refusing)?;
+        if requires_broker && !broker_connected {
+            return Err(NotReady::BrokerDisconnected);
+        }
+        Ok(())
+    }
+
     pub fn guard(&self) -> &ResourceGuard {
         &self.guard
     }
@@ -462,6 +502,28 @@ mod tests {
 
     fn admission(max: u32, shards: u32) -> Admission {
         Admission::new(max, shards, GuardConfig::default())
+    }
+
+    #[test]
+    fn readiness_follows_admission_draining_and_the_broker_rule() {
+        let mut a = admission(2, 1);
+        assert_eq!(a.readiness(false, false), Ok(()));
+        assert_eq!(a.readiness(false, true), Err(NotReady::BrokerDisconnected));
+        assert_eq!(a.readiness(true, true), Ok(()));
+        let r1 = a.admit().expect("room");
+        let _r2 = a.admit().expect("room");
+        assert!(matches!(
+            a.readiness(true, false),
+            Err(NotReady::Refusing(Refusal::Full { capacity: 2 }))
+        ));
+        a.abort(r1, AbortCause::Io);
+        assert_eq!(a.readiness(true, false), Ok(()));
+        a.begin_shutdown();
+        assert_eq!(
+            a.readiness(true, false),
+            Err(NotReady::Refusing(Refusal::ShuttingDown))
+        );
+        assert!(a.is_shutting_down());
     }
 
     #[test]

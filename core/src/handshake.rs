@@ -32,7 +32,10 @@
 //! 4. one `Host`, `Upgrade` lists `websocket`, `Connection` lists `upgrade`,
 //!    one `Sec-WebSocket-Key` that is 16 bytes in base64 (400);
 //! 5. one `Sec-WebSocket-Version: 13` (426 with `Sec-WebSocket-Version: 13`);
-//! 6. `Origin` in the allowlist, when one is configured (403);
+//! 6. `Origin` in the allowlist, when one is configured and the request
+//!    has an `Origin` (403): browsers always send one, native and backend
+//!    clients usually don't, and the allowlist exists to stop other sites'
+//!    pages. Origins match by scheme, host and effective port;
 //! 7. a known token, when tokens are configured (401).
 //!
 //! Because `httparse` is the single authority on where the head ends and on
@@ -66,7 +69,8 @@ pub struct HandshakeConfig {
     pub max_head_bytes: usize,
     /// Time from accept within which the request head must be complete (408 after it).
     pub timeout: Duration,
-    /// Allowed `Origin` values, compared case-insensitively; empty accepts any Origin.
+    /// Allowed origins (`scheme://host[:port]`), matched by scheme, host
+    /// and effective port; empty accepts any Origin.
     pub allowed_origins: Vec<String>,
     /// Subprotocols the server speaks; the first one the client offers that is
     /// in this list is echoed in `Sec-WebSocket-Protocol`.
@@ -74,6 +78,9 @@ pub struct HandshakeConfig {
     /// Accepted auth tokens; empty means no authentication. Otherwise a token
     /// from `?token=` or `Authorization: Bearer` must be in this list (401).
     pub auth_tokens: Vec<String>,
+    /// A path answered as a readiness probe (`GET /healthz`) instead of
+    /// upgraded, for balancers that can only probe the public port.
+    pub probe_path: Option<String>,
 }
 
 impl Default for HandshakeConfig {
@@ -89,6 +96,7 @@ impl Default for HandshakeConfig {
             allowed_origins: Vec::new(),
             subprotocols: Vec::new(),
             auth_tokens: Vec::new(),
+            probe_path: None,
         }
     }
 }
@@ -117,6 +125,9 @@ pub enum Outcome {
     /// The head was not complete in time: write the 408 `response` (or just
     /// close), and free the connection's slot.
     TimedOut(Rejection),
+    /// A readiness probe on the probe path: free the slot, write
+    /// [`probe_response`] for the gateway's readiness, and close.
+    Probe,
 }
 
 impl Outcome {
@@ -125,6 +136,7 @@ impl Outcome {
         match self {
             Outcome::Accept(_) => 101,
             Outcome::Reject(r) | Outcome::TimedOut(r) => r.status,
+            Outcome::Probe => 200,
         }
     }
 
@@ -133,6 +145,7 @@ impl Outcome {
         match self {
             Outcome::Accept(a) => &a.response,
             Outcome::Reject(r) | Outcome::TimedOut(r) => &r.response,
+            Outcome::Probe => b"",
         }
     }
 }
@@ -275,6 +288,32 @@ pub fn accept_key(client_key: &str) -> String {
     BASE64.encode(hasher.finalize())
 }
 
+/// Whether the request is a `GET` of the configured probe path (query
+/// string ignored).
+fn is_probe(config: &HandshakeConfig, request: &httparse::Request<'_, '_>) -> bool {
+    let Some(probe) = config.probe_path.as_deref() else {
+        return false;
+    };
+    let target = request.path.unwrap_or_default();
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    request.method == Some("GET") && path == probe
+}
+
+/// The answer to a readiness probe: `200 ready` or `503 not ready`, plain
+/// text, and the connection closes.
+pub fn probe_response(ready: bool) -> Vec<u8> {
+    let (status, body) = if ready {
+        ("200 OK", "ready\n")
+    } else {
+        ("503 Service Unavailable", "not ready\n")
+    };
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// The 503 the acceptor writes at once when admission finds no free slot,
 /// so a client at capacity is told when to come back instead of timing out.
 pub fn overloaded_response(retry_after_secs: u32) -> Rejection {
@@ -370,6 +409,7 @@ impl Handshake {
                 Outcome::Reject(rejection(RejectReason::HeadTooLarge))
             }
             Ok(httparse::Status::Partial) => return Progress::NeedMore,
+            Ok(httparse::Status::Complete(_)) if is_probe(&self.config, &request) => Outcome::Probe,
             Ok(httparse::Status::Complete(head_len)) => match check_request(&self.config, &request)
             {
                 Err(reason) => Outcome::Reject(rejection(reason)),
@@ -503,16 +543,14 @@ fn check_request(
         .next()
         .map(|v| String::from_utf8_lossy(v).trim().to_owned());
     if !config.allowed_origins.is_empty() {
-        // With an allowlist, exactly one Origin that is on it: several Origin
-        // headers are ambiguous, and none means we cannot tell who is asking.
+        // With an allowlist: no Origin is a client that is not a browser
+        // page (allowed); one Origin must be on the list; several are
+        // ambiguous (refused).
         let allowed = match single_header(headers, "Origin") {
-            Ok(Some(v)) => std::str::from_utf8(v).is_ok_and(|v| {
-                config
-                    .allowed_origins
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(v.trim()))
-            }),
-            _ => false,
+            Ok(None) => true,
+            Ok(Some(v)) => std::str::from_utf8(v)
+                .is_ok_and(|v| config.allowed_origins.iter().any(|a| same_origin(a, v))),
+            Err(_) => false,
         };
         if !allowed {
             return Err(RejectReason::OriginForbidden);
@@ -550,6 +588,49 @@ fn check_request(
         key: key.to_owned(),
         user_agent,
     })
+}
+
+/// An origin as RFC 6454 compares them: scheme and host lower-cased, the
+/// port made explicit. `None` for anything that is not `scheme://host[:port]`
+/// (one trailing `/` tolerated), e.g. the opaque origin `null`.
+pub fn parse_origin(origin: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = origin.trim().split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        // [v6]:port
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            (format!("[{host}]"), after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_owned(), Some(port)),
+            None => (authority.to_owned(), None),
+        },
+    };
+    if host.is_empty() || host == "[]" {
+        return None;
+    }
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok()?,
+        None => match scheme.as_str() {
+            "http" | "ws" => 80,
+            "https" | "wss" => 443,
+            _ => return None,
+        },
+    };
+    Some((scheme, host.to_ascii_lowercase(), port))
+}
+
+/// Whether `presented` is the origin `allowed` names.
+fn same_origin(allowed: &str, presented: &str) -> bool {
+    match (parse_origin(allowed), parse_origin(presented)) {
+        (Some(a), Some(p)) => a == p,
+        _ => false,
+    }
 }
 
 /// Values of every header called `name` (case-insensitive), in request order.
@@ -897,6 +978,34 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_path_is_answered_only_when_configured() {
+        let probe = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(run(HandshakeConfig::default(), probe).status(), 404);
+        let config = HandshakeConfig {
+            probe_path: Some("/healthz".into()),
+            ..HandshakeConfig::default()
+        };
+        assert_eq!(run(config.clone(), probe), Outcome::Probe);
+        assert_eq!(
+            run(
+                config.clone(),
+                b"GET /healthz?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            ),
+            Outcome::Probe
+        );
+        assert_eq!(
+            run(config.clone(), b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n").status(),
+            405
+        );
+        // The WebSocket path still upgrades.
+        accepted(run(config, &valid_request()));
+        let ready = String::from_utf8(probe_response(true)).expect("text");
+        assert!(ready.starts_with("HTTP/1.1 200 OK\r\n") && ready.ends_with("\r\n\r\nready\n"));
+        let not = String::from_utf8(probe_response(false)).expect("text");
+        assert!(not.starts_with("HTTP/1.1 503 ") && not.ends_with("not ready\n"));
+    }
+
+    #[test]
     fn origin_allowlist() {
         let config = HandshakeConfig {
             allowed_origins: vec!["https://app.example.com".into()],
@@ -910,7 +1019,6 @@ mod tests {
         for extra in [
             vec!["Origin: https://evil.example.com"],
             vec!["Origin: https://app.example.com.evil.com"],
-            vec![],
             vec![
                 "Origin: https://app.example.com",
                 "Origin: https://evil.example.com",
@@ -919,6 +1027,36 @@ mod tests {
             let r = rejected(run(config.clone(), &request_with("/ws", &extra)));
             assert_eq!(r.status, 403, "{extra:?}");
         }
+        // Scheme and host case-insensitively, the default port made explicit.
+        for origin in [
+            "https://app.example.com:443",
+            "https://APP.example.COM",
+            "https://app.example.com/",
+        ] {
+            let a = accepted(run(
+                config.clone(),
+                &request_with("/ws", &[&format!("Origin: {origin}")]),
+            ));
+            assert_eq!(a.request.origin.as_deref(), Some(origin));
+        }
+        for origin in [
+            "https://app.example.com:8443",
+            "http://app.example.com",
+            "http://app.example.com:443",
+            "null",
+        ] {
+            assert_eq!(
+                run(
+                    config.clone(),
+                    &request_with("/ws", &[&format!("Origin: {origin}")])
+                )
+                .status(),
+                403,
+                "{origin}"
+            );
+        }
+        // A client that is not a browser page sends no Origin: allowed.
+        accepted(run(config.clone(), &request_with("/ws", &[])));
         // Without an allowlist any Origin is fine.
         accepted(run(
             HandshakeConfig::default(),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
-use surge_core::admission::{Admission, GuardConfig, ResourceSample};
+use surge_core::admission::{Admission, GuardConfig, NotReady, ResourceSample};
 use surge_core::config::Config;
 use surge_core::handshake::{HandshakeConfig, overloaded_response};
 use surge_core::session::SessionConfig;
@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub shard_queue: usize,
     /// A connection whose writes stall this long is closed.
     pub write_timeout: Duration,
+    /// Not ready while the broker is disconnected.
+    pub ready_requires_broker: bool,
 }
 
 impl GatewayConfig {
@@ -60,6 +62,7 @@ impl GatewayConfig {
                     .iter()
                     .map(|t| t.expose().to_owned())
                     .collect(),
+                probe_path: config.public_healthz.then(|| "/healthz".to_owned()),
             },
             session: SessionConfig {
                 max_subscriptions: config.max_subscriptions,
@@ -87,6 +90,7 @@ impl GatewayConfig {
             },
             shard_queue: 1024,
             write_timeout: config.idle_timeout,
+            ready_requires_broker: config.ready_requires_broker,
         }
     }
 
@@ -112,6 +116,7 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
     pub write_timeout: Duration,
+    pub ready_requires_broker: bool,
     broker: OnceLock<Arc<dyn Broker>>,
 }
 
@@ -119,6 +124,12 @@ impl Context {
     pub fn broker(&self) -> &dyn Broker {
         // Set in `Gateway::start` before the first connection is accepted.
         self.broker.get().map(|b| b.as_ref()).unwrap_or(&NO_BROKER)
+    }
+
+    /// Readiness for load balancers (core decides from admission's state).
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        let connected = self.broker().connected();
+        lock(&self.admission).readiness(connected, self.ready_requires_broker)
     }
 }
 
@@ -256,6 +267,7 @@ impl Gateway {
             metrics: Arc::clone(&metrics),
             shutdown: shutdown_rx,
             write_timeout: config.write_timeout,
+            ready_requires_broker: config.ready_requires_broker,
             broker: OnceLock::new(),
         });
         let mut tasks = Vec::new();
@@ -434,10 +446,26 @@ impl Gateway {
         m.encode()
     }
 
+    /// Whether new connections would be admitted (`/readyz`).
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        self.ctx.readiness()
+    }
+
+    /// Starts draining: from now on readiness is false and admission
+    /// refuses; connected clients are still served until [`Self::shutdown`].
+    pub fn begin_drain(&self) {
+        lock(&self.ctx.admission).begin_shutdown();
+    }
+
+    /// Draining has begun: nothing new will be delivered for long.
+    pub fn is_draining(&self) -> bool {
+        lock(&self.ctx.admission).is_shutting_down()
+    }
+
     /// Stops accepting, closes every connection with 1001, and waits up to
     /// `drain` for them to finish.
     pub async fn shutdown(&self, drain: Duration) {
-        lock(&self.ctx.admission).begin_shutdown();
+        self.begin_drain();
         let _ = self.shutdown.send(true);
         for shard in self.shards.iter().filter_map(Weak::upgrade) {
             shard.shutdown();

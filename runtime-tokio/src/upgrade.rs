@@ -12,7 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use surge_core::admission::{AbortCause, Admission, LiveSlot, Reservation};
-use surge_core::handshake::{Handshake, Outcome, Progress};
+use surge_core::handshake::{Handshake, Outcome, Progress, probe_response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -134,6 +134,13 @@ where
     };
     let accepted = match outcome {
         Outcome::Accept(accepted) => accepted,
+        Outcome::Probe => {
+            slot.abort(AbortCause::Rejected);
+            ctx.metrics.handshake("probe").inc();
+            let response = probe_response(ctx.readiness().is_ok());
+            answer_and_close(stream, &response).await;
+            return None;
+        }
         Outcome::Reject(rejection) | Outcome::TimedOut(rejection) => {
             let cause = if matches!(rejection.status, 408) {
                 AbortCause::TimedOut

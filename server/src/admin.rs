@@ -1,19 +1,26 @@
-//! The admin listener: `/health`, `/metrics`, `POST /publish` and the
-//! effective configuration. It is separate from the public WebSocket port
-//! and bound to loopback by default (PROTOCOL.md, "Admin listener").
+//! The admin listener: `/livez`, `/readyz`, `/health`, `/metrics`,
+//! `POST /publish` and the effective configuration. It is separate from
+//! the public WebSocket port and bound to loopback by default
+//! (docs/PROTOCOL.md, "Admin listener").
+//!
+//! Every error is JSON `{"code":…,"message":…}` with its status, so a
+//! caller can act on the code without parsing prose.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use surge_core::protocol::Priority;
-use surge_core::subjects::Subject;
+use surge_core::subjects::{Pattern, Subject};
 use surge_runtime::{BrokerError, Gateway};
 
 /// What the admin handlers share.
@@ -22,25 +29,79 @@ pub struct AdminState {
     pub gateway: Arc<Gateway>,
     /// The effective configuration as JSON (secrets masked).
     pub config: Arc<Value>,
-    /// Largest accepted `/publish` body.
-    pub max_publish_bytes: usize,
+    /// Largest accepted request body (`SURGE_ADMIN_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// The stream's subjects (`SURGE_JS_SUBJECTS`): what `/publish` may
+    /// publish to, with either broker.
+    pub stream_subjects: Arc<Vec<Pattern>>,
 }
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
-    let limit = state.max_publish_bytes;
+    let limit = state.max_body_bytes;
     Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/config", get(config))
         .route("/publish", post(publish))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
+/// A JSON error answer.
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({"code": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; the admin listener serves /livez, /readyz, /health, /metrics, /config and POST /publish",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method (POST /publish; GET for the others)",
+    )
+}
+
+/// 200 while the process serves: a liveness probe restarts a process that
+/// stopped answering, nothing else.
+async fn livez() -> Response {
+    axum::Json(json!({"status": "alive"})).into_response()
+}
+
+/// 200 while new connections would be admitted; 503 when full, overloaded,
+/// draining, or (if so configured) while the broker is disconnected.
+async fn readyz(State(state): State<AdminState>) -> Response {
+    match state.gateway.readiness() {
+        Ok(()) => axum::Json(json!({"ready": true})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"ready": false, "reason": reason.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// The full picture for people and dashboards; its status code follows
+/// readiness, so a broker blip alone (clients still served) is a 200 with
+/// `"status":"degraded"`.
 async fn health(State(state): State<AdminState>) -> Response {
     let health = state.gateway.health();
-    let status = if health.status == "ok" {
+    let status = if state.gateway.readiness().is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -67,45 +128,106 @@ async fn config(State(state): State<AdminState>) -> Response {
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
     subject: String,
-    data: Value,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    data_base64: Option<String>,
     #[serde(default)]
     priority: Option<String>,
 }
 
-fn bad_request(message: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        axum::Json(json!({"error": message})),
-    )
-        .into_response()
-}
+const PUBLISH_SHAPE: &str = r#"the body must be a JSON object {"subject":"odin.token.BTC.trade","data":<any JSON>,"priority":"low|medium|high|critical"}, with "data_base64":"<base64>" instead of "data" for raw bytes; priority is optional"#;
 
-async fn publish(State(state): State<AdminState>, body: Bytes) -> Response {
+async fn publish(State(state): State<AdminState>, body: Result<Bytes, BytesRejection>) -> Response {
+    // From SIGTERM on nothing will deliver a new message: refuse it rather
+    // than acknowledge it.
+    if state.gateway.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(json!({"code": "draining", "message": "the gateway is shutting down and accepts no new messages; publish to another instance"})),
+        )
+            .into_response();
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the body exceeds SURGE_ADMIN_MAX_BODY_BYTES ({} bytes)",
+                    state.max_body_bytes
+                ),
+            );
+        }
+        Err(e) => return error(e.status(), "invalid_body", e.body_text()),
+    };
     let request: PublishRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return bad_request(format!(
-                "expected {{\"subject\":…,\"data\":…,\"priority\":\"low|medium|high|critical\"}}: {e}"
-            ));
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("{PUBLISH_SHAPE} ({e})"),
+            );
+        }
+    };
+    let data = match (request.data, request.data_base64) {
+        // `data` is stored as its JSON text; clients receive it as JSON.
+        (Some(data), None) => Bytes::from(data.to_string()),
+        (None, Some(b64)) => match BASE64.decode(b64.trim()) {
+            Ok(raw) => Bytes::from(raw),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("\"data_base64\" is not standard base64: {e}"),
+                );
+            }
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("exactly one of \"data\" and \"data_base64\" is required: {PUBLISH_SHAPE}"),
+            );
         }
     };
     let subject = match Subject::parse(&request.subject) {
         Ok(s) => s,
-        Err(e) => return bad_request(format!("invalid subject {:?}: {e}", request.subject)),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_subject",
+                format!("invalid subject {:?}: {e}", request.subject),
+            );
+        }
     };
+    if !state.stream_subjects.iter().any(|p| p.matches(&subject)) {
+        let subjects: Vec<&str> = state.stream_subjects.iter().map(Pattern::as_str).collect();
+        return error(
+            StatusCode::BAD_REQUEST,
+            "subject_not_in_stream",
+            format!(
+                "subject {subject} is outside the stream's subjects {} (SURGE_JS_SUBJECTS)",
+                subjects.join(",")
+            ),
+        );
+    }
     let priority = match request.priority.as_deref() {
         None => Priority::Medium,
         Some(p) => match Priority::parse(p) {
             Some(p) => p,
             None => {
-                return bad_request(format!(
-                    "invalid priority {p:?}: must be one of low, medium, high, critical"
-                ));
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_priority",
+                    format!("invalid priority {p:?}: must be one of low, medium, high, critical"),
+                );
             }
         },
     };
-    // `data` is stored as its JSON text; clients receive it as JSON.
-    let data = Bytes::from(request.data.to_string());
     match state
         .gateway
         .broker()
@@ -116,13 +238,9 @@ async fn publish(State(state): State<AdminState>, body: Bytes) -> Response {
         Err(e @ BrokerError::Unavailable(_)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "1")],
-            axum::Json(json!({"error": e.to_string()})),
+            axum::Json(json!({"code": "broker_unavailable", "message": e.to_string()})),
         )
             .into_response(),
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            axum::Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, "broker_refused", e.to_string()),
     }
 }

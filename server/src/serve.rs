@@ -156,7 +156,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = AdminState {
         gateway: Arc::clone(&gateway),
         config: Arc::new(config.to_json()),
-        max_publish_bytes: 1024 * 1024,
+        max_body_bytes: config.admin_max_body_bytes,
+        stream_subjects: Arc::new(
+            config
+                .js_subjects
+                .iter()
+                .filter_map(|s| surge_core::subjects::Pattern::parse(s).ok())
+                .collect(),
+        ),
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(async move {
@@ -173,6 +180,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let sampler = tokio::spawn(sample_resources(Arc::clone(&gateway)));
 
     wait_for_signal().await?;
+    // Readiness turns false first, so a load balancer stops sending new
+    // clients before the connected ones are closed.
+    gateway.begin_drain();
+    if !config.shutdown_delay.is_zero() {
+        tracing::info!(delay = ?config.shutdown_delay, "draining: /readyz answers 503; closing connections after the shutdown delay");
+        tokio::time::sleep(config.shutdown_delay).await;
+    }
     tracing::info!("shutting down: closing connections with 1001");
     gateway.shutdown(config.shutdown_drain).await;
     sampler.abort();

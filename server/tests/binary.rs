@@ -43,7 +43,12 @@ impl Server {
                 "--admin-listen",
                 &admin.to_string(),
             ])
-            .args(["--max-connections", "1000", "--shards", "2"])
+            .args(if extra.contains(&"--max-connections") {
+                &[][..]
+            } else {
+                &["--max-connections", "1000"][..]
+            })
+            .args(["--shards", "2"])
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -447,4 +452,208 @@ fn json_logs_leave_no_text_on_stdout_and_log_the_config_once() {
         })
         .count();
     assert_eq!(listening, 1, "{both}");
+}
+
+/// The JSON body of an admin answer, with its `code`.
+fn admin_error(answer: (u16, String)) -> (u16, String, String) {
+    let (status, body) = answer;
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let code = v["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code: {body}"));
+    let message = v["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message: {body}"));
+    (status, code.to_owned(), message.to_owned())
+}
+
+/// Every admin error is JSON with a code; `/publish` takes only subjects
+/// of the stream (as NATS would), says what the body must look like, has
+/// a named body limit, and carries raw bytes intact (`data_base64`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_errors_are_json_and_publish_checks_what_nats_would() {
+    let server = Server::start(&["--admin-max-body-bytes", "2KiB"]);
+    let admin = server.admin;
+    let post = move |body: String| {
+        tokio::task::spawn_blocking(move || http(admin, "POST", "/publish", &body))
+    };
+    let (status, code, message) = admin_error(
+        post(r#"{"subject":"foo.bar","data":1}"#.into())
+            .await
+            .expect("post"),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "subject_not_in_stream"),
+        "{message}"
+    );
+    assert!(message.contains("SURGE_JS_SUBJECTS"), "{message}");
+
+    let (status, code, message) = admin_error(post("[1,2]".into()).await.expect("post"));
+    assert_eq!((status, code.as_str()), (400, "invalid_body"));
+    assert!(
+        message.contains(r#"{"subject":"odin.token.BTC.trade","data":<any JSON>"#),
+        "{message}"
+    );
+    let (status, code, _) = admin_error(
+        post(r#"{"subject":"odin.token.A.trade","data":1,"data_base64":"AA=="}"#.into())
+            .await
+            .expect("post"),
+    );
+    assert_eq!((status, code.as_str()), (400, "invalid_body"));
+    let (status, code, _) = admin_error(
+        post(r#"{"subject":"odin.token.A.trade","data":1,"priority":"urgent"}"#.into())
+            .await
+            .expect("post"),
+    );
+    assert_eq!((status, code.as_str()), (400, "invalid_priority"));
+
+    let big = format!(
+        r#"{{"subject":"odin.token.A.trade","data":"{}"}}"#,
+        "x".repeat(3000)
+    );
+    let (status, code, message) = admin_error(post(big).await.expect("post"));
+    assert_eq!((status, code.as_str()), (413, "body_too_large"));
+    assert!(message.contains("SURGE_ADMIN_MAX_BODY_BYTES"), "{message}");
+
+    let (status, code, _) = admin_error(
+        tokio::task::spawn_blocking(move || http(admin, "GET", "/nope", ""))
+            .await
+            .expect("get"),
+    );
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+
+    // Raw bytes in, the same bytes out.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
+        .await
+        .expect("upgrade");
+    let mut next = async || -> Value {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(next().await["type"], "welcome");
+    ws.send(Message::Text(
+        json!({"type":"subscribe","channels":["odin.token.>"]})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .expect("send");
+    let mut next = async || -> Value {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(next().await["type"], "subscribed");
+    let (status, body) =
+        post(r#"{"subject":"odin.token.A.trade","data_base64":"//4AYmluYXJ5"}"#.into())
+            .await
+            .expect("post");
+    assert_eq!(status, 202, "{body}");
+    let m = next().await;
+    assert_eq!(m["encoding"], "base64", "{m}");
+    assert_eq!(
+        m["data"], "//4AYmluYXJ5",
+        "ff fe 00 'binary' arrives intact: {m}"
+    );
+}
+
+/// Liveness and readiness are separate: a full gateway is alive and not
+/// ready; the public port answers a plain probe when asked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_admission_and_the_public_probe_reports_it() {
+    let server = Server::start(&["--max-connections", "2", "--public-healthz", "true"]);
+    let admin = server.admin;
+    let get =
+        move |path: &'static str| tokio::task::spawn_blocking(move || http(admin, "GET", path, ""));
+    assert_eq!(get("/livez").await.expect("livez").0, 200);
+    let (status, body) = get("/readyz").await.expect("readyz");
+    assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
+    let ws_addr = server.ws;
+    let probe = move || {
+        tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(ws_addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("write");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read");
+            out
+        })
+    };
+    let answer = probe().await.expect("probe");
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ready\n"),
+        "{answer}"
+    );
+
+    // Both slots taken: not ready, still alive.
+    let (_one, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
+        .await
+        .expect("upgrade");
+    let (_two, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
+        .await
+        .expect("upgrade");
+    let (status, body) = get("/readyz").await.expect("readyz");
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["ready"], false);
+    assert!(
+        v["reason"].as_str().expect("reason").contains("capacity"),
+        "{body}"
+    );
+    assert_eq!(get("/livez").await.expect("livez").0, 200);
+    let answer = probe().await.expect("probe");
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+}
+
+/// SIGTERM: readiness drops first (while clients are still connected,
+/// for `--shutdown-delay`), `/publish` refuses instead of acknowledging
+/// messages nobody will get, then clients are closed with 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drops_readiness_first_and_publish_refuses_from_then_on() {
+    let server = Server::start(&["--shutdown-delay", "2s"]);
+    let admin = server.admin;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
+        .await
+        .expect("upgrade");
+    assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+    server.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = tokio::task::spawn_blocking(move || http(admin, "GET", "/readyz", ""))
+        .await
+        .expect("readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    let (status, code, _) = admin_error(
+        tokio::task::spawn_blocking(move || {
+            http(
+                admin,
+                "POST",
+                "/publish",
+                r#"{"subject":"odin.token.A.trade","data":1}"#,
+            )
+        })
+        .await
+        .expect("publish"),
+    );
+    assert_eq!((status, code.as_str()), (503, "draining"));
+    // The client is still connected during the delay, then gets 1001.
+    let closed_at = std::time::Instant::now();
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    assert!(
+        closed_at.elapsed() >= Duration::from_millis(1200),
+        "closed before the delay"
+    );
+    let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(15)))
+        .await
+        .expect("exit");
+    assert_eq!(status.code(), Some(0));
 }

@@ -259,6 +259,10 @@ pub struct Config {
     pub js_update_stream: bool,
     pub socket_preset: SocketPreset,
     pub shutdown_drain: Duration,
+    pub shutdown_delay: Duration,
+    pub ready_requires_broker: bool,
+    pub public_healthz: bool,
+    pub admin_max_body_bytes: usize,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     /// Where each setting given explicitly came from, by environment
@@ -337,6 +341,13 @@ impl Default for Config {
             socket_preset: SocketPreset::Default,
             // Fits inside common orchestrators' grace periods.
             shutdown_drain: Duration::from_secs(10),
+            // Orchestrators stop routing on their own; a balancer that
+            // polls /readyz needs this set to its polling period.
+            shutdown_delay: Duration::ZERO,
+            // A broker blip must not take every instance out at once.
+            ready_requires_broker: false,
+            public_healthz: false,
+            admin_max_body_bytes: 1 << 20,
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
             origins: BTreeMap::new(),
@@ -849,6 +860,10 @@ impl Config {
             "SURGE_JS_UPDATE_STREAM" => Value::Bool(self.js_update_stream),
             "SURGE_SOCKET_PRESET" => Value::Choice(self.socket_preset.as_str()),
             "SURGE_SHUTDOWN_DRAIN" => Value::Dur(self.shutdown_drain),
+            "SURGE_SHUTDOWN_DELAY" => Value::Dur(self.shutdown_delay),
+            "SURGE_READY_REQUIRES_BROKER" => Value::Bool(self.ready_requires_broker),
+            "SURGE_PUBLIC_HEALTHZ" => Value::Bool(self.public_healthz),
+            "SURGE_ADMIN_MAX_BODY_BYTES" => bytes(self.admin_max_body_bytes),
             "SURGE_LOG_LEVEL" => Value::Choice(self.log_level.as_str()),
             "SURGE_LOG_FORMAT" => Value::Choice(self.log_format.as_str()),
             _ => return None,
@@ -905,6 +920,10 @@ impl Config {
             "SURGE_JS_UPDATE_STREAM" => self.js_update_stream = boolean(v)?,
             "SURGE_SOCKET_PRESET" => self.socket_preset = choice(v, SocketPreset::from_name)?,
             "SURGE_SHUTDOWN_DRAIN" => self.shutdown_drain = duration(v)?,
+            "SURGE_SHUTDOWN_DELAY" => self.shutdown_delay = duration(v)?,
+            "SURGE_READY_REQUIRES_BROKER" => self.ready_requires_broker = boolean(v)?,
+            "SURGE_PUBLIC_HEALTHZ" => self.public_healthz = boolean(v)?,
+            "SURGE_ADMIN_MAX_BODY_BYTES" => self.admin_max_body_bytes = bytes(v)?,
             "SURGE_LOG_LEVEL" => self.log_level = choice(v, LogLevel::from_name)?,
             "SURGE_LOG_FORMAT" => self.log_format = choice(v, LogFormat::from_name)?,
             _ => return Err(mismatch()),

@@ -641,6 +641,10 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
         "one of: default, low-latency, high-throughput",
     ),
     ("SURGE_SHUTDOWN_DRAIN", "11m", "from 0s to 10m"),
+    ("SURGE_SHUTDOWN_DELAY", "11m", "from 0s to 10m"),
+    ("SURGE_READY_REQUIRES_BROKER", "maybe", "true or false"),
+    ("SURGE_PUBLIC_HEALTHZ", "sometimes", "true or false"),
+    ("SURGE_ADMIN_MAX_BODY_BYTES", "100", "from 1KiB"),
     (
         "SURGE_LOG_LEVEL",
         "verbose",
