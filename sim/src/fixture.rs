@@ -35,6 +35,8 @@ pub struct FixtureShard {
 #[derive(Debug, Clone)]
 pub struct CheckThenAcquireFixture {
     shards: Vec<FixtureShard>,
+    /// Most connections held at once over all shards.
+    peak_live: u32,
 }
 
 impl CheckThenAcquireFixture {
@@ -48,6 +50,7 @@ impl CheckThenAcquireFixture {
                     peak: 0,
                 })
                 .collect(),
+            peak_live: 0,
         }
     }
 
@@ -72,6 +75,7 @@ impl CheckThenAcquireFixture {
             s.live += 1;
             s.peak = s.peak.max(s.live);
         }
+        self.peak_live = self.peak_live.max(self.live());
     }
 
     pub fn release(&mut self, shard: usize) {
@@ -91,6 +95,12 @@ impl CheckThenAcquireFixture {
             .iter()
             .map(|s| s.peak.saturating_sub(s.capacity))
             .sum()
+    }
+
+    /// Most connections held at once over all shards, at the moment it
+    /// happened (the per-shard peaks may fall at different moments).
+    pub fn peak_live(&self) -> u32 {
+        self.peak_live
     }
 
     pub fn live(&self) -> u32 {

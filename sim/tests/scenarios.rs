@@ -152,6 +152,31 @@ fn slot_race_over_admits_with_check_then_acquire_only() {
 }
 
 #[test]
+fn slot_race_reports_the_peak_it_measured() {
+    for profile in [Profile::Seed, Profile::Surge] {
+        let mut p = params(Scenario::SlotRace, profile, 1);
+        p.clients = 600;
+        p.capacity = 450;
+        let report = run(Scenario::SlotRace, &p);
+        let text = report.render();
+        // Every client that got in held its connection to the end, so the
+        // peak is the number admitted (over capacity for the seed's race).
+        let succeeded = figure(&report, "succeeded");
+        assert_eq!(figure(&report, "peak_slots"), succeeded, "{text}");
+        assert!(!text.contains("peak slots in use 0"), "{text}");
+        let peak_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("peak slots in use"))
+            .collect();
+        assert_eq!(peak_lines.len(), 1, "{text}");
+        assert!(
+            peak_lines[0].contains(&format!("peak slots in use {succeeded}")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn handshake_timeout_depends_on_the_client_deadline_under_the_seed_profile() {
     let mut p = params(Scenario::HandshakeTimeout, Profile::Seed, 1);
     p.clients = 2000;

@@ -216,6 +216,8 @@ pub fn finish(report: &mut Report, driver: &Driver<'_>, result: Result<(), Strin
     if let Err(e) = result {
         report.error = Some(e);
     }
+    // Both lines are measured on surge's gateway; a run without one (the
+    // seed's fixture in slot_race) reports its own figures instead.
     if let Some(running) = driver.slot.get() {
         let s = running.net.stats();
         report.line(format!(
@@ -228,11 +230,11 @@ pub fn finish(report: &mut Report, driver: &Driver<'_>, result: Result<(), Strin
             s.accepted,
             s.accept_queue_peak
         ));
+        report.line(format!(
+            "gateway: peak slots in use {}, peak live {}",
+            driver.peak_used, driver.peak_live
+        ));
     }
-    report.line(format!(
-        "gateway: peak slots in use {}, peak live {}",
-        driver.peak_used, driver.peak_live
-    ));
     report.checks = driver.checks;
     report.simulated = driver.now();
     report.violations = driver.run.violations.borrow().clone();

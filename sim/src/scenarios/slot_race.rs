@@ -170,6 +170,16 @@ pub fn run(p: &Params) -> Report {
             .collect();
         report.line(format!("peak per shard: {}", per_shard.join(" ")));
     }
+    // The fixture has no slot table for the driver to sample: its own count,
+    // taken at every acquire, is the peak.
+    let peak = if use_fixture {
+        let peak = fixture.borrow().peak_live();
+        report.line(format!("fixture: peak slots in use {peak} (all shards)"));
+        u64::from(peak)
+    } else {
+        driver.peak_used
+    };
+    report.figure("peak_slots", peak as f64);
     report.line(format!("over-admitted: {over}"));
     report.line(format!("leaked slots at end: {leaked}"));
     report.figure("over_admitted", over as f64);
