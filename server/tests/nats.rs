@@ -388,7 +388,9 @@ async fn delivers_every_matching_message_with_its_stream_sequence_and_wildcards(
         r#"{"subject":"elsewhere.x","data":1}"#,
     )
     .await;
-    assert_eq!(status, 502, "{body}");
+    // The same answer as with the embedded broker.
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("subject_not_in_stream"), "{body}");
     assert!(body.contains("SURGE_JS_SUBJECTS"), "{body}");
 }
 
@@ -476,25 +478,76 @@ async fn a_different_stream_is_refused_naming_each_difference_unless_updates_are
     );
 }
 
-#[test]
-fn an_unreachable_nats_stops_the_start_with_exit_2_and_the_address() {
-    let url = format!("nats://127.0.0.1:{}", free_port());
-    let dir = temp_dir("surge-no-nats");
-    let out = Command::new(SURGE)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
-        .env_clear()
-        .env("SURGE_NATS_URL", &url)
-        .current_dir(&dir)
-        .output()
-        .expect("surge runs");
-    let _ = std::fs::remove_dir_all(&dir);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+/// NATS down at start is not a configuration error: surge starts, serves
+/// clients, says the broker is disconnected (and, when readiness requires
+/// the broker, that it is not ready), logs each connection attempt, and
+/// picks NATS up when it appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_nats_at_start_is_connected_with_backoff() {
+    let mut nats = NatsServer::start();
+    nats.kill();
+    let surge = Surge::start(&nats, &[("SURGE_READY_REQUIRES_BROKER", "true")]);
+    let (status, health) = surge.health().await;
+    assert_eq!(health["broker"]["connected"], false, "{health}");
+    assert_eq!(status, 503, "not ready: {health}");
+    assert_eq!(http(surge.admin, "GET", "/livez", "").await.0, 200);
+    let (status, body) = http(surge.admin, "GET", "/readyz", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("broker"), "{body}");
+    // Clients are served meanwhile; the stream is not known yet.
+    let mut early = Client::connect(surge.ws).await;
+    early.ping().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while surge
+        .stderr()
+        .matches("NATS connection attempt failed")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no attempts logged:\n{}",
+            surge.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) = http(surge.admin, "GET", "/readyz", "").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready:\n{}",
+            surge.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", surge.ws))
+        .await
+        .expect("upgrade");
+    let mut late = Client { ws };
+    let welcome = late.next(Duration::from_secs(5)).await.expect("welcome");
     assert!(
-        stderr.contains(&format!("cannot connect to NATS at {url}")),
-        "{stderr}"
+        welcome["epoch"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("js-ODIN_TOKENS-")),
+        "{welcome}"
     );
+    late.subscribe(&["odin.token.>"]).await;
+    let (status, body) = http(
+        surge.admin,
+        "POST",
+        "/publish",
+        r#"{"subject":"odin.token.BTC.trade","data":1}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let got = late.messages(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0]["data"], 1);
 }
 
 /// Publishes `odin.token.BTC.trade` messages until told to stop, retrying
@@ -554,8 +607,11 @@ async fn a_nats_restart_mid_stream_loses_nothing_and_clients_stay_connected() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, health) = degraded.expect("health reports the broker disconnected");
-    assert_eq!(status, 503);
+    // Clients are still served: degraded, but still ready, so a balancer
+    // polling every instance does not take them all out at once.
+    assert_eq!(status, 200);
     assert_eq!(health["status"], "degraded");
+    assert_eq!(http(surge.admin, "GET", "/readyz", "").await.0, 200);
     assert_eq!(health["broker"]["kind"], "nats");
     tokio::time::sleep(Duration::from_secs(2)).await;
     nats.restart();
