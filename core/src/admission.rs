@@ -195,7 +195,7 @@ pub enum NotReady {
     BrokerDisconnected,
 }
 
-/// Thresholds of the resource guard (seed 003: reject at 75 % CPU, pause
+/// Thresholds of the resource guard (as in the Go system surge replaces: reject at 75 % CPU, pause
 /// the broker at 80 %).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardConfig {

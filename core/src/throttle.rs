@@ -1,4 +1,4 @@
-//! Adaptive throttling of slow clients (seed 003, "Adaptive Throttling").
+//! Adaptive throttling of slow clients (modelled on the Go system surge replaces).
 //!
 //! A client whose outbound queue keeps filling is not disconnected at once:
 //! it is moved down one level at a time, receiving fewer messages, and

@@ -2,7 +2,7 @@
 //!
 //! The listen backlog is set explicitly (the seed system ran with ~128 and
 //! lost 18.5 % of a surge to accept-queue overflow), and every tuning option
-//! of seed 001 is applied from a preset. An option the kernel refuses is
+//! of the Go system surge replaces is applied from a preset. An option the kernel refuses is
 //! recorded in the listener's report (shown in `/health`) and never fatal.
 //!
 //! When the process runs out of file descriptors, `accept()` fails with
@@ -44,7 +44,7 @@ pub struct SocketTuning {
 }
 
 impl SocketTuning {
-    /// The presets of seed 001, adapted for many mostly idle connections.
+    /// The presets of the Go system surge replaces, adapted for many mostly idle connections.
     pub fn preset(preset: SocketPreset) -> Self {
         match preset {
             SocketPreset::Default => SocketTuning {

@@ -1,7 +1,7 @@
 //! Samples this process's CPU use and resident memory.
 //!
 //! The resource guard rejects new connections at a CPU threshold and pauses
-//! the broker feed at a higher one (seed 003), and `/health` reports both
+//! the broker feed at a higher one (as in the Go system surge replaces), and `/health` reports both
 //! figures. They come from `/proc/self/stat` (user + system clock ticks)
 //! and `/proc/self/statm` (resident pages), which cost one small read each
 //! and need no extra thread. CPU is reported as a share of the whole

@@ -1,7 +1,7 @@
 //! The seed system's admission, kept **only** as a test fixture for the
 //! `slot_race` scenario: it shows what surge's atomic admission prevents.
 //!
-//! Seed 002's load balancer checked a shard for a free slot, awaited the
+//! The load balancer of the Go system surge replaces checked a shard for a free slot, awaited the
 //! WebSocket upgrade, and only then took the slot. Every handshake in
 //! flight saw the same free slot, so near capacity the shards admitted
 //! more connections than they had room for (56.8 % of a surge failed).

@@ -27,7 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::world::{GATEWAY, INGEST_PORT, PUBLISHER, RunState, sleep_until_sim};
 
-/// The subjects messages rotate over (seed 003's layout).
+/// The subjects messages rotate over (the layout of the Go system surge replaces).
 pub const SUBJECTS: [&str; 4] = [
     "odin.token.BTC.trade",
     "odin.token.ETH.trade",

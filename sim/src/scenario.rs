@@ -50,13 +50,13 @@ impl Scenario {
     pub fn proves(self) -> &'static str {
         match self {
             Scenario::BacklogBurst => {
-                "a connection surge against a listen backlog: the seed's 128 and slow accept path lose a double-digit share (seed 000: 18.5 %), surge's backlog and acceptor lose none"
+                "a connection surge against a listen backlog: the seed's 128 and slow accept path lose a double-digit share (the Go system surge replaces: 18.5 %), surge's backlog and acceptor lose none"
             }
             Scenario::SlotRace => {
-                "check-then-acquire across an await over-admits (seed 002); surge's atomic admission never exceeds a shard's capacity and leaks no slot"
+                "check-then-acquire across an await over-admits (as in the Go system surge replaces); surge's atomic admission never exceeds a shard's capacity and leaks no slot"
             }
             Scenario::HandshakeTimeout => {
-                "a slow upgrade path fails clients with a 5 s timeout but not with 10 s (seed 004: 97.1 % vs 100 %); surge's upgrade stays fast (accept is kept fast in both profiles, so only the upgrade is measured; the gateway's own handshake timeout is raised above both client deadlines)"
+                "a slow upgrade path fails clients with a 5 s timeout but not with 10 s (the Go system surge replaces: 97.1 % vs 100 %); surge's upgrade stays fast (accept is kept fast in both profiles, so only the upgrade is measured; the gateway's own handshake timeout is raised above both client deadlines)"
             }
             Scenario::CapacityCeiling => {
                 "past capacity every client gets a prompt 503 with Retry-After, never a timeout (the seed timed out at its memory ceiling)"

@@ -282,9 +282,9 @@ impl Default for Config {
             max_connections: None,
             // One per CPU, derived by the server.
             shards: None,
-            // A ~128 backlog dropped 18.5 % of a 100 conn/s surge (seed 000).
+            // A ~128 backlog dropped 18.5 % of a 100 conn/s surge (the Go system surge replaces).
             backlog: 4096,
-            // 5 s lost 2.9 % of clients under load, 10 s none (seed 004).
+            // 5 s lost 2.9 % of clients under load, 10 s none (the Go system surge replaces).
             handshake_timeout: Duration::from_secs(10),
             // Fits browsers' headers with large cookies; bounds a pending handshake.
             max_head_bytes: 8 << 10,
@@ -307,10 +307,10 @@ impl Default for Config {
             ping_interval: Duration::from_secs(25),
             // More than two ping intervals: one lost pong is not fatal.
             idle_timeout: Duration::from_secs(60),
-            // The seed's escalation and recovery (seed 003).
+            // The seed's escalation and recovery (as in the Go system surge replaces).
             throttle_full_events: 3,
             throttle_recovery: Duration::from_secs(30),
-            // Reject newcomers at 75 %, pause the feed only at 80 % (seed 003).
+            // Reject newcomers at 75 %, pause the feed only at 80 % (as in the Go system surge replaces).
             cpu_reject_percent: 75.0,
             cpu_pause_percent: 80.0,
             // Derived by the server from the memory limit.
@@ -328,7 +328,7 @@ impl Default for Config {
             nats_password: None,
             nats_creds: None,
             nats_tls_ca: None,
-            // The seed's stream (seed 003).
+            // The seed's stream (as in the Go system surge replaces).
             js_stream: "ODIN_TOKENS".to_owned(),
             js_subjects: vec!["odin.token.>".to_owned(), "odin.global.>".to_owned()],
             js_max_age: Duration::from_secs(30),

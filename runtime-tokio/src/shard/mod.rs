@@ -569,7 +569,7 @@ struct Tally {
 #[cfg(test)]
 mod tests {
     /// An idle connection is its `Link` and nothing else in user space
-    /// (issue 6's target is 0.5 KiB of RSS per idle connection, measured by
+    /// (the target is 0.5 KiB of RSS per idle connection, measured by
     /// `bench/run`); this keeps the state from growing back unnoticed.
     #[test]
     fn an_idle_connection_state_stays_within_its_budget() {

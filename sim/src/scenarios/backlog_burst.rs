@@ -5,7 +5,7 @@
 //! Under the seed profile the accept loop falls behind once it holds a few
 //! thousand connections, the 129-entry accept queue overflows, SYNs are
 //! dropped and retransmitted 1 s, 3 s, 7 s later, and the clients whose
-//! deadline passes first fail — seed 000 lost 18.5 % of 12,000 at 100/s.
+//! deadline passes first fail — the Go system surge replaces lost 18.5 % of 12,000 at 100/s.
 //! Under surge's profile the same arrivals meet a 4096 backlog and an
 //! acceptor that only admits and spawns, and nobody waits.
 

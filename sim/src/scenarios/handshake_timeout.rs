@@ -1,13 +1,13 @@
 //! `handshake_timeout`: the same arrivals, once with the client deadline T
 //! and once with 2·T, against an upgrade path that slows as connections
-//! pile up (seed 004: handshakes starved by two goroutines per connection
+//! pile up (the Go system surge replaces: handshakes starved by two goroutines per connection
 //! spawned in bursts).
 //!
 //! Each upgrade's answer waits for a shared upgrade worker whose work per
 //! handshake grows with the connections held. Under the seed profile the
 //! worker falls behind near the end of a 7,000-client ramp: the last
 //! clients wait between 5 and 10 seconds for their 101, so a 5 s deadline
-//! fails a few percent and a 10 s deadline none (seed 004: 97.1 % vs
+//! fails a few percent and a 10 s deadline none (the Go system surge replaces: 97.1 % vs
 //! 100 %). surge's upgrade is a fixed, small amount of work.
 //!
 //! Only the upgrade path is under test, so in both profiles the accept

@@ -3,7 +3,7 @@
 //! once. Under the seed profile the gateway admits through
 //! [`CheckThenAcquireFixture`] (check a free slot, await the upgrade, take
 //! the slot): concurrent upgrades see the same free slot and the shards
-//! over-admit, as in seed 002. Under surge's profile the real gateway
+//! over-admit, as in the Go system surge replaces. Under surge's profile the real gateway
 //! reserves the slot atomically at accept: every connection beyond
 //! capacity gets a 503, no shard ever holds more than its capacity, and
 //! no slot is left when the clients are gone.
