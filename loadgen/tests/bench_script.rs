@@ -1,0 +1,55 @@
+//! `bench/run`, the script that drives surge-load: its `--help` is whole and
+//! agrees with bench/README.md.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench")
+}
+
+fn help() -> String {
+    let out = Command::new("bash")
+        .arg(bench_dir().join("run"))
+        .arg("--help")
+        .output()
+        .expect("bash runs bench/run");
+    assert!(out.status.success(), "bench/run --help failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The run time a text gives for the standard runs: the text of its
+/// "about … minutes" after the command.
+fn run_time(text: &str) -> Option<String> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("bench/run ") && l.contains("standard runs"))?;
+    let start = line.find("about ")?;
+    let end = start + line[start..].find("minutes")? + "minutes".len();
+    Some(line[start..end].to_owned())
+}
+
+#[test]
+fn help_is_complete_and_lists_every_option() {
+    let help = help();
+    let last = help.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.ends_with('.'),
+        "--help stops mid-sentence: {last:?}\n{help}"
+    );
+    for option in ["--quick", "--only", "--keep", "--help"] {
+        assert!(help.contains(option), "{option} missing from\n{help}");
+    }
+}
+
+#[test]
+fn help_and_the_readme_give_the_same_run_time() {
+    let readme = std::fs::read_to_string(bench_dir().join("README.md")).expect("bench/README.md");
+    let from_help = run_time(&help());
+    assert!(from_help.is_some(), "no run time in --help");
+    assert_eq!(
+        from_help,
+        run_time(&readme),
+        "bench/run --help vs bench/README.md"
+    );
+}
