@@ -68,7 +68,9 @@ pub fn command() -> Command {
                         .help("Print a documented .env.example instead"),
                 ),
         )
-        .subcommand(Command::new("doctor").about("Check host limits against the configuration"))
+        .subcommand(Command::new("doctor").about(
+            "Check host limits, the listen addresses and NATS reachability against the configuration",
+        ))
         .subcommand(feed_command())
         .arg(
             Arg::new("env-file")

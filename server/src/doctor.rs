@@ -8,9 +8,18 @@
 //! prints the fact with its value and, when it is a problem, the exact
 //! command and the persistent setting (`deploy/99-surge.conf`,
 //! `deploy/surge.service`) that fix it. The report is a pure function of
-//! [`HostFacts`], so it can be tested with fake hosts.
+//! [`HostFacts`] and [`NetworkFacts`], so it can be tested with fake hosts.
+//!
+//! The network checks catch what would otherwise stop `surge serve` or leave
+//! it without data: a listen address another process holds, and NATS
+//! servers that do not answer.
 
 use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use async_nats::ServerAddr;
 
 use surge_core::config::Config;
 
@@ -171,9 +180,144 @@ impl HostFacts {
     }
 }
 
+/// How long the doctor waits for each NATS server's TCP connect.
+pub const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One address the doctor tried, and why it did not work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The setting the address comes from.
+    pub setting: &'static str,
+    /// The address as configured.
+    pub target: String,
+    pub outcome: Result<(), String>,
+}
+
+/// Whether the listeners can be bound and the NATS servers reached, now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkFacts {
+    pub listeners: Vec<Probe>,
+    /// Empty with the embedded broker.
+    pub nats: Vec<Probe>,
+}
+
+impl NetworkFacts {
+    /// Binds each listen address (and lets it go at once) and opens a TCP
+    /// connection to each NATS server of `config`.
+    pub fn collect(config: &Config) -> Self {
+        let bind = |setting, addr: SocketAddr| Probe {
+            setting,
+            target: addr.to_string(),
+            outcome: TcpListener::bind(addr)
+                .map(drop)
+                .map_err(|e| bind_error(&e)),
+        };
+        NetworkFacts {
+            listeners: vec![
+                bind("SURGE_LISTEN", config.listen),
+                bind("SURGE_ADMIN_LISTEN", config.admin_listen),
+            ],
+            nats: config
+                .nats_servers()
+                .into_iter()
+                .map(|server| Probe {
+                    setting: "SURGE_NATS_URL",
+                    target: server.to_owned(),
+                    outcome: tcp_connect(server, NATS_CONNECT_TIMEOUT),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn bind_error(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "address already in use by another process (is surge already running?)".to_owned()
+        }
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_owned()
+        }
+        io::ErrorKind::AddrNotAvailable => "not an address of this host".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// A TCP connect to `server` (a `SURGE_NATS_URL` entry) within `timeout`,
+/// trying each address its host resolves to.
+fn tcp_connect(server: &str, timeout: Duration) -> Result<(), String> {
+    let addr: ServerAddr = server.parse().map_err(|e| format!("not a NATS URL: {e}"))?;
+    // The URL form of an IPv6 host keeps its brackets; the resolver wants none.
+    let host = addr.host().trim_start_matches('[').trim_end_matches(']');
+    let resolved: Vec<SocketAddr> = (host, addr.port())
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut last = format!("{host} resolves to no address");
+    for candidate in resolved {
+        match TcpStream::connect_timeout(&candidate, timeout) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                last = format!("no answer from {candidate} within {}s", timeout.as_secs());
+            }
+            Err(e) => last = format!("{candidate}: {e}"),
+        }
+    }
+    Err(last)
+}
+
 /// Checks this machine against `config`.
 pub fn run(config: &Config) -> Report {
-    report(config, &HostFacts::collect())
+    let mut report = report(config, &HostFacts::collect());
+    report
+        .checks
+        .extend(network(&NetworkFacts::collect(config)));
+    report
+}
+
+/// The checks of `facts`; pure, for tests and for `run`.
+pub fn network(facts: &NetworkFacts) -> Vec<Check> {
+    let listeners = facts.listeners.iter().map(|probe| match &probe.outcome {
+        Ok(()) => Check::ok(format!(
+            "listen {} ({}): can be bound",
+            probe.target, probe.setting
+        )),
+        Err(reason) => Check {
+            level: Level::Fail,
+            text: format!(
+                "listen {} ({}): cannot be bound: {reason}",
+                probe.target, probe.setting
+            ),
+            fix: Some(format!(
+                "stop what holds it (`ss -ltnp` shows the process) or set {} to a free address",
+                probe.setting
+            )),
+        },
+    });
+    // One server down is survivable while another answers; none is not.
+    let any_reachable = facts.nats.iter().any(|probe| probe.outcome.is_ok());
+    let nats = facts.nats.iter().map(move |probe| match &probe.outcome {
+        Ok(()) => Check::ok(format!(
+            "NATS {} ({}): reachable over TCP",
+            probe.target, probe.setting
+        )),
+        Err(reason) => Check {
+            level: if any_reachable {
+                Level::Warn
+            } else {
+                Level::Fail
+            },
+            text: format!(
+                "NATS {} ({}): unreachable: {reason}",
+                probe.target, probe.setting
+            ),
+            fix: Some(format!(
+                "start nats-server there (`nats-server -js`), open the firewall to it, or correct {}",
+                probe.setting
+            )),
+        },
+    });
+    listeners.chain(nats).collect()
 }
 
 /// Checks `facts` against `config`; pure, for tests and for `run`.
@@ -596,7 +740,98 @@ mod tests {
         let report = run(&Config::default());
         // Visible with `--nocapture`: this machine's real report.
         println!("{report}");
-        assert_eq!(report.checks.len(), 9);
+        // Nine host checks, then the two listeners (no NATS configured).
+        assert_eq!(report.checks.len(), 11);
+    }
+
+    fn probe(setting: &'static str, target: &str, outcome: Result<(), &str>) -> Probe {
+        Probe {
+            setting,
+            target: target.to_owned(),
+            outcome: outcome.map_err(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_listener_in_use_fails_naming_its_address_and_setting() {
+        let checks = network(&NetworkFacts {
+            listeners: vec![
+                probe(
+                    "SURGE_LISTEN",
+                    "0.0.0.0:8080",
+                    Err("address already in use"),
+                ),
+                probe("SURGE_ADMIN_LISTEN", "127.0.0.1:9090", Ok(())),
+            ],
+            nats: Vec::new(),
+        });
+        let shown: Vec<String> = checks.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "FAIL listen 0.0.0.0:8080 (SURGE_LISTEN): cannot be bound: address already in use; \
+                 fix: stop what holds it (`ss -ltnp` shows the process) or set SURGE_LISTEN to a free address",
+                "OK   listen 127.0.0.1:9090 (SURGE_ADMIN_LISTEN): can be bound",
+            ]
+        );
+    }
+
+    #[test]
+    fn unreachable_nats_fails_when_no_server_answers_and_warns_otherwise() {
+        let down = probe(
+            "SURGE_NATS_URL",
+            "nats://n1:4222",
+            Err("connection refused"),
+        );
+        let up = probe("SURGE_NATS_URL", "nats://n2:4222", Ok(()));
+        let alone = network(&NetworkFacts {
+            listeners: Vec::new(),
+            nats: vec![down.clone()],
+        });
+        assert_eq!(alone.len(), 1);
+        assert_eq!(alone[0].level, Level::Fail);
+        assert!(
+            alone[0].to_string().starts_with(
+                "FAIL NATS nats://n1:4222 (SURGE_NATS_URL): unreachable: connection refused; fix: "
+            ),
+            "{}",
+            alone[0]
+        );
+        let levels: Vec<Level> = network(&NetworkFacts {
+            listeners: Vec::new(),
+            nats: vec![down, up],
+        })
+        .iter()
+        .map(|c| c.level)
+        .collect();
+        assert_eq!(levels, [Level::Warn, Level::Ok]);
+    }
+
+    #[test]
+    fn collected_network_facts_see_a_bound_port_and_a_closed_one() {
+        let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken = busy.local_addr().expect("addr");
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let config = Config {
+            listen: taken,
+            admin_listen: "127.0.0.1:0".parse().expect("addr"),
+            nats_url: Some(format!("nats://{closed},nats://{taken}")),
+            ..Config::default()
+        };
+        let facts = NetworkFacts::collect(&config);
+        assert!(
+            facts.listeners[0]
+                .outcome
+                .as_ref()
+                .is_err_and(|e| e.contains("already in use")),
+            "{facts:?}"
+        );
+        assert_eq!(facts.listeners[1].outcome, Ok(()));
+        assert!(facts.nats[0].outcome.is_err(), "{facts:?}");
+        // The busy listener accepts TCP connections: reachable.
+        assert_eq!(facts.nats[1].outcome, Ok(()));
     }
 
     /// `key = value` lines of a sysctl.d file, comments skipped.

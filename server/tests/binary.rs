@@ -657,3 +657,60 @@ async fn sigterm_drops_readiness_first_and_publish_refuses_from_then_on() {
         .expect("exit");
     assert_eq!(status.code(), Some(0));
 }
+
+/// The lines of `surge doctor`'s report that mention `needle`.
+fn doctor_lines(out: &Output, needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn doctor_fails_a_listen_address_already_in_use() {
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = busy.local_addr().expect("addr").to_string();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let out = run(
+        &["doctor", "--listen", &taken, "--admin-listen", &admin],
+        &[],
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let flagged = doctor_lines(&out, &taken);
+    assert_eq!(flagged.len(), 1, "{report}");
+    assert!(
+        flagged[0].starts_with("FAIL") && flagged[0].contains("SURGE_LISTEN"),
+        "{report}"
+    );
+    assert!(flagged[0].contains("in use"), "{report}");
+    // The free admin address is checked too, and passes.
+    let admin_line = doctor_lines(&out, &admin);
+    assert_eq!(admin_line.len(), 1, "{report}");
+    assert!(
+        admin_line[0].starts_with("OK") && admin_line[0].contains("SURGE_ADMIN_LISTEN"),
+        "{report}"
+    );
+    drop(busy);
+}
+
+#[test]
+fn doctor_reports_an_unreachable_nats_server() {
+    let closed = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let out = run(
+        &["doctor", "--listen", &listen, "--admin-listen", &admin],
+        &[("SURGE_NATS_URL", &format!("nats://{closed}"))],
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    let flagged = doctor_lines(&out, &closed);
+    assert_eq!(flagged.len(), 1, "{report}");
+    assert!(
+        flagged[0].starts_with("FAIL") && flagged[0].contains("NATS"),
+        "{report}"
+    );
+    assert!(flagged[0].contains("unreachable"), "{report}");
+    assert_eq!(out.status.code(), Some(1), "{report}");
+}
