@@ -196,6 +196,9 @@ async fn resume_recovers_missed_messages_then_continues_live() {
         resumed,
         json!({"type":"resumed","channels":["x.even"],"last_sseq":10,"epoch":epoch})
     );
+    assert_eq!(metric(&gw, "surge_resumes_total"), 1.0);
+    assert_eq!(metric(&gw, "surge_messages_recovered_total"), 3.0);
+    assert_eq!(metric(&gw, "surge_resume_gaps_total"), 0.0);
     publish(&gw, "x.even", json!(11)).await;
     let live = next_json(&mut ws).await;
     assert_eq!(
@@ -311,6 +314,8 @@ async fn session_events_move_their_counters() {
         }
     }
     assert!(rate_limited > 0, "the limit never bit");
+    // subscribe, replay, 11 unknown types, 20 pings.
+    assert_eq!(metric(&gw, "surge_client_requests_total"), 33.0);
     assert!(errors >= 11 + rate_limited);
     assert_eq!(metric(&gw, "surge_client_errors_total"), f64::from(errors));
     assert_eq!(
@@ -404,6 +409,16 @@ async fn full_gateway_answers_503_at_once_and_the_slot_comes_back() {
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
     assert!(answer.contains("Retry-After: 5"), "{answer:?}");
     assert!(took < Duration::from_millis(100), "503 took {took:?}");
+    assert_eq!(
+        metric(&gw, "surge_admission_rejections_total{reason=\"full\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&gw, "surge_shard_connections{shard=\"0\"}")
+            + metric(&gw, "surge_shard_connections{shard=\"1\"}"),
+        2.0
+    );
+    assert_eq!(metric(&gw, "surge_connections"), 2.0);
     first.close(None).await.expect("close");
     // The closed connection's slot is free again.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -471,9 +486,11 @@ async fn two_thousand_concurrent_connects_all_succeed() {
 
 #[tokio::test]
 async fn shutdown_closes_clients_with_1001() {
-    let gw = start(|_| {}).await;
+    let gw = Arc::new(start(|_| {}).await);
     let mut ws = client(gw.local_addr()).await;
-    let stop = tokio::spawn(async move { gw.shutdown(Duration::from_secs(2)).await });
+    assert!(gw.readiness().is_ok());
+    let stopping = Arc::clone(&gw);
+    let stop = tokio::spawn(async move { stopping.shutdown(Duration::from_secs(2)).await });
     let frame = tokio::time::timeout(WAIT, ws.next())
         .await
         .expect("close in time");
@@ -482,6 +499,8 @@ async fn shutdown_closes_clients_with_1001() {
         other => panic!("expected a 1001 close, got {other:?}"),
     }
     stop.await.expect("shutdown");
+    assert!(gw.is_draining() && gw.readiness().is_err());
+    assert_eq!(metric(&gw, "surge_disconnects_total{code=\"1001\"}"), 1.0);
 }
 
 #[tokio::test]
