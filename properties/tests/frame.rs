@@ -186,7 +186,10 @@ impl ClientStream {
                         Payload::Binary(len) => (
                             OpCode::Binary,
                             vec![0xA5; *len],
-                            Event::Binary { len: *len },
+                            Event::Binary {
+                                len: *len,
+                                payload: None,
+                            },
                         ),
                     };
                     let mut points: Vec<usize> =
@@ -400,7 +403,7 @@ proptest! {
     ) {
         let frames = stream.frames();
         let bytes = encode_all(&frames);
-        let limits = DecodeLimits { max_message_bytes: 1 << 20 };
+        let limits = DecodeLimits::text(1 << 20);
         let (events, error) = decode_pieces(limits, &split_at_fractions(&bytes, &cuts));
         prop_assert_eq!(error, None);
         prop_assert_eq!(events, expected(&frames, usize::MAX).0);
@@ -417,7 +420,7 @@ proptest! {
     ) {
         let frames = stream.frames();
         let bytes = encode_all(&frames);
-        let got = decode_pieces(DecodeLimits { max_message_bytes: limit }, &split_at_fractions(&bytes, &cuts));
+        let got = decode_pieces(DecodeLimits::text(limit), &split_at_fractions(&bytes, &cuts));
         prop_assert_eq!(got, expected(&frames, limit));
     }
 
@@ -429,7 +432,7 @@ proptest! {
         limit in 0usize..300,
         cuts in prop::collection::vec(any::<Index>(), 0..16),
     ) {
-        let limits = DecodeLimits { max_message_bytes: limit };
+        let limits = DecodeLimits::text(limit);
         let whole = decode_pieces(limits, &[&bytes]);
         prop_assert_eq!(decode_pieces(limits, &split_at_fractions(&bytes, &cuts)), whole);
     }
@@ -451,7 +454,7 @@ proptest! {
             }
         }
         bytes.truncate(truncate.index(bytes.len() + 1));
-        let limits = DecodeLimits { max_message_bytes: 4096 };
+        let limits = DecodeLimits::text(4096);
         let whole = decode_pieces(limits, &[&bytes]);
         prop_assert_eq!(decode_pieces(limits, &split_at_fractions(&bytes, &cuts)), whole);
     }
@@ -541,9 +544,7 @@ fn masked(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
 fn a_16_kib_text_frame_decoded_in_one_feed_allocates_once() {
     let text = "{\"type\":\"subscribe\"}".repeat(16 * 1024 / 20);
     let frame = masked(0x81, text.as_bytes(), [0x12, 0x34, 0x56, 0x78]);
-    let limits = DecodeLimits {
-        max_message_bytes: 64 * 1024,
-    };
+    let limits = DecodeLimits::text(64 * 1024);
 
     let before = allocations();
     let mut decoder = FrameDecoder::new(limits);
@@ -563,9 +564,7 @@ fn a_16_kib_text_frame_decoded_in_one_feed_allocates_once() {
 
 #[test]
 fn an_idle_decoder_allocates_nothing() {
-    let limits = DecodeLimits {
-        max_message_bytes: 1024,
-    };
+    let limits = DecodeLimits::text(1024);
     let frames = [
         masked(0x89, b"", [1, 2, 3, 4]),
         masked(0x8A, b"", [1, 2, 3, 4]),
@@ -593,7 +592,10 @@ fn an_idle_decoder_allocates_nothing() {
             Event::Ping(vec![]),
             Event::Pong(vec![]),
             Event::Text(String::new()),
-            Event::Binary { len: 300 },
+            Event::Binary {
+                len: 300,
+                payload: None
+            },
         ]
     );
     assert_eq!(decoder.buffered_bytes(), 0);

@@ -20,6 +20,20 @@ pub struct DecodeLimits {
     /// whose header would take its message past this fails with
     /// [`FrameError::MessageTooBig`] before any of its payload is buffered.
     pub max_message_bytes: usize,
+    /// Keep binary payloads ([`Event::Binary`] carries them). surge's
+    /// protocol is JSON text, so the gateway skips them unbuffered; an echo
+    /// endpoint (the Autobahn harness) keeps them.
+    pub keep_binary: bool,
+}
+
+impl DecodeLimits {
+    /// Text messages up to `max_message_bytes`; binary payloads skipped.
+    pub fn text(max_message_bytes: usize) -> Self {
+        DecodeLimits {
+            max_message_bytes,
+            keep_binary: false,
+        }
+    }
 }
 
 /// What a client sent, one complete unit at a time.
@@ -28,9 +42,13 @@ pub enum Event {
     /// A complete text message, reassembled from its fragments and checked
     /// to be UTF-8.
     Text(String),
-    /// A complete binary message. surge's protocol has no use for binary, so
-    /// the payload is skipped, never buffered; only its length is kept.
-    Binary { len: usize },
+    /// A complete binary message. Unless [`DecodeLimits::keep_binary`] is
+    /// set the payload is skipped, never buffered (`payload` is `None`);
+    /// only its length is kept.
+    Binary {
+        len: usize,
+        payload: Option<Vec<u8>>,
+    },
     /// A ping; the driver answers with [`super::pong_frame_into`] and the
     /// same payload.
     Ping(Vec<u8>),
@@ -123,6 +141,9 @@ pub struct FrameDecoder {
     limits: DecodeLimits,
     stage: Stage,
     message: Message,
+    /// Frame headers completed so far (every frame: data, continuation and
+    /// control), for the driver's inbound budget.
+    frames: u32,
 }
 
 /// Where the decoder is inside the current frame.
@@ -183,6 +204,8 @@ enum Message {
     Binary {
         /// Sum of the lengths announced by the fragments' headers so far.
         len: usize,
+        /// The payload, when binary payloads are kept.
+        payload: Option<Vec<u8>>,
     },
 }
 
@@ -195,7 +218,7 @@ impl Message {
         match self {
             Message::None => 0,
             Message::Text { payload, .. } => payload.len(),
-            Message::Binary { len } => *len,
+            Message::Binary { len, .. } => *len,
         }
     }
 }
@@ -220,7 +243,14 @@ impl FrameDecoder {
             limits,
             stage: Stage::header(),
             message: Message::None,
+            frames: 0,
         }
+    }
+
+    /// How many frame headers this decoder has completed (data,
+    /// continuation and control frames alike).
+    pub fn frames(&self) -> u32 {
+        self.frames
     }
 
     /// Consumes bytes from the front of `input` until one event is
@@ -288,6 +318,7 @@ impl FrameDecoder {
                             }
                         }
                     };
+                    self.frames = self.frames.saturating_add(1);
                     if let Some(event) = self.begin_frame(header)? {
                         return Ok(Some(event));
                     }
@@ -316,6 +347,14 @@ impl FrameDecoder {
                         if *check_utf8 {
                             check_utf8_prefix(payload, valid_up_to)?;
                         }
+                    } else if let Message::Binary {
+                        payload: Some(payload),
+                        ..
+                    } = &mut self.message
+                    {
+                        let start = payload.len();
+                        payload.extend_from_slice(chunk);
+                        unmask(&mut payload[start..], *mask, usize::from(*phase));
                     }
                     // A binary payload is skipped: its length was counted
                     // when the header arrived.
@@ -385,13 +424,29 @@ impl FrameDecoder {
                     valid_up_to: 0,
                 };
             }
-            (_, OpCode::Binary) => self.message = Message::Binary { len },
+            (_, OpCode::Binary) => {
+                self.message = Message::Binary {
+                    len,
+                    payload: self.limits.keep_binary.then(|| Vec::with_capacity(len)),
+                }
+            }
             (Message::Text { payload, .. }, _) => {
                 // Amortized growth: many small fragments must not copy the
                 // message once per fragment.
                 payload.reserve(len);
             }
-            (Message::Binary { len: total }, _) => *total += len,
+            (
+                Message::Binary {
+                    len: total,
+                    payload,
+                },
+                _,
+            ) => {
+                *total += len;
+                if let Some(payload) = payload {
+                    payload.reserve(len);
+                }
+            }
             // parse_header rejected a continuation without a message.
             (Message::None, _) => return Err(FrameError::UnexpectedContinuation),
         }
@@ -418,7 +473,7 @@ impl FrameDecoder {
             Message::Text { payload, .. } => String::from_utf8(payload)
                 .map(Event::Text)
                 .map_err(|_| FrameError::InvalidUtf8),
-            Message::Binary { len } => Ok(Event::Binary { len }),
+            Message::Binary { len, payload } => Ok(Event::Binary { len, payload }),
             // Only called when a data frame with FIN completes a message.
             Message::None => Err(FrameError::UnexpectedContinuation),
         }

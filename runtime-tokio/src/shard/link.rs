@@ -605,9 +605,7 @@ fn write_some<P: Poller>(
 }
 
 fn decode_limits(ctx: &Context) -> DecodeLimits {
-    DecodeLimits {
-        max_message_bytes: ctx.session_config.max_message_bytes,
-    }
+    DecodeLimits::text(ctx.session_config.max_message_bytes)
 }
 
 /// Every event in `input`, and the protocol error that stopped decoding, if any.
