@@ -53,3 +53,36 @@ fn help_and_the_readme_give_the_same_run_time() {
         "bench/run --help vs bench/README.md"
     );
 }
+
+/// Whether `line` cites a tracker item by number ("issue 6"), which a
+/// reader of the repository cannot follow.
+fn cites_an_issue_number(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    lower
+        .match_indices("issue ")
+        .any(|(at, word)| lower[at + word.len()..].starts_with(|c: char| c.is_ascii_digit()))
+}
+
+#[test]
+fn the_script_and_its_results_cite_no_issue_numbers() {
+    let mut files = vec![bench_dir().join("run"), bench_dir().join("README.md")];
+    let results = std::fs::read_dir(bench_dir().join("results")).expect("bench/results");
+    files.extend(
+        results
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "md")),
+    );
+    assert!(files.len() > 2, "no results in bench/results");
+    let mut found = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("readable");
+        for (i, line) in text.lines().enumerate() {
+            if cites_an_issue_number(line) {
+                found.push(format!("{}:{}: {line}", file.display(), i + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    assert!(cites_an_issue_number("## Targets (Issue 6)"));
+    assert!(!cites_an_issue_number("an issue with 6 runs"));
+}
