@@ -86,3 +86,28 @@ fn the_script_and_its_results_cite_no_issue_numbers() {
     assert!(cites_an_issue_number("## Targets (Issue 6)"));
     assert!(!cites_an_issue_number("an issue with 6 runs"));
 }
+
+#[test]
+fn the_repository_readme_gives_the_same_run_time_as_the_script() {
+    let help = help();
+    let minutes = run_time(&help).expect("a run time in --help");
+    let last_run = help
+        .split_once("last full run: ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(figure, _)| figure.to_owned())
+        .expect("the last full run's time in --help");
+    let readme = std::fs::read_to_string(bench_dir().join("../README.md")).expect("README.md");
+    let section = readme
+        .split_once("\n## Benchmarks\n")
+        .and_then(|(_, rest)| rest.split("\n## ").next())
+        .expect("README.md has a Benchmarks section");
+    let flat = section.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains(&format!("{minutes} on 2 cores after the release build")),
+        "README.md's Benchmarks section does not say `{minutes}`:\n{section}"
+    );
+    assert!(
+        flat.contains(&format!("last full run {last_run}")),
+        "README.md's Benchmarks section does not give the last run's {last_run}:\n{section}"
+    );
+}
