@@ -15,8 +15,10 @@
 //! each value, is printed ([`Config::print_effective`]) and exposed
 //! ([`Config::to_json`]).
 //!
-//! Every setting is described once, in [`SETTINGS`]; the server generates
-//! `--help` and `.env.example` from that table.
+//! Every setting is declared once, in the table of the `settings` module,
+//! which generates its [`Config`] field, default, rule and [`SETTINGS`]
+//! entry; the server generates `--help` and `.env.example` from
+//! [`SETTINGS`].
 
 mod rules;
 mod settings;
@@ -28,11 +30,9 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use rules::Value;
-pub use settings::{DERIVED, SETTINGS, Setting, UNSET};
+pub use settings::{Config, DERIVED, SETTINGS, Setting, UNSET};
 pub use units::{
     BytesError, DurationError, format_bytes, format_duration, parse_bytes, parse_duration,
 };
@@ -151,8 +151,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// `as_str`, `from_name` (case-insensitive), `Display` and the list of
-/// names for the enums of the configuration.
+/// `as_str`, `from_name` (case-insensitive), `Display`, the list of names
+/// and [`rules::Named`] (what the `Choice` kind of the settings table needs)
+/// for the enums of the configuration.
 macro_rules! named_enum {
     ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
         impl $ty {
@@ -170,6 +171,16 @@ macro_rules! named_enum {
                 [$($ty::$variant),+]
                     .into_iter()
                     .find(|value| value.as_str().eq_ignore_ascii_case(name))
+            }
+        }
+
+        impl rules::Named for $ty {
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+
+            fn by_name(name: &str) -> Option<Self> {
+                Self::from_name(name)
             }
         }
 
@@ -197,163 +208,6 @@ named_enum!(LogFormat {
     Text => "text",
     Json => "json",
 });
-
-/// The gateway's configuration. Field names are the [`Setting::key`]s;
-/// [`SETTINGS`] documents each one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub ws_path: String,
-    /// `None`: the server derives it from memory and the open-file limit.
-    pub max_connections: Option<u32>,
-    /// `None`: one shard per CPU.
-    pub shards: Option<u32>,
-    pub backlog: u32,
-    pub handshake_timeout: Duration,
-    pub max_head_bytes: usize,
-    /// Empty: any origin is accepted.
-    pub allowed_origins: Vec<String>,
-    /// Empty: no authentication.
-    pub auth_tokens: Vec<Secret>,
-    pub max_message_bytes: usize,
-    /// Requests per second per client; 0 = unlimited.
-    pub client_rate: u32,
-    pub client_burst: u32,
-    pub max_subscriptions: u32,
-    pub outbound_queue_bytes: usize,
-    /// Messages kept per connection; 0 disables replay.
-    pub replay_window: u32,
-    pub replay_max_bytes: usize,
-    pub ping_interval: Duration,
-    pub idle_timeout: Duration,
-    pub throttle_full_events: u32,
-    pub throttle_recovery: Duration,
-    pub cpu_reject_percent: f64,
-    pub cpu_pause_percent: f64,
-    /// `None`: the server derives it (90 % of the memory limit).
-    pub memory_reject_bytes: Option<u64>,
-    /// `None`: the server derives it from the memory limit.
-    pub memory_pause_bytes: Option<u64>,
-    /// Sent as `Retry-After`; always whole seconds.
-    pub retry_after: Duration,
-    /// Messages per second consumed from the broker; 0 = unlimited.
-    pub broker_rate: u32,
-    /// Messages per second fanned out; 0 = unlimited.
-    pub broadcast_rate: u32,
-    /// `None`: the embedded broker. Otherwise one or more comma-separated
-    /// URLs; see [`Config::nats_servers`].
-    pub nats_url: Option<String>,
-    pub nats_token: Option<Secret>,
-    pub nats_user: Option<String>,
-    pub nats_password: Option<Secret>,
-    /// Existence is checked by the server, which does the I/O.
-    pub nats_creds: Option<PathBuf>,
-    pub nats_tls_ca: Option<PathBuf>,
-    pub js_stream: String,
-    pub js_subjects: Vec<String>,
-    pub js_max_age: Duration,
-    pub js_max_msgs: u64,
-    pub js_max_bytes: u64,
-    pub js_replicas: u32,
-    pub js_update_stream: bool,
-    pub socket_preset: SocketPreset,
-    pub shutdown_drain: Duration,
-    pub shutdown_delay: Duration,
-    pub ready_requires_broker: bool,
-    pub public_healthz: bool,
-    pub admin_max_body_bytes: usize,
-    pub log_level: LogLevel,
-    pub log_format: LogFormat,
-    /// Where each setting given explicitly came from, by environment
-    /// variable name; a setting missing here has its default.
-    pub origins: BTreeMap<&'static str, Origin>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            // Public: clients connect straight to the gateway, no proxy hop.
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            // Loopback: POST /publish has no credentials of its own.
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-            ws_path: "/ws".to_owned(),
-            // Derived by the server from what this host can actually hold.
-            max_connections: None,
-            // One per CPU, derived by the server.
-            shards: None,
-            // A ~128 backlog dropped 18.5 % of a 100 conn/s surge (the Go system surge replaces).
-            backlog: 4096,
-            // 5 s lost 2.9 % of clients under load, 10 s none (the Go system surge replaces).
-            handshake_timeout: Duration::from_secs(10),
-            // Fits browsers' headers with large cookies; bounds a pending handshake.
-            max_head_bytes: 8 << 10,
-            // Open by default: non-browser clients send no Origin.
-            allowed_origins: Vec::new(),
-            auth_tokens: Vec::new(),
-            // Client requests are small JSON.
-            max_message_bytes: 16 << 10,
-            // Far above subscribe/ping traffic; stops a flooding client.
-            client_rate: 20,
-            // Lets a reconnecting client resubscribe and replay at once.
-            client_burst: 40,
-            max_subscriptions: 100,
-            // Absorbs a burst without unbounded buffering for a slow reader.
-            outbound_queue_bytes: 256 << 10,
-            // The seed's replay buffer size, which covered their gaps.
-            replay_window: 100,
-            replay_max_bytes: 256 << 10,
-            // Under the 30 s+ idle cut of common proxies and load balancers.
-            ping_interval: Duration::from_secs(25),
-            // More than two ping intervals: one lost pong is not fatal.
-            idle_timeout: Duration::from_secs(60),
-            // The seed's escalation and recovery (as in the Go system surge replaces).
-            throttle_full_events: 3,
-            throttle_recovery: Duration::from_secs(30),
-            // Reject newcomers at 75 %, pause the feed only at 80 % (as in the Go system surge replaces).
-            cpu_reject_percent: 75.0,
-            cpu_pause_percent: 80.0,
-            // Derived by the server from the memory limit.
-            memory_reject_bytes: None,
-            memory_pause_bytes: None,
-            // Spreads retries without leaving clients waiting long.
-            retry_after: Duration::from_secs(5),
-            // Unlimited unless an operator needs a cap.
-            broker_rate: 0,
-            broadcast_rate: 0,
-            // The embedded broker: one binary runs with no dependencies.
-            nats_url: None,
-            nats_token: None,
-            nats_user: None,
-            nats_password: None,
-            nats_creds: None,
-            nats_tls_ca: None,
-            // The seed's stream (as in the Go system surge replaces).
-            js_stream: "ODIN_TOKENS".to_owned(),
-            js_subjects: vec!["odin.token.>".to_owned(), "odin.global.>".to_owned()],
-            js_max_age: Duration::from_secs(30),
-            js_max_msgs: 100_000,
-            js_max_bytes: 50 << 20,
-            // A single server; a cluster should use 3.
-            js_replicas: 1,
-            // Never rewrite a shared stream unless asked to.
-            js_update_stream: false,
-            socket_preset: SocketPreset::Default,
-            // Fits inside common orchestrators' grace periods.
-            shutdown_drain: Duration::from_secs(10),
-            // Orchestrators stop routing on their own; a balancer that
-            // polls /readyz needs this set to its polling period.
-            shutdown_delay: Duration::ZERO,
-            // A broker blip must not take every instance out at once.
-            ready_requires_broker: false,
-            public_healthz: false,
-            admin_max_body_bytes: 1 << 20,
-            log_level: LogLevel::Info,
-            log_format: LogFormat::Text,
-            origins: BTreeMap::new(),
-        }
-    }
-}
 
 /// One problem with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -789,223 +643,6 @@ impl Config {
         } else {
             value.text()
         }
-    }
-
-    /// The value of the setting named `env`.
-    fn get(&self, env: &str) -> Option<Value> {
-        fn opt_int(n: Option<u32>) -> Value {
-            n.map_or(Value::Unset, |n| Value::Int(n.into()))
-        }
-        fn opt_bytes(n: Option<u64>) -> Value {
-            n.map_or(Value::Unset, Value::Bytes)
-        }
-        fn opt_text(text: Option<&str>) -> Value {
-            text.map_or(Value::Unset, |t| Value::Text(t.to_owned()))
-        }
-        fn opt_path(path: Option<&PathBuf>) -> Value {
-            path.map_or(Value::Unset, |p| {
-                Value::Text(p.to_string_lossy().into_owned())
-            })
-        }
-        fn bytes(n: usize) -> Value {
-            Value::Bytes(u64::try_from(n).unwrap_or(u64::MAX))
-        }
-        let int = |n: u32| Value::Int(n.into());
-        Some(match env {
-            "SURGE_LISTEN" => Value::Addr(self.listen),
-            "SURGE_ADMIN_LISTEN" => Value::Addr(self.admin_listen),
-            "SURGE_WS_PATH" => Value::Text(self.ws_path.clone()),
-            "SURGE_MAX_CONNECTIONS" => opt_int(self.max_connections),
-            "SURGE_SHARDS" => opt_int(self.shards),
-            "SURGE_BACKLOG" => int(self.backlog),
-            "SURGE_HANDSHAKE_TIMEOUT" => Value::Dur(self.handshake_timeout),
-            "SURGE_MAX_HEAD_BYTES" => bytes(self.max_head_bytes),
-            "SURGE_ALLOWED_ORIGINS" => Value::List(self.allowed_origins.clone()),
-            "SURGE_AUTH_TOKENS" => Value::List(
-                self.auth_tokens
-                    .iter()
-                    .map(|t| t.expose().to_owned())
-                    .collect(),
-            ),
-            "SURGE_MAX_MESSAGE_BYTES" => bytes(self.max_message_bytes),
-            "SURGE_CLIENT_RATE" => int(self.client_rate),
-            "SURGE_CLIENT_BURST" => int(self.client_burst),
-            "SURGE_MAX_SUBSCRIPTIONS" => int(self.max_subscriptions),
-            "SURGE_OUTBOUND_QUEUE_BYTES" => bytes(self.outbound_queue_bytes),
-            "SURGE_REPLAY_WINDOW" => int(self.replay_window),
-            "SURGE_REPLAY_MAX_BYTES" => bytes(self.replay_max_bytes),
-            "SURGE_PING_INTERVAL" => Value::Dur(self.ping_interval),
-            "SURGE_IDLE_TIMEOUT" => Value::Dur(self.idle_timeout),
-            "SURGE_THROTTLE_FULL_EVENTS" => int(self.throttle_full_events),
-            "SURGE_THROTTLE_RECOVERY" => Value::Dur(self.throttle_recovery),
-            "SURGE_CPU_REJECT_PERCENT" => Value::Percent(self.cpu_reject_percent),
-            "SURGE_CPU_PAUSE_PERCENT" => Value::Percent(self.cpu_pause_percent),
-            "SURGE_MEMORY_REJECT_BYTES" => opt_bytes(self.memory_reject_bytes),
-            "SURGE_MEMORY_PAUSE_BYTES" => opt_bytes(self.memory_pause_bytes),
-            "SURGE_RETRY_AFTER" => Value::Dur(self.retry_after),
-            "SURGE_BROKER_RATE" => int(self.broker_rate),
-            "SURGE_BROADCAST_RATE" => int(self.broadcast_rate),
-            "SURGE_NATS_URL" => opt_text(self.nats_url.as_deref()),
-            "SURGE_NATS_TOKEN" => opt_text(self.nats_token.as_ref().map(Secret::expose)),
-            "SURGE_NATS_USER" => opt_text(self.nats_user.as_deref()),
-            "SURGE_NATS_PASSWORD" => opt_text(self.nats_password.as_ref().map(Secret::expose)),
-            "SURGE_NATS_CREDS" => opt_path(self.nats_creds.as_ref()),
-            "SURGE_NATS_TLS_CA" => opt_path(self.nats_tls_ca.as_ref()),
-            "SURGE_JS_STREAM" => Value::Text(self.js_stream.clone()),
-            "SURGE_JS_SUBJECTS" => Value::List(self.js_subjects.clone()),
-            "SURGE_JS_MAX_AGE" => Value::Dur(self.js_max_age),
-            "SURGE_JS_MAX_MSGS" => Value::Int(self.js_max_msgs),
-            "SURGE_JS_MAX_BYTES" => Value::Bytes(self.js_max_bytes),
-            "SURGE_JS_REPLICAS" => int(self.js_replicas),
-            "SURGE_JS_UPDATE_STREAM" => Value::Bool(self.js_update_stream),
-            "SURGE_SOCKET_PRESET" => Value::Choice(self.socket_preset.as_str()),
-            "SURGE_SHUTDOWN_DRAIN" => Value::Dur(self.shutdown_drain),
-            "SURGE_SHUTDOWN_DELAY" => Value::Dur(self.shutdown_delay),
-            "SURGE_READY_REQUIRES_BROKER" => Value::Bool(self.ready_requires_broker),
-            "SURGE_PUBLIC_HEALTHZ" => Value::Bool(self.public_healthz),
-            "SURGE_ADMIN_MAX_BODY_BYTES" => bytes(self.admin_max_body_bytes),
-            "SURGE_LOG_LEVEL" => Value::Choice(self.log_level.as_str()),
-            "SURGE_LOG_FORMAT" => Value::Choice(self.log_format.as_str()),
-            _ => return None,
-        })
-    }
-
-    /// Stores a parsed value in the field of the setting named `env`. The
-    /// value already passed the setting's rule, so the conversions fit.
-    fn set(&mut self, env: &str, value: Value) -> Result<(), String> {
-        let v = value;
-        match env {
-            "SURGE_LISTEN" => self.listen = addr(v)?,
-            "SURGE_ADMIN_LISTEN" => self.admin_listen = addr(v)?,
-            "SURGE_WS_PATH" => self.ws_path = text(v)?,
-            "SURGE_MAX_CONNECTIONS" => self.max_connections = optional(v, int)?,
-            "SURGE_SHARDS" => self.shards = optional(v, int)?,
-            "SURGE_BACKLOG" => self.backlog = int(v)?,
-            "SURGE_HANDSHAKE_TIMEOUT" => self.handshake_timeout = duration(v)?,
-            "SURGE_MAX_HEAD_BYTES" => self.max_head_bytes = bytes(v)?,
-            "SURGE_ALLOWED_ORIGINS" => self.allowed_origins = list(v)?,
-            "SURGE_AUTH_TOKENS" => {
-                self.auth_tokens = list(v)?.into_iter().map(Secret).collect();
-            }
-            "SURGE_MAX_MESSAGE_BYTES" => self.max_message_bytes = bytes(v)?,
-            "SURGE_CLIENT_RATE" => self.client_rate = int(v)?,
-            "SURGE_CLIENT_BURST" => self.client_burst = int(v)?,
-            "SURGE_MAX_SUBSCRIPTIONS" => self.max_subscriptions = int(v)?,
-            "SURGE_OUTBOUND_QUEUE_BYTES" => self.outbound_queue_bytes = bytes(v)?,
-            "SURGE_REPLAY_WINDOW" => self.replay_window = int(v)?,
-            "SURGE_REPLAY_MAX_BYTES" => self.replay_max_bytes = bytes(v)?,
-            "SURGE_PING_INTERVAL" => self.ping_interval = duration(v)?,
-            "SURGE_IDLE_TIMEOUT" => self.idle_timeout = duration(v)?,
-            "SURGE_THROTTLE_FULL_EVENTS" => self.throttle_full_events = int(v)?,
-            "SURGE_THROTTLE_RECOVERY" => self.throttle_recovery = duration(v)?,
-            "SURGE_CPU_REJECT_PERCENT" => self.cpu_reject_percent = percent(v)?,
-            "SURGE_CPU_PAUSE_PERCENT" => self.cpu_pause_percent = percent(v)?,
-            "SURGE_MEMORY_REJECT_BYTES" => self.memory_reject_bytes = optional(v, bytes)?,
-            "SURGE_MEMORY_PAUSE_BYTES" => self.memory_pause_bytes = optional(v, bytes)?,
-            "SURGE_RETRY_AFTER" => self.retry_after = duration(v)?,
-            "SURGE_BROKER_RATE" => self.broker_rate = int(v)?,
-            "SURGE_BROADCAST_RATE" => self.broadcast_rate = int(v)?,
-            "SURGE_NATS_URL" => self.nats_url = optional(v, text)?,
-            "SURGE_NATS_TOKEN" => self.nats_token = optional(v, text)?.map(Secret),
-            "SURGE_NATS_USER" => self.nats_user = optional(v, text)?,
-            "SURGE_NATS_PASSWORD" => self.nats_password = optional(v, text)?.map(Secret),
-            "SURGE_NATS_CREDS" => self.nats_creds = optional(v, text)?.map(PathBuf::from),
-            "SURGE_NATS_TLS_CA" => self.nats_tls_ca = optional(v, text)?.map(PathBuf::from),
-            "SURGE_JS_STREAM" => self.js_stream = text(v)?,
-            "SURGE_JS_SUBJECTS" => self.js_subjects = list(v)?,
-            "SURGE_JS_MAX_AGE" => self.js_max_age = duration(v)?,
-            "SURGE_JS_MAX_MSGS" => self.js_max_msgs = int(v)?,
-            "SURGE_JS_MAX_BYTES" => self.js_max_bytes = bytes(v)?,
-            "SURGE_JS_REPLICAS" => self.js_replicas = int(v)?,
-            "SURGE_JS_UPDATE_STREAM" => self.js_update_stream = boolean(v)?,
-            "SURGE_SOCKET_PRESET" => self.socket_preset = choice(v, SocketPreset::from_name)?,
-            "SURGE_SHUTDOWN_DRAIN" => self.shutdown_drain = duration(v)?,
-            "SURGE_SHUTDOWN_DELAY" => self.shutdown_delay = duration(v)?,
-            "SURGE_READY_REQUIRES_BROKER" => self.ready_requires_broker = boolean(v)?,
-            "SURGE_PUBLIC_HEALTHZ" => self.public_healthz = boolean(v)?,
-            "SURGE_ADMIN_MAX_BODY_BYTES" => self.admin_max_body_bytes = bytes(v)?,
-            "SURGE_LOG_LEVEL" => self.log_level = choice(v, LogLevel::from_name)?,
-            "SURGE_LOG_FORMAT" => self.log_format = choice(v, LogFormat::from_name)?,
-            _ => return Err(mismatch()),
-        }
-        Ok(())
-    }
-}
-
-// Conversions from a parsed `Value` to a field's type. A kind mismatch is a
-// bug in this module (the tests set every setting), reported, not panicked.
-
-fn mismatch() -> String {
-    "internal error: this setting has no field of that kind".to_owned()
-}
-
-fn addr(v: Value) -> Result<SocketAddr, String> {
-    match v {
-        Value::Addr(addr) => Ok(addr),
-        _ => Err(mismatch()),
-    }
-}
-
-fn int<T: TryFrom<u64>>(v: Value) -> Result<T, String> {
-    match v {
-        Value::Int(n) => T::try_from(n).map_err(|_| mismatch()),
-        _ => Err(mismatch()),
-    }
-}
-
-fn bytes<T: TryFrom<u64>>(v: Value) -> Result<T, String> {
-    match v {
-        Value::Bytes(n) => T::try_from(n).map_err(|_| mismatch()),
-        _ => Err(mismatch()),
-    }
-}
-
-fn duration(v: Value) -> Result<Duration, String> {
-    match v {
-        Value::Dur(d) => Ok(d),
-        _ => Err(mismatch()),
-    }
-}
-
-fn percent(v: Value) -> Result<f64, String> {
-    match v {
-        Value::Percent(p) => Ok(p),
-        _ => Err(mismatch()),
-    }
-}
-
-fn boolean(v: Value) -> Result<bool, String> {
-    match v {
-        Value::Bool(b) => Ok(b),
-        _ => Err(mismatch()),
-    }
-}
-
-fn text(v: Value) -> Result<String, String> {
-    match v {
-        Value::Text(t) => Ok(t),
-        _ => Err(mismatch()),
-    }
-}
-
-fn list(v: Value) -> Result<Vec<String>, String> {
-    match v {
-        Value::List(items) => Ok(items),
-        _ => Err(mismatch()),
-    }
-}
-
-fn choice<T>(v: Value, from_name: fn(&str) -> Option<T>) -> Result<T, String> {
-    match v {
-        Value::Choice(name) => from_name(name).ok_or_else(mismatch),
-        _ => Err(mismatch()),
-    }
-}
-
-fn optional<T>(v: Value, convert: fn(Value) -> Result<T, String>) -> Result<Option<T>, String> {
-    match v {
-        Value::Unset => Ok(None),
-        v => convert(v).map(Some),
     }
 }
 

@@ -3,9 +3,12 @@
 //! it must pass. The same [`Spec::check`] serves values read from text and
 //! values a program put into a `Config`, so both meet the same rules.
 
-use std::net::Ipv6Addr;
+use std::marker::PhantomData;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use super::Secret;
 use super::units::{format_bytes, format_duration, parse_bytes, parse_duration};
 
 /// The largest limit a setting can have: NATS stores stream limits as
@@ -99,6 +102,210 @@ impl Value {
             Value::Unset => true,
             Value::List(items) => items.is_empty(),
             _ => false,
+        }
+    }
+}
+
+/// How a `Config` field of type `T` is read into a [`Value`] and stored
+/// back from one: the `kind` of an entry of the settings table. A field type
+/// with no impl for its entry's kind does not compile; a kind that does not
+/// match the entry's rule is caught by the tests, which round-trip every
+/// setting through `get` and `set`.
+pub(super) trait Kind<T> {
+    /// The field's value.
+    fn get(field: &T) -> Value;
+    /// The field's new value. It already passed the setting's rule, so the
+    /// conversion fits; a kind mismatch is a bug in the settings table,
+    /// reported, not panicked.
+    fn set(value: Value) -> Result<T, String>;
+}
+
+/// The error of a value of the wrong kind for a field, or of an unknown
+/// setting.
+pub(super) fn mismatch() -> String {
+    "internal error: this setting has no field of that kind".to_owned()
+}
+
+// The kinds, named like the `Value` each one produces. They are types only:
+// no value of them is ever made.
+
+/// An IP address and port: `SocketAddr`.
+pub(super) enum Addr {}
+/// A count: `u32` or `u64`.
+pub(super) enum Int {}
+/// A size in bytes: `usize` or `u64`.
+pub(super) enum Bytes {}
+/// A percentage: `f64`.
+pub(super) enum Percent {}
+/// A `Duration`.
+pub(super) enum Dur {}
+/// A `bool`.
+pub(super) enum Bool {}
+/// One of an enum's names: a [`Named`] enum.
+pub(super) enum Choice {}
+/// Text: `String`, a [`Secret`] or a `PathBuf`.
+pub(super) enum Text {}
+/// A comma-separated list: `Vec` of `String` or of [`Secret`].
+pub(super) enum List {}
+/// `Option` of a field of kind `K`: `None` is [`Value::Unset`] (derived by
+/// the server, or off).
+pub(super) struct Optional<K>(PhantomData<K>);
+
+/// An enum of the configuration that has names (see `named_enum!`).
+pub(super) trait Named: Copy + 'static {
+    fn name(self) -> &'static str;
+    fn by_name(name: &str) -> Option<Self>;
+}
+
+/// A field type that holds text.
+pub(super) trait TextField: Sized {
+    fn to_text(&self) -> String;
+    fn from_text(text: String) -> Self;
+}
+
+impl TextField for String {
+    fn to_text(&self) -> String {
+        self.clone()
+    }
+    fn from_text(text: String) -> Self {
+        text
+    }
+}
+
+impl TextField for Secret {
+    fn to_text(&self) -> String {
+        self.expose().to_owned()
+    }
+    fn from_text(text: String) -> Self {
+        Secret::new(text)
+    }
+}
+
+impl TextField for PathBuf {
+    fn to_text(&self) -> String {
+        self.to_string_lossy().into_owned()
+    }
+    fn from_text(text: String) -> Self {
+        PathBuf::from(text)
+    }
+}
+
+impl Kind<SocketAddr> for Addr {
+    fn get(field: &SocketAddr) -> Value {
+        Value::Addr(*field)
+    }
+    fn set(value: Value) -> Result<SocketAddr, String> {
+        match value {
+            Value::Addr(addr) => Ok(addr),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl<T: Copy + TryInto<u64> + TryFrom<u64>> Kind<T> for Int {
+    fn get(field: &T) -> Value {
+        Value::Int((*field).try_into().unwrap_or(u64::MAX))
+    }
+    fn set(value: Value) -> Result<T, String> {
+        match value {
+            Value::Int(n) => T::try_from(n).map_err(|_| mismatch()),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl<T: Copy + TryInto<u64> + TryFrom<u64>> Kind<T> for Bytes {
+    fn get(field: &T) -> Value {
+        Value::Bytes((*field).try_into().unwrap_or(u64::MAX))
+    }
+    fn set(value: Value) -> Result<T, String> {
+        match value {
+            Value::Bytes(n) => T::try_from(n).map_err(|_| mismatch()),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl Kind<f64> for Percent {
+    fn get(field: &f64) -> Value {
+        Value::Percent(*field)
+    }
+    fn set(value: Value) -> Result<f64, String> {
+        match value {
+            Value::Percent(p) => Ok(p),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl Kind<Duration> for Dur {
+    fn get(field: &Duration) -> Value {
+        Value::Dur(*field)
+    }
+    fn set(value: Value) -> Result<Duration, String> {
+        match value {
+            Value::Dur(d) => Ok(d),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl Kind<bool> for Bool {
+    fn get(field: &bool) -> Value {
+        Value::Bool(*field)
+    }
+    fn set(value: Value) -> Result<bool, String> {
+        match value {
+            Value::Bool(b) => Ok(b),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl<T: Named> Kind<T> for Choice {
+    fn get(field: &T) -> Value {
+        Value::Choice(field.name())
+    }
+    fn set(value: Value) -> Result<T, String> {
+        match value {
+            Value::Choice(name) => T::by_name(name).ok_or_else(mismatch),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl<T: TextField> Kind<T> for Text {
+    fn get(field: &T) -> Value {
+        Value::Text(field.to_text())
+    }
+    fn set(value: Value) -> Result<T, String> {
+        match value {
+            Value::Text(text) => Ok(T::from_text(text)),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl<T: TextField> Kind<Vec<T>> for List {
+    fn get(field: &Vec<T>) -> Value {
+        Value::List(field.iter().map(T::to_text).collect())
+    }
+    fn set(value: Value) -> Result<Vec<T>, String> {
+        match value {
+            Value::List(items) => Ok(items.into_iter().map(T::from_text).collect()),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+impl<T, K: Kind<T>> Kind<Option<T>> for Optional<K> {
+    fn get(field: &Option<T>) -> Value {
+        field.as_ref().map_or(Value::Unset, K::get)
+    }
+    fn set(value: Value) -> Result<Option<T>, String> {
+        match value {
+            Value::Unset => Ok(None),
+            value => K::set(value).map(Some),
         }
     }
 }

@@ -1,11 +1,20 @@
-//! The table of settings: names, defaults and one-line docs, plus the rule
-//! each value must follow. The server generates `.env.example` and `--help`
-//! from [`SETTINGS`], so this table is the one place a setting is described.
+//! The table of settings: one entry per setting, declared once, generates
+//! the [`Config`] field and its default, the [`SETTINGS`] entry (names,
+//! default text and one-line doc, from which the server generates `--help`
+//! and `.env.example`), the rule each value must follow, and the code that
+//! moves a value between its field and a [`Value`]. Rules between settings
+//! are written by hand in the parent module.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::rules::{Spec, UNBOUNDED};
-use super::{LogFormat, LogLevel, SocketPreset};
+use super::rules::{
+    Addr, Bool, Bytes, Choice, Dur, Int, Kind, List, Optional, Percent, Spec, Text, UNBOUNDED,
+    Value, mismatch,
+};
+use super::{LogFormat, LogLevel, Origin, Secret, SocketPreset};
 
 /// One configuration setting as the user sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,402 +122,455 @@ const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// The rule of each setting. A name missing here is an unknown setting,
-/// which the tests rule out for every entry of [`SETTINGS`].
-fn spec(env: &str) -> Spec {
-    match env {
-        "SURGE_LISTEN" | "SURGE_ADMIN_LISTEN" => Spec::SocketAddr,
-        "SURGE_WS_PATH" => Spec::WsPath,
-        "SURGE_MAX_CONNECTIONS" => derived_int(1, 10_000_000),
-        "SURGE_SHARDS" => derived_int(1, 1024),
-        "SURGE_BACKLOG" => int(1, 65_535),
-        "SURGE_HANDSHAKE_TIMEOUT" => duration(Duration::from_millis(100), secs(300)),
-        "SURGE_MAX_HEAD_BYTES" => bytes(KIB, 64 * KIB),
-        "SURGE_ALLOWED_ORIGINS" => Spec::Origins,
-        "SURGE_AUTH_TOKENS" => Spec::Tokens,
-        "SURGE_MAX_MESSAGE_BYTES" => bytes(512, MIB),
-        "SURGE_CLIENT_RATE" => int(0, 100_000),
-        "SURGE_CLIENT_BURST" => int(1, 100_000),
-        "SURGE_MAX_SUBSCRIPTIONS" => int(1, 10_000),
-        "SURGE_OUTBOUND_QUEUE_BYTES" => bytes(4 * KIB, 64 * MIB),
-        "SURGE_REPLAY_WINDOW" => int(0, 100_000),
-        "SURGE_REPLAY_MAX_BYTES" => bytes(KIB, 64 * MIB),
-        "SURGE_PING_INTERVAL" => duration(secs(1), secs(3_600)),
-        "SURGE_IDLE_TIMEOUT" => duration(secs(1), secs(86_400)),
-        "SURGE_THROTTLE_FULL_EVENTS" => int(1, 100),
-        "SURGE_THROTTLE_RECOVERY" => duration(secs(1), secs(3_600)),
-        "SURGE_CPU_REJECT_PERCENT" | "SURGE_CPU_PAUSE_PERCENT" => Spec::Percent,
-        "SURGE_MEMORY_REJECT_BYTES" | "SURGE_MEMORY_PAUSE_BYTES" => derived_bytes(MIB, UNBOUNDED),
-        "SURGE_RETRY_AFTER" => whole_seconds(1, 3_600),
-        "SURGE_BROKER_RATE" | "SURGE_BROADCAST_RATE" => int(0, 10_000_000),
-        "SURGE_NATS_URL" => Spec::NatsUrl,
-        "SURGE_NATS_TOKEN" | "SURGE_NATS_PASSWORD" => Spec::Secret,
-        "SURGE_NATS_USER" => Spec::Text,
-        "SURGE_NATS_CREDS" | "SURGE_NATS_TLS_CA" => Spec::FilePath,
-        "SURGE_JS_STREAM" => Spec::StreamName,
-        "SURGE_JS_SUBJECTS" => Spec::Subjects,
-        "SURGE_JS_MAX_AGE" => duration(secs(1), secs(365 * 86_400)),
-        "SURGE_JS_MAX_MSGS" => int(1, UNBOUNDED),
-        "SURGE_JS_MAX_BYTES" => bytes(MIB, UNBOUNDED),
-        "SURGE_JS_REPLICAS" => int(1, 5),
-        "SURGE_JS_UPDATE_STREAM" => Spec::Bool,
-        "SURGE_SOCKET_PRESET" => Spec::Choice(SocketPreset::NAMES),
-        "SURGE_SHUTDOWN_DRAIN" => duration(secs(0), secs(600)),
-        "SURGE_SHUTDOWN_DELAY" => duration(secs(0), secs(600)),
-        "SURGE_READY_REQUIRES_BROKER" => Spec::Bool,
-        "SURGE_PUBLIC_HEALTHZ" => Spec::Bool,
-        "SURGE_ADMIN_MAX_BODY_BYTES" => bytes(KIB, 64 * MIB),
-        "SURGE_LOG_LEVEL" => Spec::Choice(LogLevel::NAMES),
-        "SURGE_LOG_FORMAT" => Spec::Choice(LogFormat::NAMES),
-        _ => Spec::Unknown,
-    }
+/// Declares every setting once. An entry is
+///
+/// ```text
+/// /// Optional rustdoc of the field (`doc` is plain text for users).
+/// field: Type {
+///     env: "SURGE_FIELD", flag: "--field",
+///     // Why the default is what it is.
+///     default: <expression of Type>, default_text: "<default as a user writes it>",
+///     kind: <Kind>, rule: <Spec>,
+///     doc: "What it does and why the default is what it is, in one line.",
+/// },
+/// ```
+///
+/// `default_text` is the default as the effective configuration shows it
+/// (a test checks they agree): a value the setting accepts, or [`DERIVED`]
+/// (the server computes it) or [`UNSET`] when the default is `None` or an
+/// empty list. `kind` says how the field is held
+/// as a [`Value`] (see [`Kind`]): `Addr`, `Int`, `Bytes`, `Percent`, `Dur`,
+/// `Bool`, `Choice` (a `named_enum!`), `Text` (`String`, `Secret`, `PathBuf`),
+/// `List` (`Vec` of those), or `Optional<K>` for an `Option` field. `rule` is
+/// the per-value [`Spec`]: its parser and range. Entries are listed in the
+/// order of the `Config` fields, `--help`, `.env.example` and the effective
+/// configuration.
+///
+/// Generates the `Config` struct (the fields, then `origins`), its
+/// `Default`, [`SETTINGS`], `spec` (the rule by environment variable name)
+/// and `Config::get`/`Config::set` (a field's value by environment variable
+/// name).
+macro_rules! settings {
+    ($(
+        $(#[$attr:meta])*
+        $field:ident: $ty:ty {
+            env: $env:literal, flag: $flag:literal,
+            default: $default:expr, default_text: $default_text:expr,
+            kind: $kind:ty, rule: $rule:expr,
+            doc: $doc:literal $(,)?
+        }
+    ),* $(,)?) => {
+        /// The gateway's configuration. Field names are the [`Setting::key`]s;
+        /// [`SETTINGS`] documents each one.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Config {
+            $(
+                $(#[$attr])*
+                pub $field: $ty,
+            )*
+            /// Where each setting given explicitly came from, by environment
+            /// variable name; a setting missing here has its default.
+            pub origins: BTreeMap<&'static str, Origin>,
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config {
+                    $($field: $default,)*
+                    origins: BTreeMap::new(),
+                }
+            }
+        }
+
+        /// Every setting, in the order `--help`, `.env.example` and the
+        /// effective configuration list them: listeners, connections,
+        /// handshake, per-client limits, throttle, resource guard, broker,
+        /// process.
+        pub const SETTINGS: &[Setting] = &[$(
+            Setting {
+                key: stringify!($field),
+                env: $env,
+                flag: $flag,
+                default: $default_text,
+                doc: $doc,
+            },
+        )*];
+
+        /// The rule of each setting. A name missing here is an unknown
+        /// setting.
+        fn spec(env: &str) -> Spec {
+            match env {
+                $($env => $rule,)*
+                _ => Spec::Unknown,
+            }
+        }
+
+        impl Config {
+            /// The value of the setting named `env`.
+            pub(super) fn get(&self, env: &str) -> Option<Value> {
+                Some(match env {
+                    $($env => <$kind as Kind<$ty>>::get(&self.$field),)*
+                    _ => return None,
+                })
+            }
+
+            /// Stores a parsed value in the field of the setting named
+            /// `env`. The value already passed the setting's rule, so the
+            /// conversions fit.
+            pub(super) fn set(&mut self, env: &str, value: Value) -> Result<(), String> {
+                match env {
+                    $($env => self.$field = <$kind as Kind<$ty>>::set(value)?,)*
+                    _ => return Err(mismatch()),
+                }
+                Ok(())
+            }
+        }
+    };
 }
 
-/// Every setting, in the order `--help`, `.env.example` and the effective
-/// configuration list them: listeners, connections, handshake, per-client
-/// limits, throttle, resource guard, broker, process.
-pub const SETTINGS: &[Setting] = &[
-    Setting {
-        key: "listen",
-        env: "SURGE_LISTEN",
-        flag: "--listen",
-        default: "0.0.0.0:8080",
+settings! {
+    listen: SocketAddr {
+        env: "SURGE_LISTEN", flag: "--listen",
+        // Public: clients connect straight to the gateway, no proxy hop.
+        default: SocketAddr::from(([0, 0, 0, 0], 8080)), default_text: "0.0.0.0:8080",
+        kind: Addr, rule: Spec::SocketAddr,
         doc: "Public WebSocket listener (IP:port); all interfaces, so clients connect directly with no proxy hop.",
     },
-    Setting {
-        key: "admin_listen",
-        env: "SURGE_ADMIN_LISTEN",
-        flag: "--admin-listen",
-        default: "127.0.0.1:9090",
+    admin_listen: SocketAddr {
+        env: "SURGE_ADMIN_LISTEN", flag: "--admin-listen",
+        // Loopback: POST /publish has no credentials of its own.
+        default: SocketAddr::from(([127, 0, 0, 1], 9090)), default_text: "127.0.0.1:9090",
+        kind: Addr, rule: Spec::SocketAddr,
         doc: "Admin listener for /health, /metrics and POST /publish; loopback only, because /publish needs no credentials.",
     },
-    Setting {
-        key: "ws_path",
-        env: "SURGE_WS_PATH",
-        flag: "--ws-path",
-        default: "/ws",
+    ws_path: String {
+        env: "SURGE_WS_PATH", flag: "--ws-path",
+        default: "/ws".to_owned(), default_text: "/ws",
+        kind: Text, rule: Spec::WsPath,
         doc: "HTTP path of the WebSocket upgrade; requests for any other path get 404.",
     },
-    Setting {
-        key: "max_connections",
-        env: "SURGE_MAX_CONNECTIONS",
-        flag: "--max-connections",
-        default: DERIVED,
+    /// `None`: the server derives it from memory and the open-file limit.
+    max_connections: Option<u32> {
+        env: "SURGE_MAX_CONNECTIONS", flag: "--max-connections",
+        // Derived by the server from what this host can actually hold.
+        default: None, default_text: DERIVED,
+        kind: Optional<Int>, rule: derived_int(1, 10_000_000),
         doc: "Live connections across all shards; unset = derived from memory and the open-file limit (printed at start), so a full gateway answers 503 instead of letting clients time out.",
     },
-    Setting {
-        key: "shards",
-        env: "SURGE_SHARDS",
-        flag: "--shards",
-        default: DERIVED,
+    /// `None`: one shard per CPU.
+    shards: Option<u32> {
+        env: "SURGE_SHARDS", flag: "--shards",
+        // One per CPU, derived by the server.
+        default: None, default_text: DERIVED,
+        kind: Optional<Int>, rule: derived_int(1, 1024),
         doc: "Shards that each accept and serve their own connections; unset = one per CPU, so every core works and none contends for another's connections.",
     },
-    Setting {
-        key: "backlog",
-        env: "SURGE_BACKLOG",
-        flag: "--backlog",
-        default: "4096",
+    backlog: u32 {
+        env: "SURGE_BACKLOG", flag: "--backlog",
+        // A ~128 backlog dropped 18.5 % of a 100 conn/s surge (the Go system surge replaces).
+        default: 4096, default_text: "4096",
+        kind: Int, rule: int(1, 65_535),
         doc: "Listen backlog; large so a connection surge waits in the kernel instead of being dropped (a ~128 backlog failed 18.5 % of a surge); the kernel caps it at net.core.somaxconn and the effective value is logged.",
     },
-    Setting {
-        key: "handshake_timeout",
-        env: "SURGE_HANDSHAKE_TIMEOUT",
-        flag: "--handshake-timeout",
-        default: "10s",
+    handshake_timeout: Duration {
+        env: "SURGE_HANDSHAKE_TIMEOUT", flag: "--handshake-timeout",
+        // 5 s lost 2.9 % of clients under load, 10 s none (the Go system surge replaces).
+        default: Duration::from_secs(10), default_text: "10s",
+        kind: Dur, rule: duration(Duration::from_millis(100), secs(300)),
         doc: "Time from accept for the upgrade request to arrive complete; a slower client is closed and its slot freed; 10s because 5s lost real clients under load.",
     },
-    Setting {
-        key: "max_head_bytes",
-        env: "SURGE_MAX_HEAD_BYTES",
-        flag: "--max-head-bytes",
-        default: "8KiB",
+    max_head_bytes: usize {
+        env: "SURGE_MAX_HEAD_BYTES", flag: "--max-head-bytes",
+        // Fits browsers' headers with large cookies; bounds a pending handshake.
+        default: 8 << 10, default_text: "8KiB",
+        kind: Bytes, rule: bytes(KIB, 64 * KIB),
         doc: "Largest upgrade request head (431 beyond it); 8KiB fits browsers' headers with large cookies and bounds what a pending handshake can hold.",
     },
-    Setting {
-        key: "allowed_origins",
-        env: "SURGE_ALLOWED_ORIGINS",
-        flag: "--allowed-origins",
-        default: UNSET,
+    /// Empty: any origin is accepted.
+    allowed_origins: Vec<String> {
+        env: "SURGE_ALLOWED_ORIGINS", flag: "--allowed-origins",
+        // Open by default: non-browser clients send no Origin.
+        default: Vec::new(), default_text: UNSET,
+        kind: List, rule: Spec::Origins,
         doc: "Comma-separated Origin allowlist (scheme://host[:port]), others get 403; unset = any origin, for non-browser clients and development.",
     },
-    Setting {
-        key: "auth_tokens",
-        env: "SURGE_AUTH_TOKENS",
-        flag: "--auth-tokens",
-        default: UNSET,
+    /// Empty: no authentication.
+    auth_tokens: Vec<Secret> {
+        env: "SURGE_AUTH_TOKENS", flag: "--auth-tokens",
+        default: Vec::new(), default_text: UNSET,
+        kind: List, rule: Spec::Tokens,
         doc: "Comma-separated tokens accepted at the upgrade (?token= or Authorization: Bearer), others get 401; secret; unset = no authentication.",
     },
-    Setting {
-        key: "max_message_bytes",
-        env: "SURGE_MAX_MESSAGE_BYTES",
-        flag: "--max-message-bytes",
-        default: "16KiB",
+    max_message_bytes: usize {
+        env: "SURGE_MAX_MESSAGE_BYTES", flag: "--max-message-bytes",
+        // Client requests are small JSON.
+        default: 16 << 10, default_text: "16KiB",
+        kind: Bytes, rule: bytes(512, MIB),
         doc: "Largest frame a client may send (close 1009 beyond it); client requests are small JSON, so 16KiB is ample and caps per-read memory.",
     },
-    Setting {
-        key: "client_rate",
-        env: "SURGE_CLIENT_RATE",
-        flag: "--client-rate",
-        default: "20",
+    /// Requests per second per client; 0 = unlimited.
+    client_rate: u32 {
+        env: "SURGE_CLIENT_RATE", flag: "--client-rate",
+        // Far above subscribe/ping traffic; stops a flooding client.
+        default: 20, default_text: "20",
+        kind: Int, rule: int(0, 100_000),
         doc: "Requests per second a client may send (0 = unlimited); 20 is far above subscribe/ping traffic and stops a flooding client.",
     },
-    Setting {
-        key: "client_burst",
-        env: "SURGE_CLIENT_BURST",
-        flag: "--client-burst",
-        default: "40",
+    client_burst: u32 {
+        env: "SURGE_CLIENT_BURST", flag: "--client-burst",
+        // Lets a reconnecting client resubscribe and replay at once.
+        default: 40, default_text: "40",
+        kind: Int, rule: int(1, 100_000),
         doc: "Requests a client may send at once before the rate applies; 40 lets a reconnecting client resubscribe and replay without waiting.",
     },
-    Setting {
-        key: "max_subscriptions",
-        env: "SURGE_MAX_SUBSCRIPTIONS",
-        flag: "--max-subscriptions",
-        default: "100",
+    max_subscriptions: u32 {
+        env: "SURGE_MAX_SUBSCRIPTIONS", flag: "--max-subscriptions",
+        default: 100, default_text: "100",
+        kind: Int, rule: int(1, 10_000),
         doc: "Subscriptions per connection (more get too_many_subscriptions); bounds one client's share of the subscription index.",
     },
-    Setting {
-        key: "outbound_queue_bytes",
-        env: "SURGE_OUTBOUND_QUEUE_BYTES",
-        flag: "--outbound-queue-bytes",
-        default: "256KiB",
+    outbound_queue_bytes: usize {
+        env: "SURGE_OUTBOUND_QUEUE_BYTES", flag: "--outbound-queue-bytes",
+        // Absorbs a burst without unbounded buffering for a slow reader.
+        default: 256 << 10, default_text: "256KiB",
+        kind: Bytes, rule: bytes(4 * KIB, 64 * MIB),
         doc: "Bytes queued for one connection before the queue counts as full and throttling starts; absorbs bursts without buffering without bound for a slow client.",
     },
-    Setting {
-        key: "replay_window",
-        env: "SURGE_REPLAY_WINDOW",
-        flag: "--replay-window",
-        default: "100",
+    /// Messages kept per connection; 0 disables replay.
+    replay_window: u32 {
+        env: "SURGE_REPLAY_WINDOW", flag: "--replay-window",
+        // The seed's replay buffer size, which covered their gaps.
+        default: 100, default_text: "100",
+        kind: Int, rule: int(0, 100_000),
         doc: "Messages kept per connection for replay requests (0 disables replay); 100 covers a short gap, and the ring grows only as messages arrive.",
     },
-    Setting {
-        key: "replay_max_bytes",
-        env: "SURGE_REPLAY_MAX_BYTES",
-        flag: "--replay-max-bytes",
-        default: "256KiB",
+    replay_max_bytes: usize {
+        env: "SURGE_REPLAY_MAX_BYTES", flag: "--replay-max-bytes",
+        default: 256 << 10, default_text: "256KiB",
+        kind: Bytes, rule: bytes(KIB, 64 * MIB),
         doc: "Byte cap of one connection's replay ring, whichever of it and the window is reached first; bounds memory when messages are large.",
     },
-    Setting {
-        key: "ping_interval",
-        env: "SURGE_PING_INTERVAL",
-        flag: "--ping-interval",
-        default: "25s",
+    ping_interval: Duration {
+        env: "SURGE_PING_INTERVAL", flag: "--ping-interval",
+        // Under the 30 s+ idle cut of common proxies and load balancers.
+        default: Duration::from_secs(25), default_text: "25s",
+        kind: Dur, rule: duration(secs(1), secs(3_600)),
         doc: "Interval of server pings; 25s keeps connections alive through proxies and load balancers that cut idle ones after 30s or more.",
     },
-    Setting {
-        key: "idle_timeout",
-        env: "SURGE_IDLE_TIMEOUT",
-        flag: "--idle-timeout",
-        default: "1m",
+    idle_timeout: Duration {
+        env: "SURGE_IDLE_TIMEOUT", flag: "--idle-timeout",
+        // More than two ping intervals: one lost pong is not fatal.
+        default: Duration::from_secs(60), default_text: "1m",
+        kind: Dur, rule: duration(secs(1), secs(86_400)),
         doc: "A connection that sends nothing, not even a pong, for this long is closed; must exceed the ping interval, and 60s allows a missed pong.",
     },
-    Setting {
-        key: "throttle_full_events",
-        env: "SURGE_THROTTLE_FULL_EVENTS",
-        flag: "--throttle-full-events",
-        default: "3",
+    throttle_full_events: u32 {
+        env: "SURGE_THROTTLE_FULL_EVENTS", flag: "--throttle-full-events",
+        // The seed's escalation (as in the Go system surge replaces).
+        default: 3, default_text: "3",
+        kind: Int, rule: int(1, 100),
         doc: "Consecutive full-queue events before a connection's throttle level rises; 3 ignores a single spike but reacts within one burst.",
     },
-    Setting {
-        key: "throttle_recovery",
-        env: "SURGE_THROTTLE_RECOVERY",
-        flag: "--throttle-recovery",
-        default: "30s",
+    throttle_recovery: Duration {
+        env: "SURGE_THROTTLE_RECOVERY", flag: "--throttle-recovery",
+        // The seed's recovery (as in the Go system surge replaces).
+        default: Duration::from_secs(30), default_text: "30s",
+        kind: Dur, rule: duration(secs(1), secs(3_600)),
         doc: "Quiet time (no full queue) before a throttled connection's level falls by one; 30s keeps levels from flapping.",
     },
-    Setting {
-        key: "cpu_reject_percent",
-        env: "SURGE_CPU_REJECT_PERCENT",
-        flag: "--cpu-reject-percent",
-        default: "75",
+    cpu_reject_percent: f64 {
+        env: "SURGE_CPU_REJECT_PERCENT", flag: "--cpu-reject-percent",
+        // Reject newcomers at 75 %, pause the feed only at 80 % (as in the Go system surge replaces).
+        default: 75.0, default_text: "75",
+        kind: Percent, rule: Spec::Percent,
         doc: "CPU use (percent) at which new connections get 503 + Retry-After; 75 leaves headroom to serve the connections already open.",
     },
-    Setting {
-        key: "cpu_pause_percent",
-        env: "SURGE_CPU_PAUSE_PERCENT",
-        flag: "--cpu-pause-percent",
-        default: "80",
+    cpu_pause_percent: f64 {
+        env: "SURGE_CPU_PAUSE_PERCENT", flag: "--cpu-pause-percent",
+        // Pause the feed only at 80 %, after rejecting newcomers at 75 % (as in the Go system surge replaces).
+        default: 80.0, default_text: "80",
+        kind: Percent, rule: Spec::Percent,
         doc: "CPU use (percent) at which broker consumption pauses; must be >= the reject threshold, since turning newcomers away comes before slowing everyone's feed.",
     },
-    Setting {
-        key: "memory_reject_bytes",
-        env: "SURGE_MEMORY_REJECT_BYTES",
-        flag: "--memory-reject-bytes",
-        default: DERIVED,
+    /// `None`: the server derives it (90 % of the memory limit).
+    memory_reject_bytes: Option<u64> {
+        env: "SURGE_MEMORY_REJECT_BYTES", flag: "--memory-reject-bytes",
+        // Derived by the server from the memory limit.
+        default: None, default_text: DERIVED,
+        kind: Optional<Bytes>, rule: derived_bytes(MIB, UNBOUNDED),
         doc: "Memory use at which new connections get 503 + Retry-After; unset = 90 % of the memory limit, derived at start.",
     },
-    Setting {
-        key: "memory_pause_bytes",
-        env: "SURGE_MEMORY_PAUSE_BYTES",
-        flag: "--memory-pause-bytes",
-        default: DERIVED,
+    /// `None`: the server derives it from the memory limit.
+    memory_pause_bytes: Option<u64> {
+        env: "SURGE_MEMORY_PAUSE_BYTES", flag: "--memory-pause-bytes",
+        // Derived by the server from the memory limit.
+        default: None, default_text: DERIVED,
+        kind: Optional<Bytes>, rule: derived_bytes(MIB, UNBOUNDED),
         doc: "Memory use at which broker consumption pauses; must be >= the reject threshold; unset = derived from the memory limit at start.",
     },
-    Setting {
-        key: "retry_after",
-        env: "SURGE_RETRY_AFTER",
-        flag: "--retry-after",
-        default: "5s",
+    /// Sent as `Retry-After`; always whole seconds.
+    retry_after: Duration {
+        env: "SURGE_RETRY_AFTER", flag: "--retry-after",
+        // Spreads retries without leaving clients waiting long.
+        default: Duration::from_secs(5), default_text: "5s",
+        kind: Dur, rule: whole_seconds(1, 3_600),
         doc: "Retry-After sent with 503 when full or overloaded (whole seconds); 5s spreads retries out without leaving clients waiting long.",
     },
-    Setting {
-        key: "broker_rate",
-        env: "SURGE_BROKER_RATE",
-        flag: "--broker-rate",
-        default: "0",
+    /// Messages per second consumed from the broker; 0 = unlimited.
+    broker_rate: u32 {
+        env: "SURGE_BROKER_RATE", flag: "--broker-rate",
+        // Unlimited unless an operator needs a cap.
+        default: 0, default_text: "0",
+        kind: Int, rule: int(0, 10_000_000),
         doc: "Messages per second consumed from the broker (0 = unlimited); a cap protects fan-out when a publisher floods.",
     },
-    Setting {
-        key: "broadcast_rate",
-        env: "SURGE_BROADCAST_RATE",
-        flag: "--broadcast-rate",
-        default: "0",
+    /// Messages per second fanned out; 0 = unlimited.
+    broadcast_rate: u32 {
+        env: "SURGE_BROADCAST_RATE", flag: "--broadcast-rate",
+        // Unlimited unless an operator needs a cap.
+        default: 0, default_text: "0",
+        kind: Int, rule: int(0, 10_000_000),
         doc: "Messages per second fanned out to clients (0 = unlimited); a cap bounds the write work one message burst can cause.",
     },
-    Setting {
-        key: "nats_url",
-        env: "SURGE_NATS_URL",
-        flag: "--nats-url",
-        default: UNSET,
+    /// `None`: the embedded broker. Otherwise one or more comma-separated
+    /// URLs; see [`Config::nats_servers`].
+    nats_url: Option<String> {
+        env: "SURGE_NATS_URL", flag: "--nats-url",
+        // The embedded broker: one binary runs with no dependencies.
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::NatsUrl,
         doc: "NATS server (nats:// or tls://, comma-separated for a cluster); unset = the embedded broker, so one binary runs with no dependencies.",
     },
-    Setting {
-        key: "nats_token",
-        env: "SURGE_NATS_TOKEN",
-        flag: "--nats-token",
-        default: UNSET,
+    nats_token: Option<Secret> {
+        env: "SURGE_NATS_TOKEN", flag: "--nats-token",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::Secret,
         doc: "Token for NATS authentication; secret; use a token, a user and password, or a creds file, not several.",
     },
-    Setting {
-        key: "nats_user",
-        env: "SURGE_NATS_USER",
-        flag: "--nats-user",
-        default: UNSET,
+    nats_user: Option<String> {
+        env: "SURGE_NATS_USER", flag: "--nats-user",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::Text,
         doc: "User name for NATS authentication; needs SURGE_NATS_PASSWORD.",
     },
-    Setting {
-        key: "nats_password",
-        env: "SURGE_NATS_PASSWORD",
-        flag: "--nats-password",
-        default: UNSET,
+    nats_password: Option<Secret> {
+        env: "SURGE_NATS_PASSWORD", flag: "--nats-password",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::Secret,
         doc: "Password for NATS authentication; secret; needs SURGE_NATS_USER.",
     },
-    Setting {
-        key: "nats_creds",
-        env: "SURGE_NATS_CREDS",
-        flag: "--nats-creds",
-        default: UNSET,
+    /// Existence is checked by the server, which does the I/O.
+    nats_creds: Option<PathBuf> {
+        env: "SURGE_NATS_CREDS", flag: "--nats-creds",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::FilePath,
         doc: "Path of a NATS .creds file (JWT and NKey seed) for authentication; checked at start.",
     },
-    Setting {
-        key: "nats_tls_ca",
-        env: "SURGE_NATS_TLS_CA",
-        flag: "--nats-tls-ca",
-        default: UNSET,
+    nats_tls_ca: Option<PathBuf> {
+        env: "SURGE_NATS_TLS_CA", flag: "--nats-tls-ca",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::FilePath,
         doc: "Path of a PEM CA certificate that signs the NATS server's certificate; unset = the system's roots.",
     },
-    Setting {
-        key: "js_stream",
-        env: "SURGE_JS_STREAM",
-        flag: "--js-stream",
-        default: "ODIN_TOKENS",
+    js_stream: String {
+        env: "SURGE_JS_STREAM", flag: "--js-stream",
+        // The seed's stream (as in the Go system surge replaces).
+        default: "ODIN_TOKENS".to_owned(), default_text: "ODIN_TOKENS",
+        kind: Text, rule: Spec::StreamName,
         doc: "JetStream stream surge consumes, created if missing.",
     },
-    Setting {
-        key: "js_subjects",
-        env: "SURGE_JS_SUBJECTS",
-        flag: "--js-subjects",
-        default: "odin.token.>,odin.global.>",
+    js_subjects: Vec<String> {
+        env: "SURGE_JS_SUBJECTS", flag: "--js-subjects",
+        // The seed's stream's subjects (as in the Go system surge replaces).
+        default: vec!["odin.token.>".to_owned(), "odin.global.>".to_owned()], default_text: "odin.token.>,odin.global.>",
+        kind: List, rule: Spec::Subjects,
         doc: "Comma-separated subjects the stream captures ('*' matches one token, '>' the rest); per-token and global feeds by default.",
     },
-    Setting {
-        key: "js_max_age",
-        env: "SURGE_JS_MAX_AGE",
-        flag: "--js-max-age",
-        default: "30s",
+    js_max_age: Duration {
+        env: "SURGE_JS_MAX_AGE", flag: "--js-max-age",
+        // The seed's stream's retention (as in the Go system surge replaces).
+        default: Duration::from_secs(30), default_text: "30s",
+        kind: Dur, rule: duration(secs(1), secs(365 * 86_400)),
         doc: "Stream retention by age; 30s covers a client's reconnect and resume while keeping broker disk small.",
     },
-    Setting {
-        key: "js_max_msgs",
-        env: "SURGE_JS_MAX_MSGS",
-        flag: "--js-max-msgs",
-        default: "100000",
+    js_max_msgs: u64 {
+        env: "SURGE_JS_MAX_MSGS", flag: "--js-max-msgs",
+        // The seed's stream's retention (as in the Go system surge replaces).
+        default: 100_000, default_text: "100000",
+        kind: Int, rule: int(1, UNBOUNDED),
         doc: "Stream retention by message count; 100000 bounds the stream during a publish burst.",
     },
-    Setting {
-        key: "js_max_bytes",
-        env: "SURGE_JS_MAX_BYTES",
-        flag: "--js-max-bytes",
-        default: "50MiB",
+    js_max_bytes: u64 {
+        env: "SURGE_JS_MAX_BYTES", flag: "--js-max-bytes",
+        // The seed's stream's retention (as in the Go system surge replaces).
+        default: 50 << 20, default_text: "50MiB",
+        kind: Bytes, rule: bytes(MIB, UNBOUNDED),
         doc: "Stream retention by size (file storage); 50MiB bounds broker disk whatever the message size.",
     },
-    Setting {
-        key: "js_replicas",
-        env: "SURGE_JS_REPLICAS",
-        flag: "--js-replicas",
-        default: "1",
+    js_replicas: u32 {
+        env: "SURGE_JS_REPLICAS", flag: "--js-replicas",
+        // A single server; a cluster should use 3.
+        default: 1, default_text: "1",
+        kind: Int, rule: int(1, 5),
         doc: "Stream replicas; 1 for a single NATS server (and the embedded broker), 3 on a cluster to survive a node loss.",
     },
-    Setting {
-        key: "js_update_stream",
-        env: "SURGE_JS_UPDATE_STREAM",
-        flag: "--js-update-stream",
-        default: "false",
+    js_update_stream: bool {
+        env: "SURGE_JS_UPDATE_STREAM", flag: "--js-update-stream",
+        // Never rewrite a shared stream unless asked to.
+        default: false, default_text: "false",
+        kind: Bool, rule: Spec::Bool,
         doc: "Rewrite an existing stream whose settings differ from these; off, so a misconfigured gateway cannot change a shared stream's retention.",
     },
-    Setting {
-        key: "socket_preset",
-        env: "SURGE_SOCKET_PRESET",
-        flag: "--socket-preset",
-        default: "default",
+    socket_preset: SocketPreset {
+        env: "SURGE_SOCKET_PRESET", flag: "--socket-preset",
+        default: SocketPreset::Default, default_text: "default",
+        kind: Choice, rule: Spec::Choice(SocketPreset::NAMES),
         doc: "Socket tuning (default, low-latency, high-throughput): buffer sizes, TCP_NODELAY, keepalive; default suits mixed traffic.",
     },
-    Setting {
-        key: "shutdown_drain",
-        env: "SURGE_SHUTDOWN_DRAIN",
-        flag: "--shutdown-drain",
-        default: "10s",
+    shutdown_drain: Duration {
+        env: "SURGE_SHUTDOWN_DRAIN", flag: "--shutdown-drain",
+        // Fits inside common orchestrators' grace periods.
+        default: Duration::from_secs(10), default_text: "10s",
+        kind: Dur, rule: duration(secs(0), secs(600)),
         doc: "On SIGTERM/SIGINT, time for clients to complete the 1001 close before the process exits; 10s fits inside common orchestrator grace periods.",
     },
-    Setting {
-        key: "shutdown_delay",
-        env: "SURGE_SHUTDOWN_DELAY",
-        flag: "--shutdown-delay",
-        default: "0s",
+    shutdown_delay: Duration {
+        env: "SURGE_SHUTDOWN_DELAY", flag: "--shutdown-delay",
+        // Orchestrators stop routing on their own; a balancer that
+        // polls /readyz needs this set to its polling period.
+        default: Duration::ZERO, default_text: "0s",
+        kind: Dur, rule: duration(secs(0), secs(600)),
         doc: "On SIGTERM/SIGINT, time between /readyz turning 503 and closing clients with 1001, so a load balancer stops sending new clients first; set it to the balancer's check interval times its fall count.",
     },
-    Setting {
-        key: "ready_requires_broker",
-        env: "SURGE_READY_REQUIRES_BROKER",
-        flag: "--ready-requires-broker",
-        default: "false",
+    ready_requires_broker: bool {
+        env: "SURGE_READY_REQUIRES_BROKER", flag: "--ready-requires-broker",
+        // A broker blip must not take every instance out at once.
+        default: false, default_text: "false",
+        kind: Bool, rule: Spec::Bool,
         doc: "Report not ready (/readyz 503) while the broker is disconnected; off, because connected clients are still served and a broker blip would take every instance out at once.",
     },
-    Setting {
-        key: "public_healthz",
-        env: "SURGE_PUBLIC_HEALTHZ",
-        flag: "--public-healthz",
-        default: "false",
+    public_healthz: bool {
+        env: "SURGE_PUBLIC_HEALTHZ", flag: "--public-healthz",
+        default: false, default_text: "false",
+        kind: Bool, rule: Spec::Bool,
         doc: "Answer GET /healthz on the public listener (200 ready / 503 not ready, then close) for balancers that can only probe the public port; off, so the public port serves only WebSocket.",
     },
-    Setting {
-        key: "admin_max_body_bytes",
-        env: "SURGE_ADMIN_MAX_BODY_BYTES",
-        flag: "--admin-max-body-bytes",
-        default: "1MiB",
+    admin_max_body_bytes: usize {
+        env: "SURGE_ADMIN_MAX_BODY_BYTES", flag: "--admin-max-body-bytes",
+        default: 1 << 20, default_text: "1MiB",
+        kind: Bytes, rule: bytes(KIB, 64 * MIB),
         doc: "Largest admin request body (POST /publish); larger ones get 413 body_too_large. 1 MiB is the NATS server's default max payload.",
     },
-    Setting {
-        key: "log_level",
-        env: "SURGE_LOG_LEVEL",
-        flag: "--log-level",
-        default: "info",
+    log_level: LogLevel {
+        env: "SURGE_LOG_LEVEL", flag: "--log-level",
+        default: LogLevel::Info, default_text: "info",
+        kind: Choice, rule: Spec::Choice(LogLevel::NAMES),
         doc: "Least severe log level written (error, warn, info, debug, trace); info logs start-up and state changes, not per-message events.",
     },
-    Setting {
-        key: "log_format",
-        env: "SURGE_LOG_FORMAT",
-        flag: "--log-format",
-        default: "text",
+    log_format: LogFormat {
+        env: "SURGE_LOG_FORMAT", flag: "--log-format",
+        default: LogFormat::Text, default_text: "text",
+        kind: Choice, rule: Spec::Choice(LogFormat::NAMES),
         doc: "Log format (text, json); text for terminals, json for log shippers.",
     },
-];
+}

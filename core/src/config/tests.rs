@@ -67,6 +67,36 @@ fn every_setting_is_well_formed() {
 }
 
 #[test]
+fn the_table_has_unique_names_and_every_field_round_trips() {
+    let mut keys = BTreeSet::new();
+    let mut envs = BTreeSet::new();
+    let mut flags = BTreeSet::new();
+    for s in SETTINGS {
+        assert!(keys.insert(s.key), "key {} is declared twice", s.key);
+        assert!(envs.insert(s.env), "env {} is declared twice", s.env);
+        assert!(flags.insert(s.flag), "flag {} is declared twice", s.flag);
+
+        // get(set(default)) gives the default back and changes nothing
+        // else: the entry's kind fits its field.
+        let default = Config::default();
+        let value = default.get(s.env).expect(s.env);
+        let mut config = Config::default();
+        assert_eq!(config.set(s.env, value.clone()), Ok(()), "{}", s.env);
+        assert_eq!(config.get(s.env), Some(value.clone()), "{}", s.env);
+        assert_eq!(config, default, "{}", s.env);
+        // The value is of the kind the entry's rule parses.
+        assert_eq!(s.spec().check(&value), Ok(()), "{}", s.env);
+    }
+    assert_eq!(keys.len(), SETTINGS.len());
+    assert_eq!(Config::default().get("SURGE_NOPE"), None);
+    assert!(
+        Config::default()
+            .set("SURGE_NOPE", rules::Value::Unset)
+            .is_err()
+    );
+}
+
+#[test]
 fn documented_defaults_yield_the_default_config() {
     let mut all = BTreeMap::new();
     for s in SETTINGS {
