@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
-use surge_core::config::{Config, ConfigErrors, Origin, SETTINGS, Source, parse_duration};
+use surge_core::config::{
+    Config, ConfigError, ConfigErrors, Origin, SETTINGS, Source, parse_duration,
+};
+use surge_core::handshake::parse_origin;
 
 use crate::feed::{self, FeedOptions};
 
@@ -229,10 +232,39 @@ pub fn load(invocation: &Invocation) -> Result<Loaded, LoadError> {
     let env = env_source(std::env::vars());
     let sources = [invocation.flags.clone(), env, dotenv];
     let config = Config::from_sources(&sources).map_err(LoadError::Invalid)?;
+    let bad_origins = origin_errors(&config);
+    if !bad_origins.is_empty() {
+        return Err(LoadError::Invalid(ConfigErrors(bad_origins)));
+    }
     Ok(Loaded {
         config,
         ignored: Config::ignored_keys(&sources),
     })
+}
+
+const ALLOWED_ORIGINS: &str = "SURGE_ALLOWED_ORIGINS";
+
+/// One error per `SURGE_ALLOWED_ORIGINS` entry the handshake cannot compare
+/// with an `Origin` header (it compares scheme, host and effective port,
+/// with [`parse_origin`]), which would otherwise match no request in
+/// silence. The configuration's own rule checks the syntax; this catches
+/// the rest, such as a scheme with no default port and no port given
+/// (`chrome-extension://…`).
+fn origin_errors(config: &Config) -> Vec<ConfigError> {
+    config
+        .allowed_origins
+        .iter()
+        .filter(|entry| parse_origin(entry).is_none())
+        .map(|entry| ConfigError {
+            setting: ALLOWED_ORIGINS.to_owned(),
+            origin: config.origins.get(ALLOWED_ORIGINS).copied(),
+            value: entry.clone(),
+            rule: "no request's Origin can match it: expected scheme://host[:port] \
+                   (the port is required for schemes other than http, https, ws and wss), \
+                   e.g. `https://app.example.com` or `http://localhost:3000`"
+                .to_owned(),
+        })
+        .collect()
 }
 
 /// Why the configuration could not be loaded.

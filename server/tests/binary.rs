@@ -714,3 +714,115 @@ fn doctor_reports_an_unreachable_nats_server() {
     assert!(flagged[0].contains("unreachable"), "{report}");
     assert_eq!(out.status.code(), Some(1), "{report}");
 }
+
+/// Runs `surge` (serving unless `args` name a subcommand) until it exits;
+/// fails if it is still running after 10 s.
+fn run_until_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = Command::new(SURGE)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("surge starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("surge {args:?} was still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An allowlist entry that no `Origin` header can match is refused at
+/// start, naming the entry and the form an origin takes. Malformed entries
+/// fail the configuration's own syntax check; entries of the right shape
+/// that the handshake still cannot compare (a scheme with no default port
+/// and no port given, such as a browser extension's) fail the server's.
+#[test]
+fn an_allowed_origin_that_matches_no_request_stops_the_start() {
+    for bad in [
+        "app.example.com",
+        "https://app.example.com/login",
+        "http://localhost:300000",
+        "*",
+    ] {
+        let list = format!("https://good.example, {bad}");
+        let out = run(&["config"], &[("SURGE_ALLOWED_ORIGINS", &list)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("SURGE_ALLOWED_ORIGINS="), "{bad}: {err}");
+        assert!(err.contains(&format!("\"{bad}\"")), "{bad}: {err}");
+        assert!(err.contains("http://localhost:3000"), "{bad}: {err}");
+    }
+    const EXPECTED: &str = "expected scheme://host[:port] (the port is required for schemes other than http, https, ws and wss), e.g. `https://app.example.com` or `http://localhost:3000`";
+    for bad in ["chrome-extension://abcdefghijklmnop", "app://desktop"] {
+        let list = format!("https://good.example, {bad}");
+        let out = run(&["config"], &[("SURGE_ALLOWED_ORIGINS", &list)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains(&format!(
+                "SURGE_ALLOWED_ORIGINS={bad} (from environment): no request's Origin can match it: {EXPECTED}"
+            )),
+            "{bad}: {err}"
+        );
+        assert!(err.contains("(1 problem)"), "only the bad entry: {err}");
+    }
+    // Every such entry is named, and the flag the way it was written.
+    let out = run(
+        &[
+            "config",
+            "--allowed-origins",
+            "app://a,https://ok.example,app://b",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("(2 problems)"), "{err}");
+    for bad in ["app://a", "app://b"] {
+        assert!(
+            err.contains(&format!(
+                "--allowed-origins={bad} (from command line): no request's Origin can match it"
+            )),
+            "{err}"
+        );
+    }
+    // Serving stops before it listens, with the configuration error's code.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (code, err) = run_until_exit(
+        &["--listen", &listen, "--admin-listen", &admin],
+        &[("SURGE_ALLOWED_ORIGINS", "app://desktop")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("SURGE_ALLOWED_ORIGINS=app://desktop (from environment)"),
+        "{err}"
+    );
+    // Origins in any spelling the handshake compares pass, a port making
+    // any scheme comparable.
+    let out = run(
+        &["config"],
+        &[(
+            "SURGE_ALLOWED_ORIGINS",
+            "https://APP.example.com:443,http://localhost:3000,http://[::1]:8080,app://desktop:8000",
+        )],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
