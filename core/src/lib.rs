@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod connection;
 pub mod frame;
 pub mod handshake;
 pub mod protocol;

@@ -260,6 +260,74 @@ impl CloseCode {
     }
 }
 
+/// Why the server closes a connection. The close code, the metric label
+/// and the first words of the close reason follow from it, so nothing
+/// downstream has to read a reason's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// SIGTERM/SIGINT: 1001.
+    ShuttingDown,
+    /// A client message over the size limit: 1009.
+    MessageTooBig,
+    /// Kept sending requests past its rate limit: 1008.
+    RateLimited,
+    /// More frames or bytes per second than the inbound budget allows
+    /// (control and continuation frames included): 1008.
+    InboundBudget,
+    /// Still too slow at the heaviest throttle level: 1008.
+    TooSlow,
+    /// Too slow to take a critical message even with the extra room: 1008.
+    TooSlowForCritical,
+    /// Nothing heard from the client for the idle timeout: 1008.
+    Idle,
+    /// Too many live messages arrived while a resume caught up: 1013.
+    ResumeOverflow,
+}
+
+impl CloseReason {
+    pub fn code(self) -> CloseCode {
+        match self {
+            CloseReason::ShuttingDown => CloseCode::GoingAway,
+            CloseReason::MessageTooBig => CloseCode::TooBig,
+            CloseReason::RateLimited
+            | CloseReason::InboundBudget
+            | CloseReason::TooSlow
+            | CloseReason::TooSlowForCritical
+            | CloseReason::Idle => CloseCode::Policy,
+            CloseReason::ResumeOverflow => CloseCode::TryAgainLater,
+        }
+    }
+
+    /// The label of `surge_connections_ended_total{reason}`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            CloseReason::ShuttingDown => "shutting_down",
+            CloseReason::MessageTooBig => "message_too_big",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::InboundBudget => "inbound_budget",
+            CloseReason::TooSlow => "too_slow",
+            CloseReason::TooSlowForCritical => "too_slow_for_critical",
+            CloseReason::Idle => "idle",
+            CloseReason::ResumeOverflow => "resume_overflow",
+        }
+    }
+
+    /// The client is closed because it does not read fast enough: what is
+    /// still queued for it is discarded and the Close goes out at once.
+    pub fn is_too_slow(self) -> bool {
+        matches!(self, CloseReason::TooSlow | CloseReason::TooSlowForCritical)
+    }
+
+    /// Whether frames queued before the Close are still written first (a
+    /// graceful close) rather than discarded.
+    pub fn flushes_queue(self) -> bool {
+        matches!(
+            self,
+            CloseReason::ShuttingDown | CloseReason::ResumeOverflow
+        )
+    }
+}
+
 /// Limits announced to the client in `welcome`, so it can pace itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WelcomeLimits {
@@ -520,7 +588,13 @@ pub enum MessageMark {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutFrame {
     Control(Bytes),
-    Message { head: Bytes, tail: Bytes },
+    Message {
+        head: Bytes,
+        tail: Bytes,
+        seq: u64,
+    },
+    /// A complete WebSocket frame, already encoded (a ping or a pong).
+    Wire(Bytes),
 }
 
 impl OutFrame {
@@ -547,14 +621,15 @@ impl OutFrame {
         OutFrame::Message {
             head: head.freeze(),
             tail: published.tail.clone(),
+            seq,
         }
     }
 
     /// Length of the frame's text in bytes.
     pub fn len(&self) -> usize {
         match self {
-            OutFrame::Control(b) => b.len(),
-            OutFrame::Message { head, tail } => head.len() + tail.len(),
+            OutFrame::Control(b) | OutFrame::Wire(b) => b.len(),
+            OutFrame::Message { head, tail, .. } => head.len() + tail.len(),
         }
     }
 
@@ -565,8 +640,8 @@ impl OutFrame {
     /// The frame's text as one buffer (copies a message frame's two parts).
     pub fn to_bytes(&self) -> Bytes {
         match self {
-            OutFrame::Control(b) => b.clone(),
-            OutFrame::Message { head, tail } => {
+            OutFrame::Control(b) | OutFrame::Wire(b) => b.clone(),
+            OutFrame::Message { head, tail, .. } => {
                 let mut out = BytesMut::with_capacity(head.len() + tail.len());
                 out.put_slice(head);
                 out.put_slice(tail);
@@ -578,8 +653,8 @@ impl OutFrame {
     /// Appends the frame's text to `out` (for coalescing writes).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         match self {
-            OutFrame::Control(b) => out.extend_from_slice(b),
-            OutFrame::Message { head, tail } => {
+            OutFrame::Control(b) | OutFrame::Wire(b) => out.extend_from_slice(b),
+            OutFrame::Message { head, tail, .. } => {
                 out.extend_from_slice(head);
                 out.extend_from_slice(tail);
             }

@@ -46,8 +46,12 @@ pub struct ReplayRing {
     /// 32 bits (saturating): every connection has a ring.
     max_messages: u32,
     max_bytes: u32,
-    entries: VecDeque<Entry>,
-    bytes: usize,
+    /// Boxed, and only once something is retained: an empty `VecDeque`
+    /// alone is 32 bytes, and every connection has a ring.
+    #[allow(clippy::box_collection)]
+    entries: Option<Box<VecDeque<Entry>>>,
+    /// At most `max_bytes`.
+    bytes: u32,
     /// `seq` of `entries[0]`, or of the next message when empty.
     oldest_seq: u64,
 }
@@ -60,7 +64,7 @@ impl ReplayRing {
         ReplayRing {
             max_messages: u32::try_from(max_messages).unwrap_or(u32::MAX),
             max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
-            entries: VecDeque::new(),
+            entries: None,
             bytes: 0,
             oldest_seq: 1,
         }
@@ -70,49 +74,51 @@ impl ReplayRing {
     /// previous one pushed (the session guarantees it).
     pub fn push(&mut self, seq: u64, message: Arc<Published>, frame_len: usize) {
         debug_assert_eq!(seq, self.next_seq(), "seq must be consecutive");
-        if self.entries.is_empty() {
+        if self.is_empty() {
             self.oldest_seq = seq;
         }
-        self.entries.push_back(Entry { message, frame_len });
-        self.bytes += frame_len;
-        while self.entries.len() > self.max_messages as usize
-            || self.bytes > self.max_bytes as usize
-        {
-            match self.entries.pop_front() {
+        let entries = self.entries.get_or_insert_with(Box::default);
+        entries.push_back(Entry { message, frame_len });
+        let mut bytes = self.bytes as usize + frame_len;
+        while entries.len() > self.max_messages as usize || bytes > self.max_bytes as usize {
+            match entries.pop_front() {
                 Some(old) => {
-                    self.bytes -= old.frame_len;
+                    bytes -= old.frame_len;
                     self.oldest_seq += 1;
                 }
                 None => break,
             }
         }
-        if self.entries.is_empty() {
+        // Within max_bytes (a u32) once the loop is done.
+        self.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        if entries.is_empty() {
             // A window of 0, or one frame larger than the byte bound.
+            self.entries = None;
             self.oldest_seq = seq + 1;
         }
     }
 
     /// The seq the next pushed message will have.
     pub fn next_seq(&self) -> u64 {
-        self.oldest_seq + self.entries.len() as u64
+        self.oldest_seq + self.len() as u64
     }
 
     /// Oldest retained seq, if any.
     pub fn oldest(&self) -> Option<u64> {
-        (!self.entries.is_empty()).then_some(self.oldest_seq)
+        (!self.is_empty()).then_some(self.oldest_seq)
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.as_ref().map_or(0, |e| e.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Bytes of frames retained.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes as usize
     }
 
     /// The retained part of `from..=to`. `to` past the last seq sent is
@@ -132,6 +138,7 @@ impl ReplayRing {
             .filter_map(|seq| {
                 let index = usize::try_from(seq - self.oldest_seq).ok()?;
                 self.entries
+                    .as_ref()?
                     .get(index)
                     .map(|e| (seq, Arc::clone(&e.message)))
             })

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::Instant;
 use crate::admission::ConnId;
 use crate::protocol::{
-    CloseCode, ErrorCode, MessageMark, OutFrame, Priority, Published, RequestKind, ServerMessage,
+    CloseReason, ErrorCode, MessageMark, OutFrame, Priority, Published, RequestKind, ServerMessage,
     WelcomeLimits, parse_request,
 };
 use crate::ratelimit::TokenBucket;
@@ -44,6 +44,13 @@ pub struct SessionConfig {
     /// Live messages held while a `resume` catches up; past it the client
     /// is asked to reconnect (1013) and resume again, so nothing is lost.
     pub resume_buffer_messages: usize,
+    /// A connection whose socket refuses bytes this long is dropped.
+    pub write_timeout: Duration,
+    /// Inbound frames (data, continuation and control alike) per second
+    /// before the client is closed with 1008; 0 = no limit.
+    pub inbound_frames_per_sec: u32,
+    /// Inbound bytes per second before the client is closed; 0 = no limit.
+    pub inbound_bytes_per_sec: u32,
 }
 
 impl Default for SessionConfig {
@@ -60,6 +67,11 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(60),
             throttle: ThrottleConfig::default(),
             resume_buffer_messages: 10_000,
+            write_timeout: Duration::from_secs(60),
+            // Twenty requests a second plus heartbeats fit ten times over;
+            // a client flooding empty frames is cut off within a second.
+            inbound_frames_per_sec: 200,
+            inbound_bytes_per_sec: 1 << 20,
         }
     }
 }
@@ -119,9 +131,15 @@ pub enum Action {
     },
     /// Send a WebSocket ping.
     Ping,
-    /// Send a close frame with this code and reason, then drop the
-    /// connection; the session accepts nothing more.
-    Close { code: CloseCode, reason: String },
+    /// Send a close frame for `reason` with the text `message`, then drop
+    /// the connection; the session accepts nothing more. For a client
+    /// closed for being too slow, `lost` is what it lost since its last
+    /// delivered message (the driver adds what it discards from the queue).
+    Close {
+        reason: CloseReason,
+        message: String,
+        lost: Option<u32>,
+    },
 }
 
 /// What [`Session::deliver`] did with a published message.
@@ -144,22 +162,28 @@ pub enum Delivery {
     DroppedClosing,
 }
 
-/// Counters of what happened to this connection's traffic. 32 bits each
-/// (saturating): every connection carries them, and the gateway's metrics
-/// keep the process-wide totals.
+/// Counters of what happened to this connection's traffic since the
+/// driver last took them ([`Session::take_stats`]). 16 bits each
+/// (saturating): every connection carries them, the driver takes them
+/// after every call, and the gateway's metrics keep the totals.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
-    pub delivered: u32,
-    pub throttled: u32,
-    pub queue_full: u32,
-    pub duplicates: u32,
-    pub recovered: u32,
-    pub replayed: u32,
-    pub requests: u32,
-    pub request_errors: u32,
-    pub rate_limited: u32,
+    pub delivered: u16,
+    pub throttled: u16,
+    pub queue_full: u16,
+    pub duplicates: u16,
+    pub recovered: u16,
+    pub replayed: u16,
+    pub requests: u16,
+    pub request_errors: u16,
+    pub rate_limited: u16,
     /// Throttle level changes (each one sent as a `throttle_update`).
-    pub throttle_changes: u32,
+    pub throttle_changes: u16,
+    /// Resumes that found part of their range gone (or another epoch).
+    pub resume_gaps: u16,
+    /// Queued messages dropped unsent because the client was closed for
+    /// being too slow.
+    pub discarded: u16,
 }
 
 /// A connection's patterns: a vector sized to fit, not a tree. A B-tree
@@ -285,6 +309,9 @@ pub struct Session {
     denied_in_a_row: u32,
     queue: LazyQueue<OutFrame>,
     queued_bytes: usize,
+    /// Frames that go out ahead of queued data: throttle notices, errors,
+    /// pongs, pings. Small and few (bounded by the inbound budget).
+    notices: LazyQueue<OutFrame>,
     actions: LazyQueue<Action>,
     last_heard: Instant,
     last_ping: Option<Instant>,
@@ -323,6 +350,7 @@ impl Session {
             denied_in_a_row: 0,
             queue: LazyQueue::new(),
             queued_bytes: 0,
+            notices: LazyQueue::new(),
             actions: LazyQueue::new(),
             last_heard: now,
             last_ping: None,
@@ -352,6 +380,11 @@ impl Session {
         self.stats
     }
 
+    /// The counters since the last call, which start again from zero.
+    pub fn take_stats(&mut self) -> SessionStats {
+        std::mem::take(&mut self.stats)
+    }
+
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
@@ -371,14 +404,61 @@ impl Session {
     }
 
     /// The next frame to write, oldest first.
+    /// The next frame to write: notices first, then data in order.
     pub fn pop_frame(&mut self) -> Option<OutFrame> {
+        self.pop_notice().or_else(|| self.pop_data())
+    }
+
+    /// The next notice (throttle update, error, pong, ping).
+    pub fn pop_notice(&mut self) -> Option<OutFrame> {
+        self.notices.pop_front()
+    }
+
+    /// The next data frame (messages and request answers), oldest first.
+    pub fn pop_data(&mut self) -> Option<OutFrame> {
         let frame = self.queue.pop_front()?;
         self.queued_bytes -= frame.len();
         Some(frame)
     }
 
     pub fn has_frames(&self) -> bool {
+        !self.queue.is_empty() || !self.notices.is_empty()
+    }
+
+    /// Data frames are queued (notices aside).
+    pub fn has_data(&self) -> bool {
         !self.queue.is_empty()
+    }
+
+    /// Drops every queued data frame (a too-slow client is closed without
+    /// them); returns how many message frames with a `seq` above
+    /// `after_seq` were among them.
+    pub fn discard_data(&mut self, after_seq: u64) -> u32 {
+        let mut lost = 0u32;
+        let mut highest = after_seq;
+        while let Some(frame) = self.pop_data() {
+            if let OutFrame::Message { seq, .. } = frame
+                && seq > highest
+            {
+                highest = seq;
+                lost = lost.saturating_add(1);
+            }
+        }
+        self.stats.discarded = self
+            .stats
+            .discarded
+            .saturating_add(u16::try_from(lost).unwrap_or(u16::MAX));
+        lost
+    }
+
+    /// Queues an encoded control frame (ping, pong) ahead of data.
+    pub fn push_wire(&mut self, frame: bytes::Bytes) {
+        self.notices.push_back(OutFrame::Wire(frame));
+    }
+
+    /// The configuration this session runs with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
     }
 
     /// Frees the storage of the frame and action queues when both are
@@ -386,12 +466,18 @@ impl Session {
     /// Allocating again later costs far less than the write it precedes.
     pub fn release_idle_memory(&mut self) {
         self.queue.release_if_empty();
+        self.notices.release_if_empty();
         self.actions.release_if_empty();
     }
 
     /// The next action for the driver.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// The next action, left in place.
+    pub fn peek_action(&self) -> Option<&Action> {
+        self.actions.0.as_ref()?.front()
     }
 
     /// Queues the reply of a [`Action::Subscribe`] / [`Action::Unsubscribe`]
@@ -414,7 +500,7 @@ impl Session {
         self.on_heard(now);
         if text.len() > self.config.max_message_bytes {
             self.close(
-                CloseCode::TooBig,
+                CloseReason::MessageTooBig,
                 format!(
                     "message of {} bytes exceeds the limit of {}",
                     text.len(),
@@ -430,7 +516,10 @@ impl Session {
             // A client that keeps pushing past its limit is not answered
             // forever: after a burst's worth of refusals it is closed.
             if self.denied_in_a_row > self.config.client_burst.max(1) {
-                self.close(CloseCode::Policy, "request rate limit exceeded".into());
+                self.close(
+                    CloseReason::RateLimited,
+                    "request rate limit exceeded".into(),
+                );
             } else {
                 let id = parse_request(text).ok().and_then(|r| r.id);
                 self.error(
@@ -678,6 +767,7 @@ impl Session {
         let id = catch_up.id.clone();
         let changed = catch_up.client_epoch.as_deref().is_some_and(|e| e != epoch);
         if changed {
+            self.stats.resume_gaps = self.stats.resume_gaps.saturating_add(1);
             let oldest_sseq = first_retained.unwrap_or(last_sseq + 1);
             self.push_control(&ServerMessage::ResumeGap {
                 id,
@@ -687,6 +777,7 @@ impl Session {
             return Recovery::Skip;
         }
         if let Some(oldest_sseq) = resume_gap(catch_up.since_sseq, first_retained, last_sseq) {
+            self.stats.resume_gaps = self.stats.resume_gaps.saturating_add(1);
             self.push_control(&ServerMessage::ResumeGap {
                 id,
                 epoch_changed: false,
@@ -765,7 +856,7 @@ impl Session {
         if let Some(catch_up) = &mut self.catch_up {
             if catch_up.held.len() >= self.config.resume_buffer_messages {
                 self.close(
-                    CloseCode::TryAgainLater,
+                    CloseReason::ResumeOverflow,
                     "too many live messages during resume; reconnect and resume again".into(),
                 );
                 return Delivery::Closed;
@@ -787,8 +878,10 @@ impl Session {
             self.stats.queue_full = self.stats.queue_full.saturating_add(1);
             self.dropped = self.dropped.saturating_add(1);
             if message.priority == Priority::Critical {
-                let reason = self.lost_reason("client too slow to receive critical messages");
-                self.close(CloseCode::Policy, reason);
+                self.close(
+                    CloseReason::TooSlowForCritical,
+                    "client too slow to receive critical messages".into(),
+                );
                 return Delivery::DroppedClosing;
             }
             match self.throttle.on_queue_full(&self.config.throttle, now) {
@@ -797,8 +890,10 @@ impl Session {
                     self.push_control(&level.notice());
                 }
                 Some(ThrottleChange::Disconnect) => {
-                    let reason = self.lost_reason("client too slow even at the heaviest throttle");
-                    self.close(CloseCode::Policy, reason);
+                    self.close(
+                        CloseReason::TooSlow,
+                        "client too slow even at the heaviest throttle".into(),
+                    );
                     return Delivery::DroppedClosing;
                 }
                 Some(ThrottleChange::Lowered(_)) | None => {}
@@ -832,7 +927,7 @@ impl Session {
         }
         if now >= self.last_heard + self.config.idle_timeout {
             self.close(
-                CloseCode::Policy,
+                CloseReason::Idle,
                 format!(
                     "nothing heard from the client for {} s",
                     self.config.idle_timeout.as_secs()
@@ -854,23 +949,17 @@ impl Session {
     }
 
     /// Ends the session with a close frame (e.g. shutdown: 1001).
-    pub fn close(&mut self, code: CloseCode, reason: String) {
+    pub fn close(&mut self, reason: CloseReason, message: String) {
         if self.closed {
             return;
         }
         self.closed = true;
-        self.actions.push_back(Action::Close { code, reason });
-    }
-
-    /// A close reason that also says what the client lost since its last
-    /// message, since no later `message` will carry `dropped` (at most
-    /// 106 bytes: a close reason must fit in 123).
-    fn lost_reason(&self, why: &str) -> String {
-        format!(
-            "{why}; {} messages dropped after seq {}",
-            self.dropped,
-            self.next_seq - 1
-        )
+        let lost = reason.is_too_slow().then_some(self.dropped);
+        self.actions.push_back(Action::Close {
+            reason,
+            message,
+            lost,
+        });
     }
 
     fn frame_len(&self, message: &Published, mark: MessageMark) -> usize {
@@ -904,7 +993,15 @@ impl Session {
     }
 
     fn push_control(&mut self, message: &ServerMessage) {
-        self.push_frame(OutFrame::control(message));
+        let frame = OutFrame::control(message);
+        match message {
+            // What a client must learn even while its data queue is stuck:
+            // why it receives less, why a request failed, and heartbeats.
+            ServerMessage::ThrottleUpdate { .. }
+            | ServerMessage::Error { .. }
+            | ServerMessage::Pong { .. } => self.notices.push_back(frame),
+            _ => self.push_frame(frame),
+        }
     }
 
     fn push_frame(&mut self, frame: OutFrame) {

@@ -599,5 +599,6 @@ fn an_idle_decoder_allocates_nothing() {
         ]
     );
     assert_eq!(decoder.buffered_bytes(), 0);
-    assert!(std::mem::size_of::<FrameDecoder>() <= 72);
+    // Only a connection with a message partly read holds one (boxed).
+    assert!(std::mem::size_of::<FrameDecoder>() <= 96);
 }

@@ -18,19 +18,8 @@ use tokio::sync::mpsc;
 /// A boxed future, so `Broker` can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Retained messages read back for a `resume`.
-#[derive(Debug, Clone, Default)]
-pub struct Fetched {
-    /// The oldest stream sequence the broker still retains (on any
-    /// subject), `None` when it retains nothing.
-    pub first_retained: Option<u64>,
-    /// Messages on the requested patterns with sseq > `since`, in order.
-    pub messages: Vec<Arc<Published>>,
-    /// The stream sequence up to which the fetch is complete.
-    pub last_sseq: u64,
-    /// The identity of the stream read (see [`Broker::epoch`]).
-    pub epoch: String,
-}
+/// Retained messages read back for a `resume` (decided on in core).
+pub use surge_core::connection::Fetched;
 
 /// Why a broker operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -115,7 +115,6 @@ pub(crate) struct Context {
     pub session_config: Arc<SessionConfig>,
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
-    pub write_timeout: Duration,
     pub ready_requires_broker: bool,
     broker: OnceLock<Arc<dyn Broker>>,
 }
@@ -263,10 +262,12 @@ impl Gateway {
             clock,
             admission: Arc::clone(&admission),
             handshake_config: Arc::new(config.handshake.clone()),
-            session_config: Arc::new(config.session.clone()),
+            session_config: Arc::new(SessionConfig {
+                write_timeout: config.write_timeout,
+                ..config.session.clone()
+            }),
             metrics: Arc::clone(&metrics),
             shutdown: shutdown_rx,
-            write_timeout: config.write_timeout,
             ready_requires_broker: config.ready_requires_broker,
             broker: OnceLock::new(),
         });

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use surge_core::admission::Refusal;
+use surge_core::connection::EndReason;
 use surge_core::handshake::RejectReason;
 use surge_core::protocol::CloseCode;
 use surge_core::session::SessionStats;
@@ -64,6 +65,7 @@ pub struct Metrics {
     pub throttle_changes: Counter,
     pub slow_disconnects: Counter,
     disconnects: Family<Code, Counter>,
+    ended: Family<Reason, Counter>,
     pub client_requests: Counter,
     pub client_errors: Counter,
     pub rate_limited: Counter,
@@ -149,7 +151,7 @@ impl Metrics {
         let dropped = Family::<Reason, Counter>::default();
         r.register(
             "messages_dropped",
-            "Messages not sent to a client: throttled (sampling at its level) or queue_full",
+            "Messages not sent to a client: throttled (sampling at its level), queue_full, or closed_too_slow (queued, then discarded when the client was closed for being too slow)",
             dropped.clone(),
         );
         let deduplicated = Counter::default();
@@ -199,6 +201,12 @@ impl Metrics {
             "disconnects",
             "Connections closed by the server, by close code",
             disconnects.clone(),
+        );
+        let ended = Family::<Reason, Counter>::default();
+        r.register(
+            "connections_ended",
+            "Upgraded connections ended, by how (client_closed, protocol_error, write_timeout, too_slow, inbound_budget, shutting_down, ...)",
+            ended.clone(),
         );
         let client_requests = Counter::default();
         r.register(
@@ -288,6 +296,7 @@ impl Metrics {
             throttle_changes,
             slow_disconnects,
             disconnects,
+            ended,
             client_requests,
             client_errors,
             rate_limited,
@@ -304,18 +313,22 @@ impl Metrics {
         }
     }
 
-    /// Adds what a session counted between two snapshots of its stats:
-    /// the events only the session sees (error frames, rate-limit
-    /// refusals, replays, throttle level changes).
-    pub fn session_delta(&self, before: &SessionStats, after: &SessionStats) {
-        let delta = |a: u32, b: u32| u64::from(b.saturating_sub(a));
-        self.client_errors
-            .inc_by(delta(before.request_errors, after.request_errors));
-        self.rate_limited
-            .inc_by(delta(before.rate_limited, after.rate_limited));
-        self.replayed.inc_by(delta(before.replayed, after.replayed));
+    /// Adds what a session counted since its driver last took its
+    /// counters: the events only the session sees (error frames,
+    /// rate-limit refusals, replays, throttle level changes).
+    pub fn session_counts(&self, counts: &SessionStats) {
+        self.client_errors.inc_by(u64::from(counts.request_errors));
+        self.rate_limited.inc_by(u64::from(counts.rate_limited));
+        self.replayed.inc_by(u64::from(counts.replayed));
         self.throttle_changes
-            .inc_by(delta(before.throttle_changes, after.throttle_changes));
+            .inc_by(u64::from(counts.throttle_changes));
+        self.client_requests.inc_by(u64::from(counts.requests));
+        self.recovered.inc_by(u64::from(counts.recovered));
+        self.resume_gaps.inc_by(u64::from(counts.resume_gaps));
+        if counts.discarded > 0 {
+            self.dropped("closed_too_slow")
+                .inc_by(u64::from(counts.discarded));
+        }
     }
 
     /// Brings `surge_fd_exhaustion_answers_total` up to the listener's own
@@ -362,6 +375,22 @@ impl Metrics {
                 code: code.code().to_string(),
             })
             .inc();
+    }
+
+    /// Counts a connection's end by its typed reason (and, for a server
+    /// close, its close code; for a client too slow, the slow counter).
+    pub fn ended(&self, end: EndReason) {
+        self.ended
+            .get_or_create(&Reason {
+                reason: end.metric_label().into(),
+            })
+            .inc();
+        if let EndReason::ServerClosed(reason) = end {
+            self.disconnect(reason.code());
+        }
+        if end.is_too_slow() {
+            self.slow_disconnects.inc();
+        }
     }
 
     pub fn set_shard_backlog(&self, shard: u32, pending: usize) {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::admission::ShardId;
+use crate::protocol::CloseReason;
 use crate::subjects::Subject;
 
 fn ms(v: u64) -> Instant {
@@ -253,7 +254,7 @@ fn slow_client_is_throttled_then_disconnected_and_critical_always_goes() {
     assert!(matches!(
         actions.last(),
         Some(Action::Close {
-            code: CloseCode::Policy,
+            reason: CloseReason::TooSlow | CloseReason::TooSlowForCritical,
             ..
         })
     ));
@@ -369,7 +370,7 @@ fn heartbeat_pings_then_closes_an_idle_client() {
     assert!(matches!(
         apply(&mut s).as_slice(),
         [Action::Close {
-            code: CloseCode::Policy,
+            reason: CloseReason::Idle,
             ..
         }]
     ));
@@ -395,7 +396,7 @@ fn inbound_rate_limit_answers_then_closes() {
     assert!(matches!(
         apply(&mut s).last(),
         Some(Action::Close {
-            code: CloseCode::Policy,
+            reason: CloseReason::RateLimited,
             ..
         })
     ));
@@ -411,7 +412,7 @@ fn oversized_frame_closes_with_1009() {
     assert!(matches!(
         apply(&mut s).as_slice(),
         [Action::Close {
-            code: CloseCode::TooBig,
+            reason: CloseReason::MessageTooBig,
             ..
         }]
     ));
@@ -627,7 +628,7 @@ fn resume_buffer_overflow_asks_the_client_to_come_back() {
     assert!(matches!(
         apply(&mut s).last(),
         Some(Action::Close {
-            code: CloseCode::TryAgainLater,
+            reason: CloseReason::ResumeOverflow,
             ..
         })
     ));

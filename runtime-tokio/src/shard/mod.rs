@@ -24,8 +24,9 @@ use std::task::Poll;
 
 use slab::Slab;
 use surge_core::Instant;
-use surge_core::protocol::{CloseCode, Published};
-use surge_core::session::{Delivery, Session};
+use surge_core::connection::{Connection, EndReason};
+use surge_core::protocol::{CloseReason, Published};
+use surge_core::session::Delivery;
 use surge_core::subjects::SubscriptionIndex;
 use tokio::sync::mpsc;
 
@@ -34,7 +35,7 @@ use crate::gateway::{ConnectionState, Context};
 use crate::poller::Poller;
 use crate::upgrade::SlotGuard;
 
-use link::{End, Flow, Link, Parts};
+use link::{Flow, Link, Parts};
 
 /// Locks a mutex whose data stays consistent even if a holder panicked
 /// (every critical section here is a single core call or one shard turn).
@@ -121,10 +122,10 @@ impl<P: Poller> ShardView for ShardCell<P> {
         let state = lock(&self.state);
         let start = out.len();
         out.extend(state.links.iter().map(|(_, link)| ConnectionState {
-            id: link.session.id(),
-            queued_bytes: link.session.queued_bytes(),
-            throttle_level: link.session.throttle_level().as_u8(),
-            closed: link.session.is_closed(),
+            id: link.conn.id(),
+            queued_bytes: link.conn.session().queued_bytes(),
+            throttle_level: link.conn.session().throttle_level().as_u8(),
+            closed: link.conn.session().is_closed(),
         }));
         out[start..].sort_by_key(|c| c.id.serial);
     }
@@ -132,8 +133,8 @@ impl<P: Poller> ShardView for ShardCell<P> {
     fn tally(&self, levels: &mut [u64; 4], queue_bytes: &mut u64) {
         let state = lock(&self.state);
         for (_, link) in state.links.iter() {
-            levels[link.session.throttle_level() as usize] += 1;
-            *queue_bytes += link.session.queued_bytes() as u64;
+            levels[link.conn.session().throttle_level() as usize] += 1;
+            *queue_bytes += link.conn.session().queued_bytes() as u64;
         }
     }
 
@@ -290,10 +291,14 @@ impl<P: Poller> ShardState<P> {
             }
             Inbox::Shutdown => {
                 let tokens: Vec<usize> = self.links.iter().map(|(t, _)| t).collect();
+                let now = self.ctx.clock.now();
                 for token in tokens {
                     if let Some(link) = self.links.get_mut(token) {
-                        link.session
-                            .close(CloseCode::GoingAway, "server shutting down".into());
+                        link.conn.close(
+                            CloseReason::ShuttingDown,
+                            "server shutting down".into(),
+                            now,
+                        );
                     }
                     self.pump_link(token);
                 }
@@ -324,22 +329,26 @@ impl<P: Poller> ShardState<P> {
         };
         let now = ctx.clock.now();
         let epoch = ctx.broker().epoch();
-        let mut session = Session::new(
+        let mut conn = Connection::new(
             live.id(),
             Arc::clone(&ctx.session_config),
             now,
             epoch.as_deref(),
+            response,
         );
         // The gateway raises the flag before it sends `Shutdown`, so a
         // connection handed over after the sweep is closed here.
         if *ctx.shutdown.borrow() {
-            session.close(CloseCode::GoingAway, "server shutting down".into());
+            conn.close(
+                CloseReason::ShuttingDown,
+                "server shutting down".into(),
+                now,
+            );
         }
-        let mut link = Link::new(socket, session, response, live);
+        let mut link = Link::new(socket, conn, live);
         if !leftover.is_empty() {
-            let before = link.session.stats();
-            link.on_leftover(&leftover, &ctx, now);
-            ctx.metrics.session_delta(&before, &link.session.stats());
+            link.on_leftover(&leftover, now);
+            ctx.metrics.session_counts(&link.conn.take_stats());
         }
         entry.insert(link);
         ctx.metrics.connections.inc();
@@ -362,7 +371,7 @@ impl<P: Poller> ShardState<P> {
         let Some(link) = self.links.get_mut(token) else {
             return;
         };
-        if serial.is_some_and(|s| s != link.session.id().serial) {
+        if serial.is_some_and(|s| s != link.conn.id().serial) {
             return;
         }
         let mut parts = Parts {
@@ -374,11 +383,10 @@ impl<P: Poller> ShardState<P> {
             read_buf: &mut self.read_buf,
             scratch: &mut self.scratch,
         };
-        let before = link.session.stats();
         let flow = f(link, &mut parts);
-        self.ctx
-            .metrics
-            .session_delta(&before, &link.session.stats());
+        // What only the session saw (errors, refusals, replays, throttle
+        // changes, including those a fan-out caused since the last call).
+        self.ctx.metrics.session_counts(&link.conn.take_stats());
         match flow {
             Flow::Keep => self.schedule(token),
             Flow::Again => {
@@ -444,8 +452,7 @@ impl<P: Poller> ShardState<P> {
                 let Some(link) = self.links.get_mut(token) else {
                     continue;
                 };
-                let level = link.session.throttle_level();
-                let wake = match link.session.deliver(message, now) {
+                let wake = match link.conn.deliver(message, now) {
                     Delivery::Queued(_) => {
                         tally.delivered += 1;
                         true
@@ -456,7 +463,6 @@ impl<P: Poller> ShardState<P> {
                     }
                     Delivery::QueueFull => {
                         tally.queue_full += 1;
-                        tally.throttle_changes += u64::from(link.session.throttle_level() != level);
                         // A throttle notice may have been queued.
                         true
                     }
@@ -474,7 +480,7 @@ impl<P: Poller> ShardState<P> {
                 if !wake {
                     continue;
                 }
-                if link.session.queued_bytes() > write_now_at {
+                if link.conn.session().queued_bytes() > write_now_at {
                     // Half the queue's bound taken by this batch alone (large
                     // messages): write now rather than at the end of the
                     // batch, so that a client that keeps up is never
@@ -492,17 +498,15 @@ impl<P: Poller> ShardState<P> {
         m.dropped("throttled").inc_by(tally.throttled);
         m.dropped("queue_full").inc_by(tally.queue_full);
         m.deduplicated.inc_by(tally.duplicates);
-        m.throttle_changes.inc_by(tally.throttle_changes);
     }
 
     /// Puts the link's next deadline in the timer queue if it is earlier
     /// than the one already there.
     fn schedule(&mut self, token: usize) {
-        let write_timeout = self.ctx.write_timeout;
         let Some(link) = self.links.get_mut(token) else {
             return;
         };
-        let Some(at) = link.deadline(write_timeout) else {
+        let Some(at) = link.conn.poll_timeout() else {
             return;
         };
         if link.timer_at.is_none_or(|t| at < t) {
@@ -542,14 +546,15 @@ impl<P: Poller> ShardState<P> {
     }
 
     /// Drops a connection: its patterns, its socket and its slot.
-    fn remove(&mut self, token: usize, end: End) {
+    fn remove(&mut self, token: usize, end: EndReason) {
         let link = self.links.remove(token);
-        for p in link.session.subscriptions() {
+        for p in link.conn.session().subscriptions() {
             self.index.remove(p, token);
         }
-        let id = link.session.id();
+        let id = link.conn.id();
         lock(&self.ctx.admission).close(link.slot);
         self.ctx.metrics.connections.dec();
+        self.ctx.metrics.ended(end);
         tracing::debug!(conn = %id, end = %end, "connection ended");
         // The socket closes as the link drops.
     }
@@ -563,7 +568,6 @@ struct Tally {
     throttled: u64,
     queue_full: u64,
     duplicates: u64,
-    throttle_changes: u64,
 }
 
 #[cfg(test)]
