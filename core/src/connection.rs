@@ -35,8 +35,8 @@ use std::time::Duration;
 use crate::Instant;
 use crate::admission::ConnId;
 use crate::frame::{
-    CloseAction, CloseState, DecodeLimits, Event, FrameDecoder, FrameError, close_frame_into,
-    ping_frame_into, pong_frame_into, text_frame_into,
+    CloseAction, CloseState, DecodeLimits, Event, FrameDecoder, FrameError, binary_frame_into,
+    close_frame_into, ping_frame_into, pong_frame_into, text_frame_into,
 };
 use crate::protocol::{CloseReason, OutFrame, Published};
 use crate::session::{Action, Delivery, Recovery, Session, SessionConfig, SessionStats};
@@ -338,7 +338,11 @@ impl Connection {
         if self.over_inbound_budget(bytes.len(), now) {
             return;
         }
-        let limits = DecodeLimits::text(self.session.config().max_message_bytes);
+        let config = self.session.config();
+        let limits = DecodeLimits {
+            max_message_bytes: config.max_message_bytes,
+            keep_binary: config.echo,
+        };
         let mut decoder = self
             .decoder
             .take()
@@ -660,6 +664,25 @@ impl Connection {
 
     fn on_event(&mut self, event: Event, now: Instant) {
         match event {
+            Event::Text(text) if self.session.config().echo => {
+                self.session.on_heard(now);
+                if self.open() {
+                    let mut frame = Vec::with_capacity(10 + text.len());
+                    text_frame_into(&mut frame, &[text.as_bytes()]);
+                    self.session.push_wire(frame.into());
+                }
+            }
+            Event::Binary {
+                payload: Some(payload),
+                ..
+            } if self.session.config().echo => {
+                self.session.on_heard(now);
+                if self.open() {
+                    let mut frame = Vec::with_capacity(10 + payload.len());
+                    binary_frame_into(&mut frame, &[&payload]);
+                    self.session.push_wire(frame.into());
+                }
+            }
             Event::Text(text) => {
                 if self.open() {
                     self.session.handle_text(&text, now);

@@ -51,6 +51,10 @@ pub struct SessionConfig {
     pub inbound_frames_per_sec: u32,
     /// Inbound bytes per second before the client is closed; 0 = no limit.
     pub inbound_bytes_per_sec: u32,
+    /// Echo every client message back (text as text, binary as binary)
+    /// instead of speaking surge's protocol, with no `welcome`: for the
+    /// Autobahn|Testsuite harness, never the gateway.
+    pub echo: bool,
 }
 
 impl Default for SessionConfig {
@@ -72,6 +76,7 @@ impl Default for SessionConfig {
             // a client flooding empty frames is cut off within a second.
             inbound_frames_per_sec: 200,
             inbound_bytes_per_sec: 1 << 20,
+            echo: false,
         }
     }
 }
@@ -360,7 +365,9 @@ impl Session {
             dropped: 0,
             stats: SessionStats::default(),
         };
-        session.push_control(&welcome);
+        if !session.config.echo {
+            session.push_control(&welcome);
+        }
         session
     }
 

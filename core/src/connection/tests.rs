@@ -402,3 +402,17 @@ fn a_resume_fetches_then_feeds_then_completes() {
     assert_eq!(kinds, ["message", "message", "resumed", "subscribed"]);
     assert_eq!(json(&frames[2])["epoch"], "e1");
 }
+
+#[test]
+fn echo_mode_echoes_text_and_binary_and_sends_no_welcome() {
+    let mut c = conn(config(|c| {
+        c.echo = true;
+        c.inbound_frames_per_sec = 0;
+    }));
+    c.handle_bytes(&text("hello"), ms(1));
+    c.handle_bytes(&client_frame(0x82, &[0, 255, 7]), ms(1));
+    assert_eq!(
+        drain(&mut c, ms(1)),
+        vec![(0x1, b"hello".to_vec()), (0x2, vec![0, 255, 7])]
+    );
+}

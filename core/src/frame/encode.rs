@@ -57,6 +57,12 @@ pub fn text_frame_into(out: &mut Vec<u8>, parts: &[&[u8]]) {
     frame_into(out, OpCode::Text, parts);
 }
 
+/// Appends one unfragmented binary frame whose payload is `parts`
+/// concatenated.
+pub fn binary_frame_into(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    frame_into(out, OpCode::Binary, parts);
+}
+
 /// Appends a Close frame with `code` and `reason`, the reason cut to
 /// [`MAX_REASON_LEN`] bytes at a character boundary. `code` must be one a
 /// peer may send (not 1005, 1006 or 1015).
