@@ -72,6 +72,8 @@ impl GatewayConfig {
                 max_message_bytes: config.max_message_bytes,
                 client_rate_per_sec: config.client_rate,
                 client_burst: config.client_burst,
+                inbound_frames_per_sec: config.inbound_frames_per_sec,
+                inbound_bytes_per_sec: config.inbound_bytes_per_sec,
                 ping_interval: config.ping_interval,
                 idle_timeout: config.idle_timeout,
                 throttle: ThrottleConfig {

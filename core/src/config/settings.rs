@@ -323,6 +323,20 @@ settings! {
         kind: Int, rule: int(1, 100_000),
         doc: "Requests a client may send at once before the rate applies; 40 lets a reconnecting client resubscribe and replay without waiting.",
     },
+    inbound_frames_per_sec: u32 {
+        env: "SURGE_INBOUND_FRAMES_PER_SEC", flag: "--inbound-frames-per-sec",
+        // Requests at the rate limit plus heartbeats fit ten times over.
+        default: 200, default_text: "200",
+        kind: Int, rule: int(0, 1_000_000),
+        doc: "WebSocket frames a client may send per second, control and continuation frames included (0 = unlimited); past it the client is closed with 1008, so one connection cannot keep its shard busy with empty frames.",
+    },
+    inbound_bytes_per_sec: u32 {
+        env: "SURGE_INBOUND_BYTES_PER_SEC", flag: "--inbound-bytes-per-sec",
+        // Twenty maximum-size requests a second, three times over.
+        default: 1 << 20, default_text: "1MiB",
+        kind: Bytes, rule: bytes(0, 1 << 31),
+        doc: "Bytes a client may send per second (0 = unlimited); past it the client is closed with 1008.",
+    },
     max_subscriptions: u32 {
         env: "SURGE_MAX_SUBSCRIPTIONS", flag: "--max-subscriptions",
         default: 100, default_text: "100",

@@ -672,6 +672,8 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ),
     ("SURGE_SHUTDOWN_DRAIN", "11m", "from 0s to 10m"),
     ("SURGE_SHUTDOWN_DELAY", "11m", "from 0s to 10m"),
+    ("SURGE_INBOUND_FRAMES_PER_SEC", "-1", "integer"),
+    ("SURGE_INBOUND_BYTES_PER_SEC", "3GiB", "to 2GiB"),
     ("SURGE_READY_REQUIRES_BROKER", "maybe", "true or false"),
     ("SURGE_PUBLIC_HEALTHZ", "sometimes", "true or false"),
     ("SURGE_ADMIN_MAX_BODY_BYTES", "100", "from 1KiB"),
