@@ -1,191 +1,179 @@
 //! An echo WebSocket endpoint for the Autobahn|Testsuite fuzzing client
 //! (`scripts/autobahn`). Not part of the `surge` binary.
 //!
-//! It is built only from surge-core's public pieces, driven the way the
-//! gateway's shard drives them (`runtime-tokio/src/shard/link.rs`): core's
-//! `Handshake` over the first bytes, `FrameDecoder` over every read,
-//! `CloseState` for the closing handshake, the `*_frame_into` encoders for
-//! what goes back. Text and binary messages are echoed, pings answered
-//! with a pong carrying the same payload, a client's Close echoed with its
-//! code, and a protocol error closed with the error's code. Once
-//! `core::connection::Connection` exists this becomes a driver of it.
-//!
-//! Unlike the gateway it keeps binary payloads (`keep_binary`) and takes
-//! messages of up to 16 MiB, Autobahn's largest (cases 9.1.6 and 9.2.6).
+//! After core's `Handshake`, every connection is a
+//! `surge_core::connection::Connection` in echo mode (text and binary
+//! messages echoed, no `welcome`, no inbound budget, messages up to
+//! 16 MiB, Autobahn's largest in cases 9.1.6 and 9.2.6), driven by the
+//! small loop in [`drive`]: framing, pongs, the closing handshake, the
+//! order of what goes out and the lingering close are all core's.
 //!
 //! Usage: `autobahn_echo [ADDR]` (default `127.0.0.1:0`). It prints
 //! `listening on ws://ADDR/` once bound, and runs until killed.
 
+use std::io::{self, ErrorKind};
 use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant};
+use std::time::Duration;
 
-use surge_core::Instant;
-use surge_core::frame::{
-    CloseAction, CloseState, DecodeLimits, Event, FrameDecoder, FrameError, MAX_HEADER_LEN, OpCode,
-    close_frame_into, encode_header, pong_frame_into, text_frame_into,
-};
+use surge_core::admission::{ConnId, ShardId};
+use surge_core::connection::{ConnEvent, Connection, EndReason};
 use surge_core::handshake::{Handshake, HandshakeConfig, Outcome, Progress};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use surge_core::session::SessionConfig;
+use surge_runtime::Clock;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Autobahn's largest messages (cases 9.1.6, 9.2.6) are exactly 16 MiB.
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
-
-/// How long a connection that ends is kept open to read and discard what
-/// the client still sends, so that our last bytes (the Close frame) are not
-/// destroyed by a reset for unread data.
-const LINGER: Duration = Duration::from_secs(2);
-
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> std::io::Result<()> {
+async fn main() -> io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".to_owned());
     let listener = TcpListener::bind(&addr).await?;
     println!("listening on ws://{}/", listener.local_addr()?);
-    let config = Arc::new(HandshakeConfig {
+    let handshake = Arc::new(HandshakeConfig {
         path: "/".to_owned(),
         ..HandshakeConfig::default()
     });
-    let epoch = StdInstant::now();
-    loop {
+    let session = Arc::new(SessionConfig {
+        echo: true,
+        inbound_frames_per_sec: 0,
+        inbound_bytes_per_sec: 0,
+        max_message_bytes: 16 << 20,
+        ..SessionConfig::default()
+    });
+    let clock = Clock::start();
+    for serial in 1.. {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let config = Arc::clone(&config);
+        let id = ConnId {
+            shard: ShardId(0),
+            serial,
+        };
+        let (handshake, session) = (Arc::clone(&handshake), Arc::clone(&session));
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, config, epoch).await {
-                eprintln!("connection ended: {e}");
+            match serve(stream, id, handshake, session, clock).await {
+                Ok(Some(end)) => eprintln!("{id}: {end}"),
+                Ok(None) => {}
+                Err(e) => eprintln!("{id}: {e}"),
             }
         });
     }
+    Ok(())
 }
 
-/// Core's clock: nanoseconds since the endpoint started.
-fn now(epoch: StdInstant) -> Instant {
-    Instant::from_nanos(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
-}
-
+/// Runs core's handshake, then the connection; returns how the
+/// connection ended (`None` when the handshake did not upgrade).
 async fn serve(
     mut stream: TcpStream,
-    config: Arc<HandshakeConfig>,
-    epoch: StdInstant,
-) -> std::io::Result<()> {
+    id: ConnId,
+    handshake: Arc<HandshakeConfig>,
+    session: Arc<SessionConfig>,
+    clock: Clock,
+) -> io::Result<Option<EndReason>> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut handshake = Handshake::new(config, now(epoch));
-    let accepted = loop {
-        let left = handshake
+    let mut handshake = Handshake::new(handshake, clock.now());
+    let outcome = loop {
+        let deadline = handshake
             .poll_timeout()
-            .map_or(Duration::ZERO, |deadline| deadline - now(epoch));
-        let n = match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(read) => read?,
-            Err(_) => match handshake.handle_timeout(now(epoch)) {
-                Some(outcome) => return finish(stream, outcome.response()).await,
+            .map_or_else(tokio::time::Instant::now, |t| clock.to_tokio(t));
+        let progress = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(read) => match read? {
+                0 => return Ok(None),
+                n => handshake.feed(&buf[..n], clock.now()),
+            },
+            Err(_) => match handshake.handle_timeout(clock.now()) {
+                Some(outcome) => Progress::Done(outcome),
                 None => continue,
             },
         };
-        if n == 0 {
-            return Ok(());
-        }
-        match handshake.feed(&buf[..n], now(epoch)) {
-            Progress::NeedMore => {}
-            Progress::Done(Outcome::Accept(accepted)) => break accepted,
-            Progress::Done(outcome) => return finish(stream, outcome.response()).await,
-            Progress::Finished => unreachable!("fed after the outcome"),
+        if let Progress::Done(outcome) = progress {
+            break outcome;
         }
     };
-    stream.write_all(&accepted.response).await?;
-
-    let mut decoder = FrameDecoder::new(DecodeLimits {
-        max_message_bytes: MAX_MESSAGE_BYTES,
-        keep_binary: true,
-    });
-    let mut close = CloseState::new();
-    let mut out = Vec::new();
+    let accepted = match outcome {
+        Outcome::Accept(accepted) => accepted,
+        rejected => {
+            // A 4xx or 408: write it, shut down writing, and read until
+            // the client closes (for a second at most), so that it reads
+            // the answer rather than a reset.
+            stream.write_all(rejected.response()).await?;
+            stream.shutdown().await?;
+            let drain = async { while let Ok(1..) = stream.read(&mut buf).await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            return Ok(None);
+        }
+    };
+    let mut conn = Connection::new(id, session, clock.now(), None, accepted.response);
     // The bytes that followed the request head come first.
-    let mut error = decode(&mut decoder, &accepted.leftover, &mut close, &mut out);
-    loop {
-        // A protocol error: echoes of what came before it go first, then a
-        // Close with the error's code, then TCP closes.
-        if let Some(e) = error.take()
-            && close.fail()
-        {
-            close_frame_into(&mut out, e.close_code(), &e.to_string());
-        }
-        if !out.is_empty() {
-            stream.write_all(&out).await?;
-            out.clear();
-        }
-        if close.is_done() {
-            return linger(stream, &mut buf).await;
-        }
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            close.on_transport_closed();
-            return Ok(());
-        }
-        error = decode(&mut decoder, &buf[..n], &mut close, &mut out);
-    }
+    conn.handle_bytes(&accepted.leftover, clock.now());
+    Ok(Some(drive(stream, conn, &mut buf, clock).await))
 }
 
-/// Decodes `input`, appending the answers to `out`; returns the protocol
-/// error that stopped decoding, if any.
-fn decode(
-    decoder: &mut FrameDecoder,
-    mut input: &[u8],
-    close: &mut CloseState,
-    out: &mut Vec<u8>,
-) -> Option<FrameError> {
+/// Moves bytes and time between the socket and `conn` until it ends.
+async fn drive(
+    mut stream: TcpStream,
+    mut conn: Connection,
+    buf: &mut [u8],
+    clock: Clock,
+) -> EndReason {
+    let mut scratch = Vec::new();
     loop {
-        let event = match decoder.feed(&mut input) {
-            Ok(Some(event)) => event,
-            Ok(None) => return None,
-            Err(e) => return Some(e),
+        let now = clock.now();
+        while let Some(event) = conn.poll_event(now) {
+            match event {
+                ConnEvent::ShutdownWrite => {
+                    if stream.shutdown().await.is_err() {
+                        conn.handle_io_error();
+                    }
+                }
+                ConnEvent::Ended(reason) => return reason,
+                ConnEvent::Subscribe(_) | ConnEvent::Unsubscribe(_) | ConnEvent::Fetch { .. } => {
+                    unreachable!("echo mode speaks no surge protocol")
+                }
+            }
+        }
+        // Write until there is nothing to write or the socket is full.
+        let mut wrote = false;
+        while let Some(bytes) = conn.poll_transmit(&mut scratch, now) {
+            match stream.try_write(bytes) {
+                Ok(n) => conn.on_written(n, &scratch, now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    conn.on_written(0, &scratch, now);
+                    break;
+                }
+                Err(_) => conn.handle_io_error(),
+            }
+            wrote = true;
+        }
+        if wrote {
+            // A write can lead to an event (the Close written: shut down).
+            continue;
+        }
+        // Wait for bytes to read, room to write or the next deadline.
+        let interest = if conn.wants_write() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
         };
-        // After a Close nothing more is sent (the decoder ignores the
-        // client's bytes after its Close anyway).
-        let open = close.is_open();
-        match event {
-            Event::Text(text) if open => text_frame_into(out, &[text.as_bytes()]),
-            // keep_binary is set, so the payload is always there.
-            Event::Binary {
-                payload: Some(payload),
-                ..
-            } if open => {
-                let mut header = [0; MAX_HEADER_LEN];
-                let n = encode_header(OpCode::Binary, true, payload.len(), &mut header);
-                out.extend_from_slice(&header[..n]);
-                out.extend_from_slice(&payload);
+        let timeout = conn.poll_timeout().map(|t| clock.to_tokio(t));
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
             }
-            Event::Ping(payload) if open => pong_frame_into(out, &payload),
-            Event::Close { code, .. } => match close.on_peer_close(code) {
-                CloseAction::ReplyThenCloseTcp { code } => close_frame_into(out, code, ""),
-                CloseAction::CloseTcp | CloseAction::None => {}
+        };
+        tokio::select! {
+            ready = stream.ready(interest) => match ready {
+                Ok(ready) if ready.is_readable() => match stream.try_read(buf) {
+                    Ok(0) => conn.handle_eof(clock.now()),
+                    Ok(n) => conn.handle_bytes(&buf[..n], clock.now()),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => conn.handle_io_error(),
+                },
+                Ok(_) => {} // writable: the loop's top writes
+                Err(_) => conn.handle_io_error(),
             },
-            Event::Text(_) | Event::Binary { .. } | Event::Ping(_) | Event::Pong(_) => {}
+            () = sleep => conn.handle_timeout(clock.now()),
         }
     }
-}
-
-/// Writes a handshake answer (a rejection or a 408) and ends the connection.
-async fn finish(mut stream: TcpStream, response: &[u8]) -> std::io::Result<()> {
-    stream.write_all(response).await?;
-    let mut buf = vec![0u8; 4096];
-    linger(stream, &mut buf).await
-}
-
-/// Ends a connection whose last bytes are written: shuts down writing (the
-/// client reads EOF after them), then reads and discards until the client
-/// closes or [`LINGER`] passes, so unread client bytes never make the
-/// kernel answer with a reset that destroys what we sent.
-async fn linger(mut stream: TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
-    stream.shutdown().await?;
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(n) = stream.read(buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-    Ok(())
 }
