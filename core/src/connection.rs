@@ -54,8 +54,10 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// client still sends after writing is shut down, and how much: closing a
 /// socket with unread bytes makes the kernel answer with a reset, which
 /// can destroy the Close frame before the client reads it.
-pub const LINGER: Duration = Duration::from_secs(1);
-pub const LINGER_BYTES: usize = 64 * 1024;
+/// The bytes bound is large enough for a client still sending a message
+/// far over the size limit (it gets 1009 from the header alone).
+pub const LINGER: Duration = Duration::from_secs(2);
+pub const LINGER_BYTES: usize = 8 << 20;
 
 /// A Close that must jump a stuck queue (too-slow client) gets this long to
 /// be written before the connection is dropped.

@@ -13,7 +13,6 @@ use surge_core::config::Config;
 use surge_core::handshake::{HandshakeConfig, overloaded_response};
 use surge_core::session::SessionConfig;
 use surge_core::throttle::ThrottleConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -530,18 +529,7 @@ async fn accept_loop<L: Listener>(
                 tracing::debug!(reason = %refusal, "connection refused with 503");
                 let response = Arc::clone(&refusal_response);
                 tokio::spawn(async move {
-                    let answer = async {
-                        stream.write_all(&response).await?;
-                        stream.shutdown().await?;
-                        // Lingering close: read (and discard) the request
-                        // until the client closes. Closing with its request
-                        // unread, or before it arrives, answers it with a
-                        // RST that can destroy the 503 before it is read.
-                        let mut sink = [0u8; 1024];
-                        while stream.read(&mut sink).await? > 0 {}
-                        Ok::<(), io::Error>(())
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+                    crate::linger::answer_and_linger(&mut stream, &response).await;
                 });
             }
         }

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod embedded;
 mod epoll;
 pub mod gateway;
+mod linger;
 pub mod metrics;
 pub mod poller;
 mod shard;

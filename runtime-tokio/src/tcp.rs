@@ -285,10 +285,10 @@ impl TcpListener {
     async fn answer_with_spare(&mut self) {
         self.spare = None;
         if let Ok((stream, _)) = self.inner.accept().await {
-            // Best effort: a 503 fits any fresh socket buffer, so try_write
-            // does not block; the socket closes when dropped.
-            let _ = stream.try_write(&self.overload_response);
             self.fd_exhaustion_answers.fetch_add(1, Ordering::Relaxed);
+            // The spare must come back at once, so this answer lingers
+            // only over what has already arrived.
+            crate::linger::answer_at_once(&stream, &self.overload_response);
         }
         self.spare = open_spare();
     }

@@ -9,15 +9,15 @@ use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Duration;
 
 use surge_core::admission::{AbortCause, Admission, LiveSlot, Reservation};
 use surge_core::handshake::{Handshake, Outcome, Progress, probe_response};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::gateway::Context;
+use crate::linger::answer_and_linger;
 use crate::shard::{Handoff, Inbox, lock};
 
 /// Holds a reserved slot until the handshake ends: aborted on failure (by
@@ -63,16 +63,6 @@ impl Drop for SlotGuard {
             SlotState::Released => {}
         }
     }
-}
-
-/// Writes a rejection and closes, without letting a client that does not
-/// read hold the task for long.
-async fn answer_and_close<S: AsyncWrite + Unpin>(stream: &mut S, response: &[u8]) {
-    let write = async {
-        stream.write_all(response).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// Runs one accepted connection's handshake and hands the upgraded socket
@@ -138,7 +128,7 @@ where
             slot.abort(AbortCause::Rejected);
             ctx.metrics.handshake("probe").inc();
             let response = probe_response(ctx.readiness().is_ok());
-            answer_and_close(stream, &response).await;
+            answer_and_linger(stream, &response).await;
             return None;
         }
         Outcome::Reject(rejection) | Outcome::TimedOut(rejection) => {
@@ -151,7 +141,7 @@ where
             slot.abort(cause);
             ctx.metrics.handshake_rejected(&rejection.reason);
             tracing::debug!(status = rejection.status, reason = %rejection.reason, "handshake rejected");
-            answer_and_close(stream, &rejection.response).await;
+            answer_and_linger(stream, &rejection.response).await;
             return None;
         }
     };

@@ -712,3 +712,213 @@ async fn a_client_close_is_echoed_and_a_framing_error_closes_with_its_code() {
     assert!(close, "no close frame with 1002 in {bytes:?}");
     gw.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Writes `bytes` to `s`; whether all of it went (a reset from the peer
+/// stops it).
+async fn send_all(s: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]) -> bool {
+    for chunk in bytes.chunks(64 * 1024) {
+        if s.write_all(chunk).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Reads until end of stream or a reset; returns what arrived and
+/// whether the stream ended with a reset.
+async fn read_until_end(s: &mut tokio::net::tcp::OwnedReadHalf) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+            Ok(Ok(0)) => return (out, false),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => return (out, true),
+            Err(_) => panic!("no end within the deadline"),
+        }
+    }
+}
+
+/// A client that sends a 4 MiB message (the limit is 16 KiB) is closed
+/// with 1009 from the frame header alone, while it is still sending. The
+/// server lingers, reading and discarding, so the client receives the
+/// Close frame instead of a reset that would destroy it.
+#[tokio::test]
+async fn a_client_still_sending_an_oversized_message_receives_the_1009_close() {
+    let gw = start(|_| {}).await;
+    let stream = TcpStream::connect(gw.local_addr()).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(&upgrade("/ws", "Sec-WebSocket-Version: 13\r\n"))
+        .await
+        .expect("write");
+    let len = 4usize << 20;
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(len as u64).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.resize(frame.len() + len, b'x');
+    // Like a client that writes a whole message before it reads: the
+    // server keeps reading (and discarding) instead of resetting it.
+    assert!(
+        send_all(&mut wr, &frame).await,
+        "the server reset the client mid-send"
+    );
+    let (bytes, reset) = read_until_end(&mut rd).await;
+    // 101, welcome, then a Close frame with 1009.
+    let close = [0x88u8];
+    let at = bytes
+        .windows(1)
+        .rposition(|w| w == close)
+        .unwrap_or_else(|| {
+            panic!(
+                "no Close frame (reset: {reset}): {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+    assert_eq!(&bytes[at + 2..at + 4], &1009u16.to_be_bytes(), "close code");
+    assert!(!reset, "the connection ended with a reset");
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
+/// A rejected handshake (404 here) from a client that keeps sending: the
+/// answer arrives whole, then a clean end of stream, never a reset.
+#[tokio::test]
+async fn a_rejection_reaches_a_client_that_keeps_sending() {
+    let gw = start(|_| {}).await;
+    let stream = TcpStream::connect(gw.local_addr()).await.expect("connect");
+    let (mut rd, mut wr) = stream.into_split();
+    let mut request = upgrade("/elsewhere", "Sec-WebSocket-Version: 13\r\n");
+    request.resize(request.len() + (4 << 20), b'z');
+    assert!(
+        send_all(&mut wr, &request).await,
+        "the server reset the client mid-send"
+    );
+    let (bytes, reset) = read_until_end(&mut rd).await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.starts_with("HTTP/1.1 404 "),
+        "{text:?} (reset: {reset})"
+    );
+    assert!(!reset, "the answer was followed by a reset");
+    gw.shutdown(Duration::from_secs(2)).await;
+}
+
+/// One client opens a fragmented message and floods empty continuations
+/// (then another floods empty pings) on a one-shard gateway: it is closed
+/// by the inbound budget (1008), and another client on the same shard
+/// keeps receiving its messages without delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_closed_and_cannot_delay_its_shard() {
+    let gw = Arc::new(start(|c| c.shards = 1).await);
+    let addr = gw.local_addr();
+    let mut victim = client(addr).await;
+    subscribe(&mut victim, &["t.x"]).await;
+    for (opening, filler) in [(vec![0x01u8], 0x00u8), (vec![], 0x89)] {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut rd, mut wr) = stream.into_split();
+        wr.write_all(&upgrade("/ws", "Sec-WebSocket-Version: 13\r\n"))
+            .await
+            .expect("write");
+        // An empty masked frame: opcode byte, mask bit, the mask.
+        let empty = |b0: u8| [b0, 0x80, 9, 9, 9, 9];
+        let mut burst = Vec::new();
+        if let [first] = opening[..] {
+            burst.extend_from_slice(&empty(first));
+        }
+        for _ in 0..20_000 {
+            burst.extend_from_slice(&empty(filler | if filler == 0 { 0 } else { 0x80 }));
+        }
+        let flooder = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while tokio::time::Instant::now() < deadline {
+                if wr.write_all(&burst).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Meanwhile the victim's messages arrive promptly.
+        let mut worst = Duration::ZERO;
+        for i in 0..20 {
+            let sent = std::time::Instant::now();
+            publish(&gw, "t.x", json!(i)).await;
+            let m = next_json(&mut victim).await;
+            assert_eq!(m["data"], i);
+            worst = worst.max(sent.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            worst < Duration::from_millis(250),
+            "victim waited {worst:?}"
+        );
+        let (bytes, _) = read_until_end(&mut rd).await;
+        flooder.abort();
+        let at = bytes
+            .windows(1)
+            .rposition(|w| w == [0x88])
+            .expect("the flooder got a Close frame");
+        assert_eq!(&bytes[at + 2..at + 4], &1008u16.to_be_bytes());
+    }
+    // The second flooder's connection ends once its linger is over.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let ended = "surge_connections_ended_total{reason=\"inbound_budget\"}";
+    while metric(&gw, ended) < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flooders not both ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A reader that stops reading: it is throttled and finally closed for
+/// being too slow; when it reads again it finds the throttle notices and
+/// the 1008 Close (which did not wait behind the queued data), and its
+/// slot is free once it has read them.
+#[tokio::test]
+async fn a_slow_reader_learns_it_is_throttled_and_why_it_is_closed() {
+    let gw = start(|c| {
+        c.session.outbound_queue_bytes = 16 * 1024;
+        c.session.throttle.full_events_to_escalate = 2;
+    })
+    .await;
+    let addr = gw.local_addr();
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(&addr.into()).expect("connect");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let stream = MaybeTlsStream::Plain(TcpStream::from_std(socket.into()).expect("stream"));
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .expect("upgrade");
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    subscribe(&mut ws, &["t.x"]).await;
+    let payload = "y".repeat(2000);
+    let mut published = 0;
+    while !gw.connections().iter().all(|c| c.closed) && published < 20_000 {
+        publish(&gw, "t.x", json!({ "pad": payload })).await;
+        published += 1;
+    }
+    assert!(gw.connections().iter().all(|c| c.closed), "never closed");
+    let (mut notices, mut close) = (0, None);
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(WAIT, ws.next()).await {
+        match frame {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).expect("JSON");
+                notices += u32::from(v["type"] == "throttle_update");
+            }
+            Message::Close(c) => close = c,
+            _ => {}
+        }
+    }
+    assert!(notices > 0, "no throttle_update reached the client");
+    let close = close.expect("a Close frame reached the client");
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(close.reason.contains("too slow"), "{}", close.reason);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gw.slots_used() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "slot still held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&gw, "surge_slow_client_disconnects_total"), 1.0);
+    gw.shutdown(Duration::from_secs(2)).await;
+}
