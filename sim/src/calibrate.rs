@@ -15,10 +15,11 @@ use std::time::Duration;
 use crate::client::FailureKind;
 use crate::params::{Dur, Params, Profile};
 use crate::real::{BurstResult, BurstSpec};
-use crate::scenario::Scenario;
+use crate::scenario::name::Scenario;
 use crate::scenarios::{attempt_at, attempts, hold_then_close, read_welcome};
+use crate::world::state::RunState;
 use crate::world::{
-    ClientTask, Driver, GatewaySlot, GatewaySpec, RunState, build_sim_with_tick, install_clients,
+    ClientTask, Driver, GatewaySlot, GatewaySpec, build_sim_with_tick, install_clients,
     install_gateway,
 };
 

@@ -4,8 +4,14 @@
 //!
 //! - [`net`]: surge's `Transport` over turmoil, with a model of the Linux
 //!   listen backlog and SYN retransmission calibrated against the kernel.
-//! - [`world`]: hosts, the step loop, invariant checks and the trace hash.
-//! - [`scenario`] and [`scenarios`]: the seven scenarios and their reports.
+//! - [`world`]: hosts, the step loop and invariant checks; below it
+//!   [`world::hosts`] (host names, ports, simulated time) and
+//!   [`world::state`] (the trace hash, violations, client connections).
+//! - [`scenarios`]: the seven scenarios, one module each, over
+//!   [`scenario::name`] (which scenario) and [`scenario::report`] (a run's
+//!   report); [`scenario`] is the registry that dispatches to them.
+//! - [`publisher`] and [`subscriber`]: the publisher host and the
+//!   subscribing clients of the message-flow scenarios.
 //! - [`calibrate`]: the model against real loopback sockets.
 //! - [`fixture`]: the seed's check-then-acquire admission, kept only to
 //!   show the race it causes.
@@ -23,4 +29,5 @@ pub mod subscriber;
 pub mod world;
 
 pub use params::{Dur, OutageMode, Params, Profile};
-pub use scenario::{Report, Scenario};
+pub use scenario::name::Scenario;
+pub use scenario::report::Report;

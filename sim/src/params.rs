@@ -7,6 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::scenario::name::Scenario;
+
 /// Which gateway set-up a scenario runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Profile {
@@ -181,8 +183,8 @@ pub struct Params {
 
 impl Params {
     /// The defaults of `scenario` under `profile`.
-    pub fn defaults(scenario: crate::scenario::Scenario, profile: Profile, seed: u64) -> Params {
-        use crate::scenario::Scenario as S;
+    pub fn defaults(scenario: Scenario, profile: Profile, seed: u64) -> Params {
+        use Scenario as S;
         let seed_profile = profile == Profile::Seed;
         let ms = |n: u64| Dur(Duration::from_millis(n));
         let us = |n: u64| Dur(Duration::from_micros(n));

@@ -25,7 +25,8 @@ use surge_core::subjects::Subject;
 use surge_runtime::Gateway;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::world::{GATEWAY, INGEST_PORT, PUBLISHER, RunState, sleep_until_sim};
+use crate::world::hosts::{GATEWAY, INGEST_PORT, PUBLISHER, sleep_until_sim};
+use crate::world::state::RunState;
 
 /// The subjects messages rotate over (the layout of the Go system surge replaces).
 pub const SUBJECTS: [&str; 4] = [

@@ -12,7 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::net::SimStream;
-use crate::world::RunState;
+use crate::world::state::RunState;
 
 /// Everything one client saw, over all its connections.
 #[derive(Debug, Clone, Default)]

@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use crate::client::FailureKind;
 use crate::params::{Params, Profile};
-use crate::scenario::{Report, Scenario};
+use crate::scenario::name::Scenario;
+use crate::scenario::report::Report;
 use crate::scenarios::{common_flags, connect_and_hold, finish, summarize};
-use crate::world::{GatewaySpec, RunState};
+use crate::world::GatewaySpec;
+use crate::world::state::RunState;
 
 /// How long a refusal may take, connect to answer.
 const PROMPT: Duration = Duration::from_secs(1);

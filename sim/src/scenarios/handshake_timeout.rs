@@ -20,9 +20,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::params::{Dur, Params};
-use crate::scenario::{Report, Scenario};
+use crate::scenario::name::Scenario;
+use crate::scenario::report::Report;
 use crate::scenarios::{common_flags, connect_and_hold, finish, summarize};
-use crate::world::{GatewaySpec, RunState};
+use crate::world::GatewaySpec;
+use crate::world::state::RunState;
 
 pub fn run(p: &Params) -> Report {
     let short = p.timeout.0;

@@ -24,10 +24,12 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client::{FailureKind, UpgradeFailure};
 use crate::net::{KernelParams, SimStream};
 use crate::params::Params;
-use crate::scenario::{Report, percentiles};
+use crate::scenario::report::{Report, percentiles};
+use crate::world::hosts::sleep_until_sim;
+use crate::world::state::RunState;
 use crate::world::{
-    ClientTask, Driver, GatewaySlot, GatewaySpec, RunState, build_sim, install_clients,
-    install_gateway, open_websocket, sleep_until_sim,
+    ClientTask, Driver, GatewaySlot, GatewaySpec, build_sim, install_clients, install_gateway,
+    open_websocket,
 };
 
 /// A random generator for one purpose of one run: the seed and a purpose

@@ -15,11 +15,14 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::params::Params;
-use crate::scenario::{Report, Scenario, percentiles};
+use crate::scenario::name::Scenario;
+use crate::scenario::report::{Report, percentiles};
 use crate::scenarios::{common_flags, finish, poisson_arrivals, read_welcome, rng};
+use crate::world::hosts::{GATEWAY, sleep_until_sim};
+use crate::world::state::RunState;
 use crate::world::{
-    ClientTask, Driver, GATEWAY, GatewaySlot, GatewaySpec, RunState, build_sim, install_clients,
-    install_gateway, open_websocket, sleep_until_sim,
+    ClientTask, Driver, GatewaySlot, GatewaySpec, build_sim, install_clients, install_gateway,
+    open_websocket,
 };
 
 /// What one client went through.

@@ -16,14 +16,16 @@ use std::time::Duration;
 use crate::fixture::{self, CheckThenAcquireFixture};
 use crate::net::SimTransport;
 use crate::params::{Params, Profile};
-use crate::scenario::{Report, Scenario};
+use crate::scenario::name::Scenario;
+use crate::scenario::report::Report;
 use crate::scenarios::{
     attempt_at, attempts, common_flags, finish, hold_then_close, poisson_arrivals, read_welcome,
     summarize,
 };
+use crate::world::hosts::{GATEWAY, WS_PORT};
+use crate::world::state::RunState;
 use crate::world::{
-    ClientTask, Driver, GATEWAY, GatewaySlot, GatewaySpec, RunState, WS_PORT, build_sim,
-    install_clients, install_gateway,
+    ClientTask, Driver, GatewaySlot, GatewaySpec, build_sim, install_clients, install_gateway,
 };
 
 pub fn run(p: &Params) -> Report {

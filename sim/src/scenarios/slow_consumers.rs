@@ -15,12 +15,15 @@ use std::time::Duration;
 
 use crate::params::Params;
 use crate::publisher::{Outbox, Plan, install_publisher};
-use crate::scenario::{Report, Scenario};
+use crate::scenario::name::Scenario;
+use crate::scenario::report::Report;
 use crate::scenarios::{common_flags, finish, poisson_arrivals, read_welcome};
 use crate::subscriber::{self, Start, SubscriberLog};
+use crate::world::hosts::sleep_until_sim;
+use crate::world::state::RunState;
 use crate::world::{
-    ClientTask, Driver, GatewaySlot, GatewaySpec, RunState, build_sim, install_clients,
-    install_gateway, open_websocket, sleep_until_sim,
+    ClientTask, Driver, GatewaySlot, GatewaySpec, build_sim, install_clients, install_gateway,
+    open_websocket,
 };
 
 /// Whether client `i` is one of the slow readers (from the seed).
