@@ -315,9 +315,12 @@ impl Metrics {
 
     /// Adds what a session counted since its driver last took its
     /// counters: the events only the session sees (error frames,
-    /// rate-limit refusals, replays, throttle level changes).
+    /// rate-limit refusals, replays, throttle level changes) and the live
+    /// copies of messages a resume delivered, whether the session held them
+    /// while the resume ran or they arrived after it.
     pub fn session_counts(&self, counts: &SessionStats) {
         self.client_errors.inc_by(u64::from(counts.request_errors));
+        self.deduplicated.inc_by(u64::from(counts.duplicates));
         self.rate_limited.inc_by(u64::from(counts.rate_limited));
         self.replayed.inc_by(u64::from(counts.replayed));
         self.throttle_changes

@@ -1,6 +1,5 @@
 //! The gateway over real loopback sockets with real WebSocket clients.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,87 +8,17 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use surge_core::protocol::Priority;
 use surge_core::subjects::Subject;
-use surge_runtime::embedded::{EmbeddedBroker, Retention, fresh_epoch};
-use surge_runtime::tcp::{SocketTuning, TcpTransport};
-use surge_runtime::{Broker, Gateway, GatewayConfig};
+use surge_runtime::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+mod common;
 
-const WAIT: Duration = Duration::from_secs(5);
-
-async fn start(configure: impl FnOnce(&mut GatewayConfig)) -> Gateway {
-    let mut config = GatewayConfig::for_tests("127.0.0.1:0".parse().expect("addr"), 100, 2);
-    configure(&mut config);
-    let transport = TcpTransport::new(SocketTuning::preset(Default::default()), 5);
-    let retention = Retention {
-        max_age: Duration::from_secs(30),
-        max_messages: 1000,
-        max_bytes: 1 << 20,
-    };
-    Gateway::start(&transport, config, |hub, clock| {
-        Arc::new(EmbeddedBroker::new(hub, retention, clock, fresh_epoch())) as Arc<dyn Broker>
-    })
-    .await
-    .expect("gateway starts")
-}
-
-async fn connect(addr: SocketAddr) -> Client {
-    let (ws, response) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
-        .await
-        .expect("upgrade");
-    assert_eq!(response.status(), 101);
-    ws
-}
-
-/// Connects and reads the welcome frame.
-async fn client(addr: SocketAddr) -> Client {
-    let mut ws = connect(addr).await;
-    let welcome = next_json(&mut ws).await;
-    assert_eq!(welcome["type"], "welcome");
-    ws
-}
-
-async fn next_json(ws: &mut Client) -> Value {
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame within the deadline")
-            .expect("stream open")
-            .expect("frame ok");
-        match frame {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-}
-
-async fn send(ws: &mut Client, v: Value) {
-    ws.send(Message::Text(v.to_string().into()))
-        .await
-        .expect("send");
-}
-
-async fn subscribe(ws: &mut Client, channels: &[&str]) {
-    send(ws, json!({"type":"subscribe","channels":channels})).await;
-    let reply = next_json(ws).await;
-    assert_eq!(reply["type"], "subscribed", "{reply}");
-}
-
-async fn publish(gw: &Gateway, subject: &str, data: Value) -> u64 {
-    gw.broker()
-        .publish(
-            Subject::parse(subject).expect("subject"),
-            Bytes::from(data.to_string()),
-            Priority::Medium,
-        )
-        .await
-        .expect("publish")
-}
+use common::{
+    WAIT, client, connect, metric, next_json, publish, raw, send, start, subscribe, upgrade,
+};
 
 #[tokio::test]
 async fn subscribers_receive_matching_messages_in_order_with_seq() {
@@ -209,8 +138,6 @@ async fn resume_recovers_missed_messages_then_continues_live() {
     gw.shutdown(Duration::from_secs(2)).await;
 }
 
-/// Sends raw bytes and returns what the server wrote up to the end of its
-/// response head (a 101 leaves the connection open) or its close.
 /// The embedded broker starts its sequences over at every start. A client
 /// that resumes on the restarted gateway with a position from before (and
 /// the epoch it was given then) is told that its position is void, instead
@@ -266,16 +193,6 @@ async fn resume_after_a_restart_reports_the_changed_epoch() {
     second.shutdown(Duration::from_secs(2)).await;
 }
 
-/// The value of the metric line that starts with `name` (labels included
-/// in `name` when the metric has them).
-fn metric(gw: &Gateway, name: &str) -> f64 {
-    gw.metrics_text()
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 /// Events only a session sees (error frames, rate-limit refusals, replays)
 /// reach their counters, with the values the client observed.
 #[tokio::test]
@@ -323,34 +240,6 @@ async fn session_events_move_their_counters() {
         f64::from(rate_limited)
     );
     gw.shutdown(Duration::from_secs(2)).await;
-}
-
-async fn raw(addr: SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read_head = async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-            if out.windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(WAIT, read_head).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn upgrade(path: &str, extra: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-    )
-    .into_bytes()
 }
 
 #[tokio::test]

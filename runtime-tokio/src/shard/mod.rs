@@ -466,10 +466,9 @@ impl<P: Poller> ShardState<P> {
                         // A throttle notice may have been queued.
                         true
                     }
-                    Delivery::Duplicate => {
-                        tally.duplicates += 1;
-                        false
-                    }
+                    // Counted by the session with the copies it drops
+                    // when a resume completes, and taken with its counts.
+                    Delivery::Duplicate => false,
                     Delivery::DroppedClosing => {
                         tally.queue_full += 1;
                         true
@@ -497,7 +496,6 @@ impl<P: Poller> ShardState<P> {
         m.delivered.inc_by(tally.delivered);
         m.dropped("throttled").inc_by(tally.throttled);
         m.dropped("queue_full").inc_by(tally.queue_full);
-        m.deduplicated.inc_by(tally.duplicates);
     }
 
     /// Puts the link's next deadline in the timer queue if it is earlier
@@ -567,7 +565,6 @@ struct Tally {
     delivered: u64,
     throttled: u64,
     queue_full: u64,
-    duplicates: u64,
 }
 
 #[cfg(test)]
