@@ -3,7 +3,7 @@
 //!
 //! A broker assigns each message its stream sequence (`sseq`), hands live
 //! messages to the [`Hub`] in stream order, and can read back what it
-//! retains for `resume`. The embedded broker lives in [`crate::embedded`];
+//! retains for `resume`. The embedded broker lives in the `embedded` module;
 //! the NATS JetStream bridge lives in the server.
 
 use std::future::Future;

@@ -18,10 +18,14 @@ use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, Hub};
 use crate::clock::Clock;
+use crate::context::Context;
 use crate::metrics::Metrics;
-use crate::shard::{self, Inbox, ShardView, lock};
+pub use crate::shard::ConnectionState;
+use crate::shard::{self, Inbox, ShardView};
+use crate::slot::SlotGuard;
+use crate::sync::lock;
 use crate::transport::{Listener, SocketOptionReport, Transport};
-use crate::upgrade::{self, SlotGuard};
+use crate::upgrade;
 
 /// Everything the gateway needs to know, resolved from `Config` (and from
 /// host facts the server derived, such as max connections and shards).
@@ -108,71 +112,6 @@ impl GatewayConfig {
     }
 }
 
-/// What handshake tasks and shards share.
-pub(crate) struct Context {
-    pub clock: Clock,
-    pub admission: Arc<Mutex<Admission>>,
-    pub handshake_config: Arc<HandshakeConfig>,
-    pub session_config: Arc<SessionConfig>,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: watch::Receiver<bool>,
-    pub ready_requires_broker: bool,
-    broker: OnceLock<Arc<dyn Broker>>,
-}
-
-impl Context {
-    pub fn broker(&self) -> &dyn Broker {
-        // Set in `Gateway::start` before the first connection is accepted.
-        self.broker.get().map(|b| b.as_ref()).unwrap_or(&NO_BROKER)
-    }
-
-    /// Readiness for load balancers (core decides from admission's state).
-    pub fn readiness(&self) -> Result<(), NotReady> {
-        let connected = self.broker().connected();
-        lock(&self.admission).readiness(connected, self.ready_requires_broker)
-    }
-}
-
-/// Stands in for the broker in the instant between assembly and start.
-struct NoBroker;
-static NO_BROKER: NoBroker = NoBroker;
-
-impl Broker for NoBroker {
-    fn kind(&self) -> &'static str {
-        "none"
-    }
-    fn connected(&self) -> bool {
-        false
-    }
-    fn epoch(&self) -> Option<String> {
-        None
-    }
-    fn publish(
-        &self,
-        _: surge_core::subjects::Subject,
-        _: bytes::Bytes,
-        _: surge_core::protocol::Priority,
-    ) -> crate::broker::BoxFuture<'_, Result<u64, crate::broker::BrokerError>> {
-        Box::pin(async {
-            Err(crate::broker::BrokerError::Unavailable(
-                "no broker yet".into(),
-            ))
-        })
-    }
-    fn fetch(
-        &self,
-        _: Vec<surge_core::subjects::Pattern>,
-        _: u64,
-    ) -> crate::broker::BoxFuture<'_, Result<crate::broker::Fetched, crate::broker::BrokerError>>
-    {
-        Box::pin(async {
-            Err(crate::broker::BrokerError::Unavailable(
-                "no broker yet".into(),
-            ))
-        })
-    }
-}
-
 /// `/health` as JSON (PROTOCOL.md, "Admin listener").
 #[derive(Debug, Clone, Serialize)]
 pub struct Health {
@@ -209,16 +148,6 @@ pub struct BrokerHealth {
     pub kind: &'static str,
     pub connected: bool,
     pub paused: bool,
-}
-
-/// One upgraded connection as [`Gateway::connections`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectionState {
-    pub id: surge_core::admission::ConnId,
-    pub queued_bytes: usize,
-    pub throttle_level: u8,
-    /// The session decided to close and the task is finishing.
-    pub closed: bool,
 }
 
 /// A running gateway.

@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod clock;
+mod context;
 pub mod embedded;
 mod epoll;
 pub mod gateway;
@@ -14,6 +15,8 @@ mod linger;
 pub mod metrics;
 pub mod poller;
 mod shard;
+mod slot;
+mod sync;
 pub mod tcp;
 pub mod transport;
 mod upgrade;

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::shard::lock;
+use crate::sync::lock;
 
 /// The sockets of one shard and their readiness.
 pub trait Poller: Send + 'static {

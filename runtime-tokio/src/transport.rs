@@ -3,7 +3,7 @@
 //! The gateway is generic over this trait so the simulator can run the very
 //! same acceptor, handshake and connection code over turmoil's network
 //! (`sim` provides that implementation behind the `turmoil` feature of this
-//! crate). The production implementation is [`crate::tcp::TcpTransport`].
+//! crate). The production implementation is `TcpTransport`, in the `tcp` module.
 
 use std::future::Future;
 use std::io;

@@ -7,63 +7,19 @@
 
 use std::cell::RefCell;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 
-use surge_core::admission::{AbortCause, Admission, LiveSlot, Reservation};
+use surge_core::admission::AbortCause;
 use surge_core::handshake::{Handshake, Outcome, Progress, probe_response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::gateway::Context;
+use crate::context::Context;
 use crate::linger::answer_and_linger;
-use crate::shard::{Handoff, Inbox, lock};
-
-/// Holds a reserved slot until the handshake ends: aborted on failure (by
-/// `Drop` if nothing else did), completed by the shard on success.
-pub(crate) struct SlotGuard {
-    admission: Arc<Mutex<Admission>>,
-    state: SlotState,
-}
-
-enum SlotState {
-    Reserved(Reservation),
-    Released,
-}
-
-impl SlotGuard {
-    pub fn new(admission: Arc<Mutex<Admission>>, reservation: Reservation) -> Self {
-        SlotGuard {
-            admission,
-            state: SlotState::Reserved(reservation),
-        }
-    }
-
-    /// Completes a reserved slot and hands the live one to its new owner,
-    /// who must close it. `None` if it was not reserved.
-    pub fn into_live(mut self) -> Option<LiveSlot> {
-        match std::mem::replace(&mut self.state, SlotState::Released) {
-            SlotState::Reserved(r) => Some(lock(&self.admission).complete(r)),
-            SlotState::Released => None,
-        }
-    }
-
-    fn abort(&mut self, cause: AbortCause) {
-        if let SlotState::Reserved(r) = std::mem::replace(&mut self.state, SlotState::Released) {
-            lock(&self.admission).abort(r, cause);
-        }
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        match std::mem::replace(&mut self.state, SlotState::Released) {
-            SlotState::Reserved(r) => lock(&self.admission).abort(r, AbortCause::Io),
-            SlotState::Released => {}
-        }
-    }
-}
+use crate::shard::{Handoff, Inbox};
+use crate::slot::{SlotGuard, SlotState};
 
 /// Runs one accepted connection's handshake and hands the upgraded socket
 /// to its shard.

@@ -14,10 +14,10 @@ use surge_core::subjects::SubscriptionIndex;
 use tokio::sync::mpsc;
 
 use crate::broker::{BrokerError, Fetched};
-use crate::gateway::Context;
+use crate::context::Context;
 use crate::poller::Poller;
 
-use super::Inbox;
+use super::inbox::Inbox;
 
 /// Reads per readiness report before other connections get their turn:
 /// one connection delays the others on its shard by at most this many

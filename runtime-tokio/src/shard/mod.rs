@@ -13,13 +13,14 @@
 //! the same code runs on a multi-threaded runtime and single-threaded
 //! inside a simulated host.
 
+mod inbox;
 mod link;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use slab::Slab;
@@ -30,18 +31,12 @@ use surge_core::session::Delivery;
 use surge_core::subjects::SubscriptionIndex;
 use tokio::sync::mpsc;
 
-use crate::broker::{BrokerError, Fetched};
-use crate::gateway::{ConnectionState, Context};
+use crate::context::Context;
 use crate::poller::Poller;
-use crate::upgrade::SlotGuard;
+use crate::sync::lock;
 
+pub(crate) use inbox::{Handoff, Inbox};
 use link::{Flow, Link, Parts};
-
-/// Locks a mutex whose data stays consistent even if a holder panicked
-/// (every critical section here is a single core call or one shard turn).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Published messages taken from the hub per round of the shard's task.
 /// Queuing a message on a session is cheap next to the write it causes, and
@@ -66,32 +61,14 @@ const OPS_PER_POLL: usize = 1024;
 /// so no connection carries a read buffer of its own.
 const READ_BUFFER: usize = 16 * 1024;
 
-/// What reaches a shard's task besides published messages.
-pub(crate) enum Inbox<S> {
-    /// A connection whose handshake succeeded.
-    Adopt(Handoff<S>),
-    /// A resume's broker fetch finished.
-    Fetched {
-        token: usize,
-        serial: u64,
-        result: Result<Fetched, BrokerError>,
-    },
-    /// Close every connection with 1001.
-    Shutdown,
-}
-
-/// An upgraded connection on its way from its handshake task to its shard.
-pub(crate) struct Handoff<S> {
-    pub stream: S,
-    /// Still reserved: completed when the shard takes the connection, so a
-    /// live slot always has a registered connection.
-    pub slot: SlotGuard,
-    /// The 101, written together with the welcome frame.
-    pub response: Vec<u8>,
-    /// Bytes that followed the request head.
-    pub leftover: Vec<u8>,
-    /// When the connection was accepted (for the handshake duration).
-    pub accepted: Instant,
+/// One upgraded connection as the gateway reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionState {
+    pub id: surge_core::admission::ConnId,
+    pub queued_bytes: usize,
+    pub throttle_level: u8,
+    /// The session decided to close and the task is finishing.
+    pub closed: bool,
 }
 
 /// What the gateway sees of a shard, whatever its socket type.
