@@ -16,6 +16,7 @@ use proptest::prelude::*;
 use surge_core::Instant;
 use surge_core::admission::{ConnId, ShardId};
 use surge_core::connection::{ConnEvent, Connection};
+use surge_core::frame::masked_frame;
 use surge_core::protocol::{CloseReason, Priority, Published};
 use surge_core::session::SessionConfig;
 use surge_core::subjects::Subject;
@@ -60,18 +61,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [7u8, 1, 9, 3];
-    let mut out = vec![b0];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    masked_frame(b0, payload, [7, 1, 9, 3])
 }
 
 fn client_bytes(kind: u8, text: &str) -> Vec<u8> {

@@ -423,20 +423,7 @@ async fn bad_requests_get_error_frames() {
 #[tokio::test]
 async fn a_client_that_stops_reading_gets_the_rest_when_it_reads_again() {
     let gw = start(|c| c.session.outbound_queue_bytes = 32 * 1024).await;
-    let addr = gw.local_addr();
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    // A tiny receive buffer, so the server's socket fills quickly.
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    socket.connect(&addr.into()).expect("connect");
-    socket.set_nonblocking(true).expect("nonblocking");
-    let stream = TcpStream::from_std(socket.into()).expect("tokio stream");
-    let stream = MaybeTlsStream::Plain(stream);
-    let (mut ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
-        .await
-        .expect("upgrade");
-    assert_eq!(response.status(), 101);
-    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let mut ws = slow_client(gw.local_addr()).await;
     subscribe(&mut ws, &["t.x"]).await;
 
     // 16 MB: more than the kernel buffers the server's socket can fill.
@@ -769,17 +756,7 @@ async fn a_slow_reader_learns_it_is_throttled_and_why_it_is_closed() {
         c.session.throttle.full_events_to_escalate = 2;
     })
     .await;
-    let addr = gw.local_addr();
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    socket.connect(&addr.into()).expect("connect");
-    socket.set_nonblocking(true).expect("nonblocking");
-    let stream = MaybeTlsStream::Plain(TcpStream::from_std(socket.into()).expect("stream"));
-    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
-        .await
-        .expect("upgrade");
-    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let mut ws = slow_client(gw.local_addr()).await;
     subscribe(&mut ws, &["t.x"]).await;
     let payload = "y".repeat(2000);
     let mut published = 0;
@@ -810,4 +787,21 @@ async fn a_slow_reader_learns_it_is_throttled_and_why_it_is_closed() {
     }
     assert_eq!(metric(&gw, "surge_slow_client_disconnects_total"), 1.0);
     gw.shutdown(Duration::from_secs(2)).await;
+}
+
+/// A client with a 4 KiB receive buffer, so the server's socket to it
+/// fills quickly when it stops reading; its welcome is read.
+async fn slow_client(addr: std::net::SocketAddr) -> common::Client {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.connect(&addr.into()).expect("connect");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let stream = MaybeTlsStream::Plain(TcpStream::from_std(socket.into()).expect("stream"));
+    let (mut ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    ws
 }

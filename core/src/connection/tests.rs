@@ -32,18 +32,7 @@ fn conn(config: Arc<SessionConfig>) -> Connection {
 
 /// A masked client frame.
 fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut out = vec![b0];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    crate::frame::masked_frame(b0, payload, [1, 2, 3, 4])
 }
 
 fn text(s: &str) -> Vec<u8> {

@@ -57,6 +57,27 @@ pub fn text_frame_into(out: &mut Vec<u8>, parts: &[&[u8]]) {
     frame_into(out, OpCode::Text, parts);
 }
 
+/// A masked frame as a client sends it (RFC 6455 §5.3), `b0` being the
+/// first byte (FIN, reserved bits, opcode). The server never sends one;
+/// tests, fuzzers and load generators build client traffic with it.
+pub fn masked_frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![b0];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend((n as u64).to_be_bytes());
+        }
+    }
+    out.extend(mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
 /// Appends one unfragmented binary frame whose payload is `parts`
 /// concatenated.
 pub fn binary_frame_into(out: &mut Vec<u8>, parts: &[&[u8]]) {

@@ -13,21 +13,7 @@ fn limits(max_message_bytes: usize) -> DecodeLimits {
 /// A client frame: first byte `b0` (FIN, RSV, opcode), masked payload with
 /// the shortest length encoding.
 fn client_frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![b0];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend((n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend((n as u64).to_be_bytes());
-        }
-    }
-    out.extend(mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    masked_frame(b0, payload, mask)
 }
 
 /// Feeds `bytes` in one piece and drains: the events, then the error if any.
