@@ -190,7 +190,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::Advance { millis } => {
-                now = now + Duration::from_millis(u64::from(*millis));
+                now += Duration::from_millis(u64::from(*millis));
                 if c.poll_timeout().is_some_and(|t| t <= now) {
                     c.handle_timeout(now);
                 }
