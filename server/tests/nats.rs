@@ -166,6 +166,11 @@ struct Client {
 
 impl Client {
     async fn connect(addr: SocketAddr) -> Client {
+        Client::welcomed(addr).await.0
+    }
+
+    /// Connects; the client and its `welcome` frame.
+    async fn welcomed(addr: SocketAddr) -> (Client, Value) {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
             .await
             .expect("upgrade");
@@ -175,7 +180,7 @@ impl Client {
             welcome.as_ref().map(|w| &w["type"]),
             Some(&json!("welcome"))
         );
-        client
+        (client, welcome.unwrap_or_default())
     }
 
     async fn send(&mut self, v: Value) {
@@ -526,11 +531,7 @@ async fn an_unreachable_nats_at_start_is_connected_with_backoff() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", surge.ws))
-        .await
-        .expect("upgrade");
-    let mut late = Client { ws };
-    let welcome = late.next(Duration::from_secs(5)).await.expect("welcome");
+    let (mut late, welcome) = Client::welcomed(surge.ws).await;
     assert!(
         welcome["epoch"]
             .as_str()
@@ -827,6 +828,100 @@ async fn resume_past_retention_reports_the_gap_then_what_is_left() {
     assert_eq!(done["type"], "resumed", "{done}");
     assert_eq!(done["last_sseq"], 30);
     client.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// The epoch surge derives from a stream's creation time.
+fn epoch_of(info: &stream::Info) -> String {
+    format!(
+        "js-{}-{:x}",
+        info.config.name,
+        info.created.unix_timestamp_nanos()
+    )
+}
+
+/// A stream deleted and created again is a new stream: a client resuming
+/// with a position in the old one is told its position is void and gets
+/// the new epoch, and live delivery carries on with the new stream from
+/// its first message. The bridge is paused while the stream is replaced,
+/// so the new stream has passed the old one's last sequence before the
+/// live consumer looks at it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_and_recreated_stream_is_a_new_epoch_for_resume_and_live_delivery() {
+    let nats = NatsServer::start();
+    let gateway = gateway_on(&nats, 0).await;
+    let producer = Producer::connect(&nats).await;
+    let (mut live, welcome) = Client::welcomed(gateway.local_addr()).await;
+    let old = producer.stream("ODIN_TOKENS").await;
+    let e1 = epoch_of(&old);
+    assert_eq!(welcome["epoch"], e1.as_str(), "{welcome}");
+    live.subscribe(&["odin.token.>"]).await;
+    for i in 1..=5 {
+        producer
+            .publish("odin.token.BTC.trade", json!({"old": i}))
+            .await;
+    }
+    assert_eq!(sseqs(&live.messages(5, WAIT).await), vec![1, 2, 3, 4, 5]);
+
+    gateway.broker().set_paused(true);
+    producer
+        .js
+        .delete_stream("ODIN_TOKENS")
+        .await
+        .expect("stream deleted");
+    producer
+        .js
+        .create_stream(old.config.clone())
+        .await
+        .expect("stream created again");
+    let new = producer.stream("ODIN_TOKENS").await;
+    let e2 = epoch_of(&new);
+    assert_ne!(e2, e1, "{new:?}");
+    let mut published = Vec::new();
+    for i in 1..=7 {
+        published.push(
+            producer
+                .publish("odin.token.ETH.trade", json!({"new": i}))
+                .await,
+        );
+    }
+    assert_eq!(published, (1..=7).collect::<Vec<u64>>());
+
+    let mut resuming = Client::connect(gateway.local_addr()).await;
+    resuming
+        .send(json!({"type":"resume","id":1,"channels":["odin.token.>"],"since_sseq":5,"epoch":e1}))
+        .await;
+    assert_eq!(
+        resuming.next(WAIT).await,
+        Some(json!({"type":"resume_gap","id":1,"epoch_changed":true,"oldest_sseq":1}))
+    );
+    assert_eq!(
+        resuming.next(WAIT).await,
+        Some(json!({"type":"resumed","id":1,"channels":["odin.token.>"],"last_sseq":7,"epoch":e2}))
+    );
+    assert_eq!(gateway.broker().epoch(), Some(e2.clone()));
+
+    gateway.broker().set_paused(false);
+    let after = live.messages(7, WAIT).await;
+    assert_eq!(
+        sseqs(&after),
+        published,
+        "the new stream's messages, from its first: {after:?}"
+    );
+    assert_eq!(after[0]["data"], json!({"new": 1}));
+    // Both go on with the new stream; the resumed client's position (7)
+    // covers what came before.
+    let next = producer
+        .publish("odin.token.SOL.trade", json!({"new": 8}))
+        .await;
+    assert_eq!(next, 8);
+    assert_eq!(sseqs(&live.messages(1, WAIT).await), vec![8]);
+    let first = resuming.messages(1, WAIT).await;
+    assert_eq!(
+        (first[0]["seq"].as_u64(), first[0]["sseq"].as_u64()),
+        (Some(1), Some(8))
+    );
+    resuming.expect_silence(Duration::from_millis(300)).await;
+    gateway.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,8 @@ pub(super) struct LiveConsumer {
     pub paused: watch::Receiver<bool>,
     /// The last stream sequence handed to the hub.
     pub last_dispatched: u64,
+    /// The epoch of the stream `last_dispatched` counts in.
+    pub epoch: Option<String>,
     /// The same, for [`super::NatsBroker::last_dispatched`].
     pub shared_last: Arc<AtomicU64>,
 }
@@ -134,9 +136,21 @@ impl LiveConsumer {
     /// sequence, and its message stream.
     async fn open(&mut self) -> Result<(String, Messages), String> {
         let stream = stream::current(&self.link.js, &self.link.spec).await?;
-        self.link.note_stream(&stream);
+        let epoch = self.link.note_stream(&stream);
         let last = stream.cached_info().state.last_sequence;
-        if last < self.last_dispatched {
+        let previous = self.epoch.replace(epoch.clone());
+        if previous.as_ref().is_some_and(|e| *e != epoch) {
+            // Deleted and created again: its sequences count from 1 once
+            // more, whether or not they have passed the old position yet,
+            // and everything in it is new to the clients.
+            tracing::warn!(
+                stream = %self.link.spec.name,
+                last_dispatched = self.last_dispatched,
+                new_epoch = %epoch,
+                "the stream was created again: consuming the new one from its first message"
+            );
+            self.advance(0);
+        } else if last < self.last_dispatched {
             // Sequences only grow, so the stream was deleted or reset.
             tracing::error!(
                 stream = %self.link.spec.name,

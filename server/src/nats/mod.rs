@@ -411,6 +411,7 @@ impl NatsBridge {
                 last_dispatched.store(start_after, Ordering::Relaxed);
                 let _ = shared.set(link.clone());
                 let consumer = consume::LiveConsumer {
+                    epoch: link.epoch(),
                     link,
                     hub,
                     clock,
