@@ -67,7 +67,10 @@ fn same_id(a: &Option<Value>, b: &Option<Value>) -> bool {
 fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
-            let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
             x == y || (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()) * 4.0
         }
         (Value::Array(x), Value::Array(y)) => {
@@ -75,7 +78,8 @@ fn same_value(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
         }
         (a, b) => a == b,
     }
@@ -86,7 +90,10 @@ fuzz_target!(|data: &[u8]| {
     let parsed_json = serde_json::from_str::<Value>(&text).ok();
     match parse_request(&text) {
         Err(error) => {
-            assert!(!error.message.trim().is_empty(), "error without a message: {error:?}");
+            assert!(
+                !error.message.trim().is_empty(),
+                "error without a message: {error:?}"
+            );
             match &parsed_json {
                 None => {
                     assert_eq!(error.code, ErrorCode::InvalidJson);
@@ -104,9 +111,17 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(request) => {
             let value = parsed_json.expect("Ok for text that is not JSON");
-            let obj = value.as_object().expect("Ok for JSON that is not an object");
-            let kind = obj.get("type").and_then(Value::as_str).expect("Ok without a type");
-            assert!(kind_names(&request.kind).contains(&kind), "{kind} parsed as {request:?}");
+            let obj = value
+                .as_object()
+                .expect("Ok for JSON that is not an object");
+            let kind = obj
+                .get("type")
+                .and_then(Value::as_str)
+                .expect("Ok without a type");
+            assert!(
+                kind_names(&request.kind).contains(&kind),
+                "{kind} parsed as {request:?}"
+            );
             assert_eq!(request.id, obj.get("id").cloned(), "id not echoed");
             if let RequestKind::Replay { from_seq, to_seq } = request.kind {
                 assert_eq!(obj["from_seq"].as_u64(), Some(from_seq));
@@ -116,7 +131,12 @@ fuzz_target!(|data: &[u8]| {
             let again = parse_request(&written)
                 .unwrap_or_else(|e| panic!("{written} no longer parses: {e:?}"));
             assert_eq!(again.kind, request.kind, "round trip through {written}");
-            assert!(same_id(&again.id, &request.id), "id {:?} came back as {:?}", request.id, again.id);
+            assert!(
+                same_id(&again.id, &request.id),
+                "id {:?} came back as {:?}",
+                request.id,
+                again.id
+            );
         }
     }
 });

@@ -52,14 +52,17 @@ const QUEUE_SLACK: usize = 2 * MAX_FRAME + 1024;
 fn config(bytes: &mut Bytes) -> SessionConfig {
     let a = bytes.u8();
     let b = bytes.u8();
-    let mut c = SessionConfig::default();
-    c.outbound_queue_bytes = [256 * 1024, 300, 2000, 16 * 1024][usize::from(a & 3)];
-    c.replay_max_bytes = [256 * 1024, 1000, 8000, 64 * 1024][usize::from((a >> 2) & 3)];
-    c.max_message_bytes = [16 * 1024, 256][usize::from((a >> 4) & 1)];
-    c.write_timeout = [Duration::from_secs(60), Duration::from_secs(5)][usize::from((a >> 5) & 1)];
-    c.echo = a >> 6 == 3;
-    c.inbound_frames_per_sec = [200, 0, 10, 200][usize::from(b & 3)];
-    c.inbound_bytes_per_sec = [1 << 20, 0, 1000, 1 << 20][usize::from((b >> 2) & 3)];
+    let pick = |bits: u8, choices: &[usize]| choices[usize::from(bits) % choices.len()];
+    let mut c = SessionConfig {
+        outbound_queue_bytes: pick(a & 3, &[256 * 1024, 300, 2000, 16 * 1024]),
+        replay_max_bytes: pick((a >> 2) & 3, &[256 * 1024, 1000, 8000, 64 * 1024]),
+        max_message_bytes: pick((a >> 4) & 1, &[16 * 1024, 256]),
+        write_timeout: Duration::from_secs(if (a >> 5) & 1 == 0 { 60 } else { 5 }),
+        echo: a >> 6 == 3,
+        inbound_frames_per_sec: [200, 0, 10, 200][usize::from(b & 3)],
+        inbound_bytes_per_sec: [1 << 20, 0, 1000, 1 << 20][usize::from((b >> 2) & 3)],
+        ..SessionConfig::default()
+    };
     if b & 0x10 != 0 {
         c.throttle.full_events_to_escalate = 1;
         c.throttle.recovery_window = Duration::from_secs(2);
@@ -114,15 +117,15 @@ fn canned_frame(bytes: &mut Bytes, max_message_bytes: usize) -> Vec<u8> {
         11 => {
             let len = usize::from(bytes.u8() % 40);
             client_frame(0x82, mask, bytes.take(len))
-        },
+        }
         12 => {
             let len = usize::from(bytes.u8() % 130);
             client_frame(0x89, mask, bytes.take(len))
-        },
+        }
         13 => {
             let len = usize::from(bytes.u8() % 8);
             client_frame(0x8A, mask, bytes.take(len))
-        },
+        }
         14 => {
             let code = match bytes.u8() % 6 {
                 0 => 1000,
@@ -242,14 +245,22 @@ impl Driver {
         if self.response_left > 0 {
             let n = self.response_left.min(bytes.len());
             let at = RESPONSE_101.len() - self.response_left;
-            assert_eq!(&bytes[..n], &RESPONSE_101[at..at + n], "the 101 response first");
+            assert_eq!(
+                &bytes[..n],
+                &RESPONSE_101[at..at + n],
+                "the 101 response first"
+            );
             self.response_left -= n;
             bytes = &bytes[n..];
         }
         if bytes.is_empty() {
             return;
         }
-        assert!(!self.close_seen, "{} bytes written after the Close frame", bytes.len());
+        assert!(
+            !self.close_seen,
+            "{} bytes written after the Close frame",
+            bytes.len()
+        );
         self.wire.extend_from_slice(bytes);
         for frame in take_server_frames(&mut self.wire) {
             self.check_frame(frame);
@@ -262,14 +273,21 @@ impl Driver {
     fn check_frame(&mut self, frame: surge_fuzz::ServerFrame) {
         assert!(!self.close_seen, "a frame after the Close frame: {frame:?}");
         assert!(!frame.masked, "a masked server frame");
-        assert_eq!(frame.first_byte & 0xF0, 0x80, "FIN not set or reserved bits: {frame:?}");
+        assert_eq!(
+            frame.first_byte & 0xF0,
+            0x80,
+            "FIN not set or reserved bits: {frame:?}"
+        );
         match frame.opcode() {
             0x1 if self.config.echo => {
                 std::str::from_utf8(&frame.payload).expect("echoed text is UTF-8");
             }
             0x1 => {
                 let value: Value = serde_json::from_slice(&frame.payload).unwrap_or_else(|e| {
-                    panic!("text frame is not JSON ({e}): {}", String::from_utf8_lossy(&frame.payload))
+                    panic!(
+                        "text frame is not JSON ({e}): {}",
+                        String::from_utf8_lossy(&frame.payload)
+                    )
                 });
                 let kind = value["type"].as_str().expect("a type");
                 if !self.welcomed {
@@ -328,8 +346,12 @@ impl Driver {
             return;
         }
         let how = bytes.u8();
-        let priority = [Priority::Low, Priority::Medium, Priority::High, Priority::Critical]
-            [usize::from(how % 4)];
+        let priority = [
+            Priority::Low,
+            Priority::Medium,
+            Priority::High,
+            Priority::Critical,
+        ][usize::from(how % 4)];
         let len = usize::from(bytes.u8()) * 8;
         self.sseq += 1;
         let data = if how & 0x80 != 0 {
@@ -347,15 +369,13 @@ impl Driver {
     fn fetched(&mut self, bytes: &mut Bytes) {
         let how = bytes.u8();
         let since = self.fetching.take().unwrap_or(u64::from(how));
-        let result = if how % 5 == 0 {
+        let result = if how.is_multiple_of(5) {
             Err("broker unavailable".to_owned())
         } else {
             let count = u64::from(bytes.u8() % 8);
             let subject = Subject::parse(SUBJECTS[usize::from(how % 2)]).expect("subject");
             let messages: Vec<_> = (1..=count)
-                .map(|i| {
-                    Published::new(subject.clone(), since + i, Priority::Medium, b"{\"r\":1}")
-                })
+                .map(|i| Published::new(subject.clone(), since + i, Priority::Medium, b"{\"r\":1}"))
                 .collect();
             let last_sseq = (since + count).max(self.sseq);
             self.sseq = last_sseq;
@@ -390,12 +410,18 @@ impl Driver {
             // up to the replay ring's bytes on top of the hard bound.
             bound += self.replayed * MAX_FRAME;
         }
-        assert!(queued <= bound, "queued_bytes {queued} > hard bound + slack {bound}");
+        assert!(
+            queued <= bound,
+            "queued_bytes {queued} > hard bound + slack {bound}"
+        );
         if self.ended {
             let now = self.now();
             assert!(self.conn.is_ended());
             assert_eq!(self.conn.poll_event(now), None, "an event after Ended");
-            assert!(self.conn.poll_transmit(&mut self.scratch, now).is_none(), "transmit after Ended");
+            assert!(
+                self.conn.poll_transmit(&mut self.scratch, now).is_none(),
+                "transmit after Ended"
+            );
             assert_eq!(self.conn.poll_timeout(), None, "a timer after Ended");
         }
     }
@@ -468,7 +494,10 @@ fuzz_target!(|data: &[u8]| {
                 d.conn.handle_timeout(now);
                 d.events();
                 if let Some(next) = d.conn.poll_timeout() {
-                    assert!(next > now, "after handle_timeout({now:?}) the next timer is {next:?}");
+                    assert!(
+                        next > now,
+                        "after handle_timeout({now:?}) the next timer is {next:?}"
+                    );
                 }
             }
             5 => {
@@ -512,6 +541,10 @@ fuzz_target!(|data: &[u8]| {
         // end reasons) and the largest queue, to judge a corpus.
         d.reached.sort();
         let hard = d.config.hard_queue_bytes();
-        eprintln!("reached: {} queue_max/hard {}/{hard}", d.reached.join(" "), d.max_queued);
+        eprintln!(
+            "reached: {} queue_max/hard {}/{hard}",
+            d.reached.join(" "),
+            d.max_queued
+        );
     }
 });

@@ -66,9 +66,17 @@ fn decode(limits: DecodeLimits, chunks: &[&[u8]], drop_idle: bool) -> Decoded {
                     break;
                 }
                 Err(error) => {
-                    assert_eq!(decoder.buffered_bytes(), 0, "a failed decoder keeps its buffer");
+                    assert_eq!(
+                        decoder.buffered_bytes(),
+                        0,
+                        "a failed decoder keeps its buffer"
+                    );
                     let mut more: &[u8] = b"\x81\x80\0\0\0\0";
-                    assert_eq!(decoder.feed(&mut more), Err(error.clone()), "error not sticky");
+                    assert_eq!(
+                        decoder.feed(&mut more),
+                        Err(error.clone()),
+                        "error not sticky"
+                    );
                     assert!(matches!(error.close_code(), 1002 | 1007 | 1009));
                     return Decoded {
                         events,
@@ -104,7 +112,10 @@ fn check_event(limits: DecodeLimits, event: &Event) {
         Event::Ping(p) | Event::Pong(p) => assert!(p.len() <= CONTROL),
         Event::Close { code, reason } => {
             if let Some(code) = code {
-                assert!(matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999), "{code}");
+                assert!(
+                    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999),
+                    "{code}"
+                );
             } else {
                 assert!(reason.is_empty());
             }
@@ -126,9 +137,16 @@ fuzz_target!(|data: &[u8]| {
     let split = decode(limits, &chunks, false);
     assert_eq!(whole, split, "events depend on the split");
     let fresh = decode(limits, &chunks, true);
-    assert_eq!(whole, fresh, "a fresh decoder in place of an idle one differs");
+    assert_eq!(
+        whole, fresh,
+        "a fresh decoder in place of an idle one differs"
+    );
     // Nothing after a Close.
-    if let Some(at) = whole.events.iter().position(|e| matches!(e, Event::Close { .. })) {
+    if let Some(at) = whole
+        .events
+        .iter()
+        .position(|e| matches!(e, Event::Close { .. }))
+    {
         assert_eq!(at + 1, whole.events.len(), "events after a Close");
         assert!(whole.error.is_none(), "an error after a Close");
     }

@@ -54,7 +54,10 @@ fn feed_chunks(config: &Arc<HandshakeConfig>, chunks: &[&[u8]]) -> (Option<Outco
         match progress {
             Progress::NeedMore => {
                 assert!(outcome.is_none(), "NeedMore after the outcome");
-                assert_eq!(handshake.poll_timeout(), Some(Instant::ZERO + config.timeout));
+                assert_eq!(
+                    handshake.poll_timeout(),
+                    Some(Instant::ZERO + config.timeout)
+                );
                 assert_eq!(handshake.handle_timeout(now), None, "timed out early");
             }
             Progress::Done(done) => {
@@ -83,24 +86,37 @@ fn check_accept(config: &HandshakeConfig, body: &[u8], outcome: &Outcome) {
         Ok(httparse::Status::Complete(n)) => n,
         other => panic!("accepted a head httparse does not parse: {other:?}"),
     };
-    assert!(head_len <= config.max_head_bytes, "accepted a head over the limit");
+    assert!(
+        head_len <= config.max_head_bytes,
+        "accepted a head over the limit"
+    );
     assert_eq!(request.method, Some("GET"));
     assert_eq!(request.version, Some(1));
     let target = request.path.expect("a path");
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     assert_eq!(path, config.path);
     assert_eq!(accepted.request.path, config.path);
-    assert_eq!(accepted.leftover, &body[head_len..], "leftover is not what followed the head");
+    assert_eq!(
+        accepted.leftover,
+        &body[head_len..],
+        "leftover is not what followed the head"
+    );
     let key = accepted.request.key.as_str();
     assert!(
-        request.headers.iter().any(|h| h.name.eq_ignore_ascii_case("sec-websocket-key")
-            && std::str::from_utf8(h.value).is_ok_and(|v| v.trim() == key)),
+        request
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-key")
+                && std::str::from_utf8(h.value).is_ok_and(|v| v.trim() == key)),
         "key {key:?} is not the request's"
     );
     let response = std::str::from_utf8(&accepted.response).expect("ASCII response");
     assert!(response.starts_with("HTTP/1.1 101 "), "{response}");
     assert!(
-        response.contains(&format!("\r\nSec-WebSocket-Accept: {}\r\n", accept_key(key))),
+        response.contains(&format!(
+            "\r\nSec-WebSocket-Accept: {}\r\n",
+            accept_key(key)
+        )),
         "{response}"
     );
     assert!(response.ends_with("\r\n\r\n"));
@@ -131,7 +147,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(outcome) = &whole {
         check_accept(&config, body, outcome);
         assert!(
-            matches!(outcome.status(), 101 | 200 | 400 | 401 | 403 | 404 | 405 | 426 | 431),
+            matches!(
+                outcome.status(),
+                101 | 200 | 400 | 401 | 403 | 404 | 405 | 426 | 431
+            ),
             "status {}",
             outcome.status()
         );
