@@ -5,13 +5,17 @@
 //!
 //! Every error is JSON `{"code":…,"message":…}` with its status, so a
 //! caller can act on the code without parsing prose.
+//!
+//! With `SURGE_ADMIN_TOKEN` set, `POST /publish` and `GET /config` need
+//! `Authorization: Bearer <token>` (compared in constant time); the probes
+//! and `/metrics` never need a token.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -19,6 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use surge_core::config::Secret;
 use surge_core::protocol::Priority;
 use surge_core::subjects::{Pattern, Subject};
 use surge_runtime::{BrokerError, Gateway};
@@ -34,6 +39,9 @@ pub struct AdminState {
     /// The stream's subjects (`SURGE_JS_SUBJECTS`): what `/publish` may
     /// publish to, with either broker.
     pub stream_subjects: Arc<Vec<Pattern>>,
+    /// `SURGE_ADMIN_TOKEN`: what `/publish` and `/config` require as a
+    /// bearer token; `None`: nothing.
+    pub token: Option<Arc<Secret>>,
 }
 
 /// The admin routes.
@@ -120,8 +128,57 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn config(State(state): State<AdminState>) -> Response {
+async fn config(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_without_token(&state, &headers) {
+        return refused;
+    }
     axum::Json(state.config.as_ref().clone()).into_response()
+}
+
+/// The 401 to answer, unless no admin token is configured or `headers`
+/// carry exactly one `Authorization: Bearer <SURGE_ADMIN_TOKEN>` (the
+/// scheme in any case).
+fn refuse_without_token(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let token = state.token.as_ref()?;
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let presented = match (values.next(), values.next()) {
+        (None, _) => {
+            return Some(unauthorized(
+                "this endpoint needs the header Authorization: Bearer <SURGE_ADMIN_TOKEN>",
+            ));
+        }
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credentials)| credentials.trim()),
+        (Some(_), Some(_)) => None,
+    };
+    let valid = presented
+        .is_some_and(|presented| constant_time_eq(presented.as_bytes(), token.expose().as_bytes()));
+    (!valid).then(|| {
+        unauthorized("the Authorization header does not carry SURGE_ADMIN_TOKEN as a Bearer token")
+    })
+}
+
+fn unauthorized(message: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(json!({"code": "unauthorized", "message": message})),
+    )
+        .into_response()
+}
+
+/// Whether `presented` equals `expected`, in a time that depends on their
+/// lengths only, not on how many leading bytes match.
+fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(presented.len() != expected.len());
+    for (i, &e) in expected.iter().enumerate() {
+        diff |= e ^ presented.get(i).copied().unwrap_or(!e);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,7 +195,14 @@ struct PublishRequest {
 
 const PUBLISH_SHAPE: &str = r#"the body must be a JSON object {"subject":"odin.token.BTC.trade","data":<any JSON>,"priority":"low|medium|high|critical"}, with "data_base64":"<base64>" instead of "data" for raw bytes; priority is optional"#;
 
-async fn publish(State(state): State<AdminState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn publish(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Some(refused) = refuse_without_token(&state, &headers) {
+        return refused;
+    }
     // From SIGTERM on nothing will deliver a new message: refuse it rather
     // than acknowledge it.
     if state.gateway.is_draining() {

@@ -164,6 +164,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .filter_map(|s| surge_core::subjects::Pattern::parse(s).ok())
                 .collect(),
         ),
+        token: config.admin_token.clone().map(Arc::new),
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(async move {

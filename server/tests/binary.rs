@@ -826,3 +826,116 @@ fn an_allowed_origin_that_matches_no_request_stops_the_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An admin token for the tests: visible ASCII, as the setting requires.
+const ADMIN_TOKEN: &str = "adm1n-t0ken_for~tests";
+
+/// An admin request to `addr` with `Host` set to it, `Connection: close`,
+/// the `headers` given (`"Name: value"`) and `body`.
+fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &str,
+) -> String {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    request
+}
+
+/// The answer to `request`, sent as is: (status, header lines, body).
+fn raw_http(addr: SocketAddr, request: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, _) = out.split_once("\r\n\r\n").expect("a head");
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let (status, body) = http::parse(&out);
+    (status, headers, body)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+const A_PUBLISH: &str = r#"{"subject":"odin.token.BTC.trade","data":{"px":1}}"#;
+
+/// With `SURGE_ADMIN_TOKEN` set, `POST /publish` and `GET /config` need
+/// `Authorization: Bearer <token>` (401 JSON `unauthorized` with
+/// `WWW-Authenticate: Bearer` otherwise); the probes and metrics do not.
+#[test]
+fn the_admin_token_guards_publish_and_config_and_nothing_else() {
+    let server = Server::start_with_env(&[], &[("SURGE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let admin = server.admin;
+    let publish = |auth: Option<&str>| {
+        let mut headers = vec!["Content-Type: application/json".to_owned()];
+        headers.extend(auth.map(|a| format!("Authorization: {a}")));
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        raw_http(
+            admin,
+            &admin_request(admin, "POST", "/publish", &headers, A_PUBLISH),
+        )
+    };
+    let wrong = [
+        None,
+        Some("Bearer wrong".to_owned()),
+        Some(format!("Bearer {ADMIN_TOKEN}x")),
+        Some(format!("Bearer {}", &ADMIN_TOKEN[1..])),
+        Some(format!("Basic {ADMIN_TOKEN}")),
+        Some(ADMIN_TOKEN.to_owned()),
+        Some("Bearer".to_owned()),
+    ];
+    for auth in &wrong {
+        let (status, headers, body) = publish(auth.as_deref());
+        let (status, code, message) = admin_error((status, body));
+        assert_eq!((status, code.as_str()), (401, "unauthorized"), "{auth:?}");
+        assert_eq!(
+            header(&headers, "www-authenticate"),
+            Some("Bearer"),
+            "{auth:?}"
+        );
+        assert!(message.contains("SURGE_ADMIN_TOKEN"), "{message}");
+        assert!(!message.contains(ADMIN_TOKEN), "{message}");
+    }
+    assert_eq!(published(admin), 0, "nothing got through");
+    for scheme in ["Bearer", "bearer"] {
+        let (status, _, body) = publish(Some(&format!("{scheme} {ADMIN_TOKEN}")));
+        assert_eq!(status, 202, "{scheme}: {body}");
+    }
+
+    let config =
+        |headers: &[&str]| raw_http(admin, &admin_request(admin, "GET", "/config", headers, ""));
+    let (status, headers, body) = config(&[]);
+    let (status, code, _) = admin_error((status, body));
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
+    let (status, _, body) = config(&["Authorization: Bearer nope"]);
+    assert_eq!(status, 401, "{body}");
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let (status, _, body) = config(&[&auth]);
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(ADMIN_TOKEN), "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["settings"]["admin_token"], "***", "{body}");
+
+    for path in ["/health", "/metrics", "/livez", "/readyz"] {
+        let (status, _, body) = raw_http(admin, &admin_request(admin, "GET", path, &[], ""));
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+}

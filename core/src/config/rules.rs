@@ -40,6 +40,8 @@ pub(super) enum Spec {
     Choice(&'static [&'static str]),
     Origins,
     Tokens,
+    /// One secret token sent as `Authorization: Bearer <token>`.
+    BearerToken,
     NatsUrl,
     Text,
     Secret,
@@ -313,14 +315,14 @@ impl<T, K: Kind<T>> Kind<Option<T>> for Optional<K> {
 impl Spec {
     /// Credentials: never printed, only `***`.
     pub(super) fn is_secret(self) -> bool {
-        matches!(self, Spec::Tokens | Spec::Secret)
+        matches!(self, Spec::Tokens | Spec::BearerToken | Spec::Secret)
     }
 
     /// Whether an empty value means "unset" rather than being an error.
     fn is_optional(self) -> bool {
         match self {
             Spec::Int { optional, .. } | Spec::Bytes { optional, .. } => optional,
-            Spec::NatsUrl | Spec::Text | Spec::Secret | Spec::FilePath => true,
+            Spec::NatsUrl | Spec::Text | Spec::Secret | Spec::BearerToken | Spec::FilePath => true,
             _ => false,
         }
     }
@@ -369,6 +371,7 @@ impl Spec {
             Spec::Choice(names) => format!("must be one of: {}", names.join(", ")),
             Spec::Origins => "must be a comma-separated list of origins like https://example.com or http://localhost:3000, or empty to accept any origin".to_owned(),
             Spec::Tokens => "must be a comma-separated list of tokens of visible ASCII characters, or empty for no authentication".to_owned(),
+            Spec::BearerToken => "must be one token of visible ASCII characters (no spaces: it is sent as Authorization: Bearer <token>), or empty for none".to_owned(),
             Spec::NatsUrl => "must be nats://host[:port] or tls://host[:port], comma-separated for a cluster, or empty for the embedded broker".to_owned(),
             Spec::Text | Spec::Secret => "must not be empty (leave it unset instead)".to_owned(),
             Spec::FilePath => "must be a file path (leave it unset instead of empty)".to_owned(),
@@ -415,6 +418,7 @@ impl Spec {
             | Spec::NatsUrl
             | Spec::Text
             | Spec::Secret
+            | Spec::BearerToken
             | Spec::FilePath
             | Spec::StreamName => Value::Text(text.to_owned()),
             Spec::Unknown => return Err(self.rule()),
@@ -465,6 +469,9 @@ impl Spec {
                 .split(',')
                 .try_for_each(|url| check_nats_url(url.trim()))
                 .map_err(|e| self.rule_with(e)),
+            (Spec::BearerToken, Value::Text(token)) => {
+                within(!token.is_empty() && token.chars().all(|c| c.is_ascii_graphic()))
+            }
             (Spec::Text | Spec::Secret | Spec::FilePath, Value::Text(text)) => {
                 within(!text.trim().is_empty())
             }

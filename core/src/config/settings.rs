@@ -238,10 +238,10 @@ settings! {
     },
     admin_listen: SocketAddr {
         env: "SURGE_ADMIN_LISTEN", flag: "--admin-listen",
-        // Loopback: POST /publish has no credentials of its own.
+        // Loopback: only this host's processes reach it, so it needs no token.
         default: SocketAddr::from(([127, 0, 0, 1], 9090)), default_text: "127.0.0.1:9090",
         kind: Addr, rule: Spec::SocketAddr,
-        doc: "Admin listener for /health, /metrics and POST /publish; loopback only, because /publish needs no credentials.",
+        doc: "Admin listener for /livez, /readyz, /health, /metrics, /config and POST /publish; loopback by default; any other address needs SURGE_ADMIN_TOKEN (or SURGE_ADMIN_INSECURE=true).",
     },
     ws_path: String {
         env: "SURGE_WS_PATH", flag: "--ws-path",
@@ -574,6 +574,22 @@ settings! {
         default: 1 << 20, default_text: "1MiB",
         kind: Bytes, rule: bytes(KIB, 64 * MIB),
         doc: "Largest admin request body (POST /publish); larger ones get 413 body_too_large. 1 MiB is the NATS server's default max payload.",
+    },
+    /// `None`: `/publish` and `/config` take no credentials (loopback only,
+    /// unless `admin_insecure`).
+    admin_token: Option<Secret> {
+        env: "SURGE_ADMIN_TOKEN", flag: "--admin-token",
+        // Unset: on the default loopback listener only this host's processes reach it.
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::BearerToken,
+        doc: "Token that POST /publish and GET /config require as Authorization: Bearer <token> (others get 401); secret; unset = no token, which only a loopback SURGE_ADMIN_LISTEN allows unless SURGE_ADMIN_INSECURE=true.",
+    },
+    admin_insecure: bool {
+        env: "SURGE_ADMIN_INSECURE", flag: "--admin-insecure",
+        // Opening publishing to a network must be a decision, not an accident.
+        default: false, default_text: "false",
+        kind: Bool, rule: Spec::Bool,
+        doc: "Serve a non-loopback SURGE_ADMIN_LISTEN without SURGE_ADMIN_TOKEN; off, so surge refuses to start (exit 2) rather than let anyone on the network publish by accident.",
     },
     log_level: LogLevel {
         env: "SURGE_LOG_LEVEL", flag: "--log-level",

@@ -678,6 +678,13 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("SURGE_PUBLIC_HEALTHZ", "sometimes", "true or false"),
     ("SURGE_ADMIN_MAX_BODY_BYTES", "100", "from 1KiB"),
     (
+        "SURGE_ADMIN_TOKEN",
+        "two words",
+        "one token of visible ASCII characters",
+    ),
+    ("SURGE_ADMIN_TOKEN", "t\u{f6}ken", "visible ASCII"),
+    ("SURGE_ADMIN_INSECURE", "please", "true or false"),
+    (
         "SURGE_LOG_LEVEL",
         "verbose",
         "one of: error, warn, info, debug, trace",
