@@ -232,9 +232,13 @@ pub fn load(invocation: &Invocation) -> Result<Loaded, LoadError> {
     let env = env_source(std::env::vars());
     let sources = [invocation.flags.clone(), env, dotenv];
     let config = Config::from_sources(&sources).map_err(LoadError::Invalid)?;
-    let bad_origins = origin_errors(&config);
-    if !bad_origins.is_empty() {
-        return Err(LoadError::Invalid(ConfigErrors(bad_origins)));
+    let mut problems = origin_errors(&config);
+    // `feed` serves nothing: only what the gateway would expose matters.
+    if !matches!(invocation.task, Task::Feed(_)) {
+        problems.extend(admin_exposure_error(&config));
+    }
+    if !problems.is_empty() {
+        return Err(LoadError::Invalid(ConfigErrors(problems)));
     }
     Ok(Loaded {
         config,
@@ -265,6 +269,30 @@ fn origin_errors(config: &Config) -> Vec<ConfigError> {
                 .to_owned(),
         })
         .collect()
+}
+
+const ADMIN_LISTEN: &str = "SURGE_ADMIN_LISTEN";
+
+/// The refusal of an admin listener that other hosts can reach with no
+/// `SURGE_ADMIN_TOKEN`: anyone there could publish and read the
+/// configuration. `SURGE_ADMIN_INSECURE=true` is the operator's explicit
+/// opt-in (behind a firewall or an authenticating proxy).
+fn admin_exposure_error(config: &Config) -> Option<ConfigError> {
+    let loopback = config.admin_listen.ip().to_canonical().is_loopback();
+    if loopback || config.admin_token.is_some() || config.admin_insecure {
+        return None;
+    }
+    Some(ConfigError {
+        setting: ADMIN_LISTEN.to_owned(),
+        origin: config.origins.get(ADMIN_LISTEN).copied(),
+        value: config.admin_listen.to_string(),
+        rule: "is not a loopback address and SURGE_ADMIN_TOKEN is unset, so anyone who \
+               reaches it could publish (POST /publish) and read the configuration \
+               (GET /config); set SURGE_ADMIN_TOKEN (callers then send Authorization: \
+               Bearer <token>), bind a loopback address such as 127.0.0.1:9090, or set \
+               SURGE_ADMIN_INSECURE=true to serve it without a token anyway"
+            .to_owned(),
+    })
 }
 
 /// Why the configuration could not be loaded.

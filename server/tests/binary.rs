@@ -939,3 +939,104 @@ fn the_admin_token_guards_publish_and_config_and_nothing_else() {
         assert_eq!(status, 200, "{path}: {body}");
     }
 }
+
+/// `surge serve` with its admin listener at `admin` (any address; reached
+/// over loopback), until the admin port answers `/livez`.
+fn serve_admin_at(admin: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let ws: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let child = Command::new(SURGE)
+        .args([
+            "--listen",
+            &ws.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .args(["--max-connections", "100", "--shards", "1"])
+        .args(extra)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("surge starts");
+    let reach: SocketAddr = match admin.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], admin.port()))
+        }
+        _ => admin,
+    };
+    let mut server = Server {
+        child,
+        ws,
+        admin: reach,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(reach).is_err() {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            panic!("surge exited with {status} instead of serving {admin}");
+        }
+        assert!(Instant::now() < deadline, "admin listener never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+/// An admin listener that anyone on the network may reach needs a token,
+/// or the operator's explicit `SURGE_ADMIN_INSECURE=true`: without either,
+/// surge refuses to start (exit 2) and says which settings fix it.
+#[test]
+fn a_non_loopback_admin_listener_needs_a_token_or_an_explicit_opt_in() {
+    let admin: SocketAddr = format!("0.0.0.0:{}", free_port()).parse().expect("addr");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (code, err) = run_until_exit(
+        &["--listen", &listen, "--admin-listen", &admin.to_string()],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("--admin-listen={admin} (from command line)")),
+        "{err}"
+    );
+    assert!(err.contains("SURGE_ADMIN_TOKEN"), "{err}");
+    assert!(err.contains("SURGE_ADMIN_INSECURE=true"), "{err}");
+    // `surge config` validates the same way, the variable named as written.
+    let out = run(&["config"], &[("SURGE_ADMIN_LISTEN", &admin.to_string())]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("SURGE_ADMIN_LISTEN={admin} (from environment)"))
+            && err.contains("SURGE_ADMIN_TOKEN"),
+        "{err}"
+    );
+    // Loopback addresses other than the default need nothing.
+    for loopback in ["127.0.0.2", "[::1]"] {
+        let out = run(
+            &["config", "--admin-listen", &format!("{loopback}:9090")],
+            &[],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{loopback}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // With a token it serves, and the token guards /publish.
+    let server = serve_admin_at(admin, &[], &[("SURGE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let json = ["Content-Type: application/json"];
+    let (status, _, body) = raw_http(
+        server.admin,
+        &admin_request(server.admin, "POST", "/publish", &json, A_PUBLISH),
+    );
+    assert_eq!(status, 401, "{body}");
+    drop(server);
+    // With the explicit opt-in it serves without one.
+    let server = serve_admin_at(admin, &["--admin-insecure", "true"], &[]);
+    let (status, _, body) = raw_http(
+        server.admin,
+        &admin_request(server.admin, "POST", "/publish", &json, A_PUBLISH),
+    );
+    assert_eq!(status, 202, "{body}");
+}
