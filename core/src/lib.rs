@@ -9,6 +9,7 @@
 //! a faithful picture of the real gateway.
 
 pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod frame;
@@ -21,4 +22,4 @@ pub mod subjects;
 pub mod throttle;
 mod time;
 
-pub use time::Instant;
+pub use time::{Instant, UnixAnchor, UnixTime};

@@ -1,5 +1,11 @@
 //! Time as a value. The driver owns the clock; core only compares instants
 //! it is given, so a simulated run and a real one take identical decisions.
+//!
+//! Two clocks: [`Instant`], monotonic, for every deadline; and
+//! [`UnixTime`], the wall clock, only for what is written in it by others
+//! (a JWT's `exp` and `nbf`). A [`UnixAnchor`] (the wall-clock time the
+//! driver read at one instant) maps one to the other, so a connection's
+//! token deadlines become ordinary instants.
 
 use std::num::NonZeroU64;
 use std::ops::{Add, AddAssign, Sub};
@@ -75,6 +81,86 @@ impl Sub<Instant> for Instant {
     }
 }
 
+/// Wall-clock time: milliseconds since the Unix epoch, as the driver read
+/// it. Core never reads it from the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct UnixTime(u64);
+
+impl UnixTime {
+    /// `millis` milliseconds after the Unix epoch.
+    pub const fn from_millis(millis: u64) -> Self {
+        UnixTime(millis)
+    }
+
+    /// `secs` seconds after the Unix epoch (a JWT NumericDate), saturating.
+    pub const fn from_secs(secs: u64) -> Self {
+        UnixTime(secs.saturating_mul(1_000))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// `d` later, saturating.
+    pub fn saturating_add(self, d: Duration) -> UnixTime {
+        UnixTime(self.0.saturating_add(millis_of(d)))
+    }
+
+    /// `d` earlier, saturating at the epoch.
+    pub fn saturating_sub(self, d: Duration) -> UnixTime {
+        UnixTime(self.0.saturating_sub(millis_of(d)))
+    }
+
+    /// Time from `earlier` to `self`, zero when `earlier` is later.
+    pub fn saturating_duration_since(self, earlier: UnixTime) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The wall-clock time the driver read at one instant. It maps later
+/// instants to wall-clock time and wall-clock times to instants without
+/// reading a clock, as if the wall clock ran at the monotonic clock's
+/// pace from the reading on (a connection takes one reading when it is
+/// authorised).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixAnchor {
+    at: Instant,
+    unix: UnixTime,
+}
+
+impl UnixAnchor {
+    /// `unix` is the wall-clock time at `at`.
+    pub const fn new(at: Instant, unix: UnixTime) -> Self {
+        UnixAnchor { at, unix }
+    }
+
+    /// The wall-clock time at `now`.
+    pub fn unix_at(&self, now: Instant) -> UnixTime {
+        if now >= self.at {
+            self.unix.saturating_add(now - self.at)
+        } else {
+            self.unix.saturating_sub(self.at - now)
+        }
+    }
+
+    /// The instant at which the wall clock shows `unix` (the driver's
+    /// epoch when that is before it).
+    pub fn instant_at(&self, unix: UnixTime) -> Instant {
+        if unix >= self.unix {
+            self.at + unix.saturating_duration_since(self.unix)
+        } else {
+            let back = u64::try_from(self.unix.saturating_duration_since(unix).as_nanos())
+                .unwrap_or(u64::MAX);
+            Instant::from_nanos(self.at.as_nanos().saturating_sub(back))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +176,32 @@ mod tests {
         assert_eq!(Instant::ZERO.as_nanos(), 0);
         assert!(Instant::from_nanos(u64::MAX) > Instant::from_nanos(u64::MAX - 2));
         assert_eq!(std::mem::size_of::<Option<Instant>>(), 8);
+    }
+
+    #[test]
+    fn an_anchor_maps_instants_and_unix_times_both_ways() {
+        let anchor = UnixAnchor::new(
+            Instant::from_millis(5_000),
+            UnixTime::from_secs(1_700_000_000),
+        );
+        assert_eq!(
+            anchor.unix_at(Instant::from_millis(6_500)),
+            UnixTime::from_millis(1_700_000_001_500)
+        );
+        assert_eq!(
+            anchor.unix_at(Instant::from_millis(4_000)),
+            UnixTime::from_millis(1_699_999_999_000)
+        );
+        assert_eq!(
+            anchor.instant_at(UnixTime::from_secs(1_700_000_030)),
+            Instant::from_millis(35_000)
+        );
+        assert_eq!(
+            anchor.instant_at(UnixTime::from_secs(1_699_999_998)),
+            Instant::from_millis(3_000)
+        );
+        // Long before the driver's epoch: the epoch.
+        assert_eq!(anchor.instant_at(UnixTime::from_secs(1)), Instant::ZERO);
+        assert_eq!(UnixTime::from_secs(u64::MAX).as_millis(), u64::MAX);
     }
 }

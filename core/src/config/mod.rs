@@ -301,6 +301,13 @@ const NATS_PASSWORD: &str = "SURGE_NATS_PASSWORD";
 const NATS_CREDS: &str = "SURGE_NATS_CREDS";
 const NATS_TLS_CA: &str = "SURGE_NATS_TLS_CA";
 const JS_REPLICAS: &str = "SURGE_JS_REPLICAS";
+const AUTH_TOKENS: &str = "SURGE_AUTH_TOKENS";
+const JWT_SECRET: &str = "SURGE_JWT_SECRET";
+const JWT_PUBLIC_KEY_FILE: &str = "SURGE_JWT_PUBLIC_KEY_FILE";
+const JWT_JWKS_FILE: &str = "SURGE_JWT_JWKS_FILE";
+const JWT_ISSUER: &str = "SURGE_JWT_ISSUER";
+const JWT_AUDIENCE: &str = "SURGE_JWT_AUDIENCE";
+const ANONYMOUS_CHANNELS: &str = "SURGE_ANONYMOUS_CHANNELS";
 
 impl Config {
     /// Builds the configuration from its sources. For each setting the value
@@ -382,6 +389,14 @@ impl Config {
         } else {
             Err(ConfigErrors(problems))
         }
+    }
+
+    /// Whether connections need a JWT (or the anonymous channels): a key
+    /// source is configured.
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt_secret.is_some()
+            || self.jwt_public_key_file.is_some()
+            || self.jwt_jwks_file.is_some()
     }
 
     /// The NATS servers of `nats_url`, empty for the embedded broker.
@@ -567,7 +582,60 @@ impl Config {
                 ));
             }
         }
+        self.jwt_problems(&usable, &mut out);
         out
+    }
+
+    /// JWT: one source of keys; no static tokens beside it; the settings
+    /// that only tune JWT need it.
+    fn jwt_problems(&self, usable: &dyn Fn(&[&str]) -> bool, out: &mut Vec<ConfigError>) {
+        let sources = [
+            (JWT_SECRET, self.jwt_secret.is_some()),
+            (JWT_PUBLIC_KEY_FILE, self.jwt_public_key_file.is_some()),
+            (JWT_JWKS_FILE, self.jwt_jwks_file.is_some()),
+        ];
+        let mut first: Option<&str> = None;
+        for (name, set) in sources {
+            if !set || !usable(&[name]) {
+                continue;
+            }
+            match first {
+                None => first = Some(name),
+                Some(other) => out.push(self.error(
+                    name,
+                    format!("cannot be combined with {other}; choose one source of token keys"),
+                )),
+            }
+        }
+        match first {
+            Some(source) if !self.auth_tokens.is_empty() && usable(&[AUTH_TOKENS]) => {
+                out.push(self.error(
+                    AUTH_TOKENS,
+                    format!(
+                        "cannot be combined with JWT authentication ({source}): a static token carries no identity and no channels; use one or the other"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None if usable(&[JWT_SECRET, JWT_PUBLIC_KEY_FILE, JWT_JWKS_FILE]) => {
+                let jwt_only = [
+                    (JWT_ISSUER, self.jwt_issuer.is_some()),
+                    (JWT_AUDIENCE, self.jwt_audience.is_some()),
+                    (ANONYMOUS_CHANNELS, !self.anonymous_channels.is_empty()),
+                ];
+                for (name, set) in jwt_only {
+                    if set && usable(&[name]) {
+                        out.push(self.error(
+                            name,
+                            format!(
+                                "has no effect without {JWT_SECRET}, {JWT_PUBLIC_KEY_FILE} or {JWT_JWKS_FILE}: tokens are not checked"
+                            ),
+                        ));
+                    }
+                }
+            }
+            None => {}
+        }
     }
 
     /// An error about setting `env` with its current value and origin.

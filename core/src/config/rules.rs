@@ -15,6 +15,10 @@ use super::units::{format_bytes, format_duration, parse_bytes, parse_duration};
 /// signed 64-bit numbers. A rule with this maximum reads "at least <min>".
 pub(super) const UNBOUNDED: u64 = i64::MAX as u64;
 
+/// The shortest HMAC secret for JWTs: 256 bits, HS256's hash size (RFC
+/// 7518 §3.2 requires a key at least as long as the hash).
+pub(super) const MIN_JWT_SECRET_BYTES: usize = 32;
+
 /// The kind of a setting and its limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Spec {
@@ -48,6 +52,10 @@ pub(super) enum Spec {
     FilePath,
     StreamName,
     Subjects,
+    /// Channel patterns a client may read; empty is none.
+    Channels,
+    /// An HMAC secret for JWTs: at least 32 bytes.
+    JwtSecret,
     Unknown,
 }
 
@@ -315,14 +323,22 @@ impl<T, K: Kind<T>> Kind<Option<T>> for Optional<K> {
 impl Spec {
     /// Credentials: never printed, only `***`.
     pub(super) fn is_secret(self) -> bool {
-        matches!(self, Spec::Tokens | Spec::BearerToken | Spec::Secret)
+        matches!(
+            self,
+            Spec::Tokens | Spec::BearerToken | Spec::Secret | Spec::JwtSecret
+        )
     }
 
     /// Whether an empty value means "unset" rather than being an error.
     fn is_optional(self) -> bool {
         match self {
             Spec::Int { optional, .. } | Spec::Bytes { optional, .. } => optional,
-            Spec::NatsUrl | Spec::Text | Spec::Secret | Spec::BearerToken | Spec::FilePath => true,
+            Spec::NatsUrl
+            | Spec::Text
+            | Spec::Secret
+            | Spec::BearerToken
+            | Spec::FilePath
+            | Spec::JwtSecret => true,
             _ => false,
         }
     }
@@ -376,6 +392,8 @@ impl Spec {
             Spec::Text | Spec::Secret => "must not be empty (leave it unset instead)".to_owned(),
             Spec::FilePath => "must be a file path (leave it unset instead of empty)".to_owned(),
             Spec::StreamName => "must be a stream name without spaces, '.', '*', '>', '/' or '\\'".to_owned(),
+            Spec::Channels => "must be a comma-separated list of channel patterns like odin.global.>: dot-separated non-empty tokens, '*' only as a whole token, '>' only as the whole last token, or empty for none".to_owned(),
+            Spec::JwtSecret => format!("must be at least {MIN_JWT_SECRET_BYTES} bytes (RFC 7518: an HMAC key as long as the hash), or empty for none"),
             Spec::Subjects => "must be a comma-separated list of NATS subjects like odin.token.>: dot-separated non-empty tokens, '*' only as a whole token, '>' only as the whole last token".to_owned(),
             Spec::Unknown => "unknown setting".to_owned(),
         }
@@ -413,13 +431,16 @@ impl Spec {
                     .find(|name| name.eq_ignore_ascii_case(text))
                     .ok_or_else(|| self.rule())?,
             ),
-            Spec::Origins | Spec::Tokens | Spec::Subjects => Value::List(split_list(text)),
+            Spec::Origins | Spec::Tokens | Spec::Subjects | Spec::Channels => {
+                Value::List(split_list(text))
+            }
             Spec::WsPath
             | Spec::NatsUrl
             | Spec::Text
             | Spec::Secret
             | Spec::BearerToken
             | Spec::FilePath
+            | Spec::JwtSecret
             | Spec::StreamName => Value::Text(text.to_owned()),
             Spec::Unknown => return Err(self.rule()),
         };
@@ -465,6 +486,16 @@ impl Spec {
                 .iter()
                 .try_for_each(|s| check_subject(s))
                 .map_err(|e| self.rule_with(e)),
+            (Spec::Channels, Value::List(items)) => items
+                .iter()
+                .try_for_each(|s| {
+                    check_subject(s)?;
+                    crate::subjects::Pattern::parse(s)
+                        .map(drop)
+                        .map_err(|e| format!("\"{s}\": {e}"))
+                })
+                .map_err(|e| self.rule_with(e)),
+            (Spec::JwtSecret, Value::Text(secret)) => within(secret.len() >= MIN_JWT_SECRET_BYTES),
             (Spec::NatsUrl, Value::Text(urls)) => urls
                 .split(',')
                 .try_for_each(|url| check_nats_url(url.trim()))

@@ -301,6 +301,62 @@ settings! {
         kind: List, rule: Spec::Tokens,
         doc: "Comma-separated tokens accepted at the upgrade (?token= or Authorization: Bearer), others get 401; secret; unset = no authentication.",
     },
+    /// `None`: no HMAC secret (see [`Config::jwt_enabled`]).
+    jwt_secret: Option<Secret> {
+        env: "SURGE_JWT_SECRET", flag: "--jwt-secret",
+        // Off: tokens need an issuer to have been set up.
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::JwtSecret,
+        doc: "HMAC secret (at least 32 bytes) that verifies HS256/HS384/HS512 tokens at the upgrade and on refresh; secret; setting it turns JWT authentication on (401 without a valid token).",
+    },
+    /// Read by the server at start.
+    jwt_public_key_file: Option<PathBuf> {
+        env: "SURGE_JWT_PUBLIC_KEY_FILE", flag: "--jwt-public-key-file",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::FilePath,
+        doc: "PEM public key file (RSA, P-256/P-384 or Ed25519) that verifies RS256/ES256/EdDSA tokens, read at start; turns JWT authentication on; an HS token is never checked against it.",
+    },
+    /// Read by the server at start.
+    jwt_jwks_file: Option<PathBuf> {
+        env: "SURGE_JWT_JWKS_FILE", flag: "--jwt-jwks-file",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::FilePath,
+        doc: "JWKS file whose public keys verify tokens, chosen by the token's kid, read at start; turns JWT authentication on.",
+    },
+    jwt_issuer: Option<String> {
+        env: "SURGE_JWT_ISSUER", flag: "--jwt-issuer",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::Text,
+        doc: "The iss claim every token must carry; unset = not checked.",
+    },
+    jwt_audience: Option<String> {
+        env: "SURGE_JWT_AUDIENCE", flag: "--jwt-audience",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::Text,
+        doc: "A value the aud claim of every token must contain; unset = not checked.",
+    },
+    /// Empty: with JWT on, a connection without a token is refused.
+    anonymous_channels: Vec<String> {
+        env: "SURGE_ANONYMOUS_CHANNELS", flag: "--anonymous-channels",
+        // Nothing is public unless the operator says so.
+        default: Vec::new(), default_text: UNSET,
+        kind: List, rule: Spec::Channels,
+        doc: "Comma-separated channel patterns a connection without a token may read (and every connection may), e.g. odin.global.>; unset = none: with JWT on, a token is required to connect.",
+    },
+    token_refresh_notice: Duration {
+        env: "SURGE_TOKEN_REFRESH_NOTICE", flag: "--token-refresh-notice",
+        // Time for a client to fetch a new token over a slow network.
+        default: Duration::from_secs(30), default_text: "30s",
+        kind: Dur, rule: duration(secs(0), secs(86_400)),
+        doc: "How long before a token's exp the server sends token_expiring, so the client can refresh without reconnecting; 30s leaves time to fetch a new token.",
+    },
+    jwt_leeway: Duration {
+        env: "SURGE_JWT_LEEWAY", flag: "--jwt-leeway",
+        // Clocks synchronised by NTP agree far better than a second.
+        default: Duration::ZERO, default_text: "0s",
+        kind: Dur, rule: duration(secs(0), secs(300)),
+        doc: "Clock leeway for exp and nbf, and for the 4001 close at exp; 0s assumes the issuer's clock and this host's agree (NTP).",
+    },
     max_message_bytes: usize {
         env: "SURGE_MAX_MESSAGE_BYTES", flag: "--max-message-bytes",
         // Client requests are small JSON.

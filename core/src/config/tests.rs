@@ -573,6 +573,19 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("SURGE_AUTH_TOKENS", "a,,b", "an entry is empty"),
     ("SURGE_AUTH_TOKENS", "good,bad token", "token 2 has a space"),
     ("SURGE_AUTH_TOKENS", "tok\u{e9}n", "outside visible ASCII"),
+    (
+        "SURGE_JWT_SECRET",
+        "too-short",
+        "at least 32 bytes (RFC 7518",
+    ),
+    ("SURGE_ANONYMOUS_CHANNELS", "odin..x", "empty token"),
+    (
+        "SURGE_ANONYMOUS_CHANNELS",
+        "odin.tok*",
+        "wildcard inside a token",
+    ),
+    ("SURGE_TOKEN_REFRESH_NOTICE", "2d", "from 0s to 1d"),
+    ("SURGE_JWT_LEEWAY", "10m", "from 0s to 5m"),
     ("SURGE_MAX_MESSAGE_BYTES", "256", "from 512B to 1MiB"),
     ("SURGE_MAX_MESSAGE_BYTES", "2MiB", "from 512B to 1MiB"),
     ("SURGE_CLIENT_RATE", "100001", "from 0 to 100000"),
@@ -701,6 +714,12 @@ const CROSS_FIELD_ONLY: &[&str] = &[
     "SURGE_NATS_TLS_CA",
 ];
 
+    // Any path is a path, and any text an issuer or an audience; their
+    // rules are with the other JWT settings (see `jwt_rules`).
+    "SURGE_JWT_PUBLIC_KEY_FILE",
+    "SURGE_JWT_JWKS_FILE",
+    "SURGE_JWT_ISSUER",
+    "SURGE_JWT_AUDIENCE",
 #[test]
 fn every_value_rule_rejects_a_bad_value() {
     for &(name, bad, expected) in BAD_VALUES {
@@ -966,6 +985,97 @@ fn broker_settings_need_a_nats_url() {
 
 #[test]
 fn a_value_that_failed_to_parse_causes_no_cross_field_noise() {
+const JWT_SECRET: (&str, &str) = ("SURGE_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+
+#[test]
+fn jwt_settings_are_read() {
+    let config = load(&[env(&[
+        JWT_SECRET,
+        ("SURGE_JWT_ISSUER", "https://id.example"),
+        ("SURGE_JWT_AUDIENCE", "surge"),
+        (
+            "SURGE_ANONYMOUS_CHANNELS",
+            "odin.global.>, odin.token.*.trending",
+        ),
+        ("SURGE_TOKEN_REFRESH_NOTICE", "1m"),
+        ("SURGE_JWT_LEEWAY", "5s"),
+    ])]);
+    assert_eq!(
+        config.jwt_secret.as_ref().map(Secret::expose),
+        Some(JWT_SECRET.1)
+    );
+    assert!(config.jwt_enabled());
+    assert_eq!(config.jwt_issuer.as_deref(), Some("https://id.example"));
+    assert_eq!(config.jwt_audience.as_deref(), Some("surge"));
+    assert_eq!(
+        config.anonymous_channels,
+        ["odin.global.>", "odin.token.*.trending"]
+    );
+    assert_eq!(config.token_refresh_notice, Duration::from_secs(60));
+    assert_eq!(config.jwt_leeway, Duration::from_secs(5));
+    assert!(!Config::default().jwt_enabled());
+    let keyed = load(&[env(&[("SURGE_JWT_JWKS_FILE", "/etc/surge/jwks.json")])]);
+    assert!(keyed.jwt_enabled());
+    assert_eq!(
+        keyed.jwt_jwks_file,
+        Some(PathBuf::from("/etc/surge/jwks.json"))
+    );
+}
+
+#[test]
+fn jwt_rules() {
+    assert_eq!(
+        only_error(&[env(&[
+            JWT_SECRET,
+            ("SURGE_JWT_PUBLIC_KEY_FILE", "/etc/surge/jwt.pem"),
+        ])]),
+        "SURGE_JWT_PUBLIC_KEY_FILE=/etc/surge/jwt.pem (from environment): cannot be combined with SURGE_JWT_SECRET; choose one source of token keys"
+    );
+    assert_eq!(
+        only_error(&[env(&[
+            ("SURGE_JWT_PUBLIC_KEY_FILE", "/etc/surge/jwt.pem"),
+            ("SURGE_JWT_JWKS_FILE", "/etc/surge/jwks.json"),
+        ])]),
+        "SURGE_JWT_JWKS_FILE=/etc/surge/jwks.json (from environment): cannot be combined with SURGE_JWT_PUBLIC_KEY_FILE; choose one source of token keys"
+    );
+    assert_eq!(
+        only_error(&[env(&[JWT_SECRET, ("SURGE_AUTH_TOKENS", "static-one")])]),
+        "SURGE_AUTH_TOKENS=*** (from environment): cannot be combined with JWT authentication (SURGE_JWT_SECRET): a static token carries no identity and no channels; use one or the other"
+    );
+    let errors = errors_of(&[env(&[
+        ("SURGE_JWT_ISSUER", "https://id.example"),
+        ("SURGE_JWT_AUDIENCE", "surge"),
+        ("SURGE_ANONYMOUS_CHANNELS", "odin.global.>"),
+    ])]);
+    let settings: Vec<&str> = errors.iter().map(|e| e.setting.as_str()).collect();
+    assert_eq!(
+        settings,
+        [
+            "SURGE_JWT_ISSUER",
+            "SURGE_JWT_AUDIENCE",
+            "SURGE_ANONYMOUS_CHANNELS",
+        ]
+    );
+    assert!(
+        errors[0].to_string().ends_with(
+            "has no effect without SURGE_JWT_SECRET, SURGE_JWT_PUBLIC_KEY_FILE or SURGE_JWT_JWKS_FILE: tokens are not checked"
+        ),
+        "{}",
+        errors[0]
+    );
+    // The two durations have defaults, so `.env.example`'s lines can be
+    // uncommented without JWT.
+    load(&[env(&[
+        ("SURGE_TOKEN_REFRESH_NOTICE", "1m"),
+        ("SURGE_JWT_LEEWAY", "5s"),
+    ])]);
+    // An empty anonymous list is no list.
+    load(&[env(&[("SURGE_ANONYMOUS_CHANNELS", "")])]);
+    // Each key source alone is fine.
+    load(&[env(&[JWT_SECRET])]);
+    load(&[env(&[("SURGE_JWT_PUBLIC_KEY_FILE", "/etc/surge/jwt.pem")])]);
+}
+
     let errors = errors_of(&[env(&[
         ("SURGE_CPU_PAUSE_PERCENT", "high"),
         ("SURGE_CPU_REJECT_PERCENT", "90"),
@@ -1023,6 +1133,19 @@ fn credentials_never_appear_in_output() {
     ])]);
     let outputs = [
         config.print_effective(),
+    let jwt = load(&[env(&[(
+        "SURGE_JWT_SECRET",
+        "jwt-secret-jwt-secret-jwt-secret",
+    )])]);
+    for output in [
+        jwt.print_effective(),
+        jwt.to_json().to_string(),
+        format!("{jwt:?}"),
+    ] {
+        assert!(!output.contains("jwt-secret"), "leaked in {output}");
+    }
+    let error = only_error(&[env(&[("SURGE_JWT_SECRET", "short-jwt-secret")])]);
+    assert!(!error.contains("short-jwt-secret"), "{error}");
         config.to_json().to_string(),
         format!("{config:?}"),
     ];
