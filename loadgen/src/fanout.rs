@@ -90,6 +90,10 @@ pub struct FanoutConfig {
     /// send schedule (at least 1).
     #[serde(default = "default_publishers")]
     pub publishers: usize,
+    /// The gateway's `SURGE_ADMIN_TOKEN`, sent with every publish as
+    /// `Authorization: Bearer`; never written to a report.
+    #[serde(default, skip_serializing)]
+    pub admin_token: Option<String>,
 }
 
 impl FanoutConfig {
@@ -111,6 +115,7 @@ impl FanoutConfig {
             stop_on_loss: false,
             threads: limits::cpu_count(),
             publishers: DEFAULT_PUBLISHERS,
+            admin_token: None,
         }
     }
 }
@@ -530,7 +535,10 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
         bail!("--publishers must be at least 1");
     }
     let mut publishers = (0..cfg.publishers)
-        .map(|_| HttpClient::new(&cfg.admin, Duration::from_secs(10)))
+        .map(|_| {
+            HttpClient::new(&cfg.admin, Duration::from_secs(10))
+                .map(|client| client.with_bearer(cfg.admin_token.clone()))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let started = Instant::now();
     let run_id = unix_nanos() ^ (u64::from(std::process::id()) << 32);

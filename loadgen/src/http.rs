@@ -36,6 +36,8 @@ impl HttpResponse {
 /// A keep-alive client for one loopback `http://` base URL.
 pub struct HttpClient {
     target: Target,
+    /// Sent as `Authorization: Bearer <token>` with every request.
+    bearer: Option<String>,
     stream: Option<TcpStream>,
     /// Bytes read past the end of the previous response.
     buf: Vec<u8>,
@@ -48,10 +50,18 @@ impl HttpClient {
         let target = parse_http_url(base)?;
         Ok(HttpClient {
             target,
+            bearer: None,
             stream: None,
             buf: Vec::new(),
             timeout,
         })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request (the
+    /// gateway's `SURGE_ADMIN_TOKEN`); `None` sends none.
+    pub fn with_bearer(mut self, token: Option<String>) -> HttpClient {
+        self.bearer = token;
+        self
     }
 
     /// `GET path`, body parsed as JSON.
@@ -127,6 +137,9 @@ impl HttpClient {
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive\r\n",
             self.target.authority
         );
+        if let Some(token) = &self.bearer {
+            req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
         if let Some(body) = body {
             req.push_str("Content-Type: application/json\r\n");
             req.push_str(&format!("Content-Length: {}\r\n", body.len()));

@@ -135,6 +135,9 @@ struct FanoutArgs {
     /// Keep-alive admin connections publishing concurrently on one schedule.
     #[arg(long, default_value_t = fanout::DEFAULT_PUBLISHERS)]
     publishers: usize,
+    /// The gateway's SURGE_ADMIN_TOKEN, sent as Authorization: Bearer with every publish.
+    #[arg(long, env = "SURGE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Args)]
@@ -217,6 +220,7 @@ fn main() -> anyhow::Result<()> {
                 stop_on_loss: a.stop_on_loss,
                 threads,
                 publishers: a.publishers,
+                admin_token: a.admin_token,
             };
             let r = runtime(threads)?.block_on(fanout::run(&cfg))?;
             print!("{}", report::fanout_summary(&r));

@@ -361,3 +361,52 @@ async fn fanout_one_publisher_on_a_slow_gateway_is_publisher_bound() {
     assert_eq!(json["steps"][0]["publisher_bound"], true);
     assert!(report::fanout_summary(&r).contains("PUBLISH"));
 }
+
+/// The binary's `fanout --admin-token` (or `SURGE_ADMIN_TOKEN`) is sent as
+/// `Authorization: Bearer` with every publish, for a gateway with
+/// `SURGE_ADMIN_TOKEN` set; without it every publish is a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_fanout_sends_the_admin_token() {
+    const TOKEN: &str = "loadgen-adm1n-token";
+    let hub = Hub::new(Perturb::None);
+    let ws = common::ws_server(hub.clone()).await;
+    let admin = common::token_admin_server(hub.clone(), TOKEN).await;
+    let fanout = |args: &[&str], env: Option<&str>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_surge-load"));
+        command
+            .args(["fanout", "--url", &ws_url(ws), "-n", "3", "--rate", "20"])
+            .args(["--duration", "250ms", "--drain", "1s", "--threads", "1"])
+            .arg("--admin")
+            .arg(format!("http://{admin}"))
+            .args(args)
+            .env_remove("SURGE_ADMIN_TOKEN")
+            .kill_on_drop(true);
+        if let Some(token) = env {
+            command.env("SURGE_ADMIN_TOKEN", token);
+        }
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(60), command.output())
+                .await
+                .expect("the binary finishes")
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let last = stdout.lines().last().unwrap().to_owned();
+            let json: serde_json::Value =
+                serde_json::from_str(last.strip_prefix(report::RESULT_PREFIX).unwrap()).unwrap();
+            json
+        }
+    };
+    let json = fanout(&[], None).await;
+    assert_eq!(json["published"], 0, "{json}");
+    assert_eq!(json["steps"][0]["publish_errors"]["http_401"], 5, "{json}");
+    let json = fanout(&["--admin-token", TOKEN], None).await;
+    assert_eq!(json["published"], 5, "{json}");
+    assert_eq!(json["delivered"], 15, "{json}");
+    let json = fanout(&[], Some(TOKEN)).await;
+    assert_eq!(json["published"], 5, "{json}");
+}

@@ -9,12 +9,22 @@
 //! With `SURGE_ADMIN_TOKEN` set, `POST /publish` and `GET /config` need
 //! `Authorization: Bearer <token>` (compared in constant time); the probes
 //! and `/metrics` never need a token.
+//!
+//! `POST /publish` is for programs, never for web pages, which could
+//! otherwise publish through an operator's browser: a request with an
+//! `Origin` (which browsers send with every POST) is refused, and so is a
+//! `Host` other than the address the connection reached (DNS rebinding:
+//! the page's own name, pointed at this address, is still its `Host`);
+//! the body must be `Content-Type: application/json`, which a page cannot
+//! send cross-site without a CORS preflight the listener never grants.
+//! Publishes are rate-limited (`SURGE_ADMIN_PUBLISH_RATE`).
 
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +35,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use surge_core::config::Secret;
 use surge_core::protocol::Priority;
+use surge_core::ratelimit::TokenBucket;
 use surge_core::subjects::{Pattern, Subject};
 use surge_runtime::{BrokerError, Gateway};
 
@@ -42,6 +53,26 @@ pub struct AdminState {
     /// `SURGE_ADMIN_TOKEN`: what `/publish` and `/config` require as a
     /// bearer token; `None`: nothing.
     pub token: Option<Arc<Secret>>,
+    /// `SURGE_ADMIN_PUBLISH_RATE`, see [`publish_limiter`].
+    pub publish_limit: Arc<Mutex<TokenBucket>>,
+}
+
+/// The bucket behind `SURGE_ADMIN_PUBLISH_RATE`: `rate` publishes per
+/// second, a second's worth at once; 0 = unlimited.
+pub fn publish_limiter(rate: u32, now: surge_core::Instant) -> Arc<Mutex<TokenBucket>> {
+    Arc::new(Mutex::new(TokenBucket::new(rate, rate, now)))
+}
+
+/// The local address an admin connection reached, for the `Host` check of
+/// `/publish`: serve the router with
+/// `into_make_service_with_connect_info::<LocalAddr>()`.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub Option<SocketAddr>);
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for LocalAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        LocalAddr(stream.io().local_addr().ok())
+    }
 }
 
 /// The admin routes.
@@ -195,12 +226,163 @@ struct PublishRequest {
 
 const PUBLISH_SHAPE: &str = r#"the body must be a JSON object {"subject":"odin.token.BTC.trade","data":<any JSON>,"priority":"low|medium|high|critical"}, with "data_base64":"<base64>" instead of "data" for raw bytes; priority is optional"#;
 
-async fn publish(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    if let Some(refused) = refuse_without_token(&state, &headers) {
+/// Refuses a request a web page could have sent (403 `forbidden_origin`
+/// with an `Origin`, 403 `forbidden_host` with a `Host` that is not the
+/// address `local` the connection reached), then one without the admin
+/// token (401), then a body that is not declared JSON (415); in that
+/// order, so a page learns nothing about the token.
+fn refuse_publish_request(
+    state: &AdminState,
+    headers: &HeaderMap,
+    local: Option<SocketAddr>,
+) -> Option<Response> {
+    if headers.contains_key(header::ORIGIN) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "the request carries an Origin header, so a web page sent it; the admin API is not for pages: publish from a program, without Origin",
+        ));
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.to_str().ok(),
+        _ => None,
+    };
+    let host_ok = matches!((host, local), (Some(host), Some(local)) if host_allowed(host, local));
+    if !host_ok {
+        let expected = local.map_or_else(
+            || "the admin listener's address".to_owned(),
+            |local| allowed_hosts(local).join(", "),
+        );
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            format!(
+                "Host {:?} is not this admin listener's address; send Host {expected}",
+                host.unwrap_or("")
+            ),
+        ));
+    }
+    if let Some(refused) = refuse_without_token(state, headers) {
+        return Some(refused);
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Some(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "POST /publish takes only Content-Type: application/json",
+        ));
+    }
+    None
+}
+
+/// Whether `host`, a `Host` header, names `local`, the address the
+/// connection reached: its IP and port, or, when that IP is loopback,
+/// `localhost`, `127.0.0.1` or `[::1]` with the port. A missing port is
+/// 80, as in HTTP.
+fn host_allowed(host: &str, local: SocketAddr) -> bool {
+    let Some((name, port)) = split_host(host) else {
+        return false;
+    };
+    let local_ip = local.ip().to_canonical();
+    let loopback = local_ip.is_loopback();
+    port == local.port()
+        && match name.parse::<IpAddr>() {
+            Ok(ip) => {
+                let ip = ip.to_canonical();
+                ip == local_ip
+                    || (loopback
+                        && (ip == IpAddr::V4(Ipv4Addr::LOCALHOST)
+                            || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)))
+            }
+            Err(_) => loopback && name.eq_ignore_ascii_case("localhost"),
+        }
+}
+
+/// `(name, port)` of a `Host` value: `name`, `name:port`, `[v6]` or
+/// `[v6]:port`.
+fn split_host(host: &str) -> Option<(&str, u16)> {
+    let host = host.trim();
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let (ip, after) = rest.split_once(']')?;
+            match after {
+                "" => (ip, None),
+                _ => (ip, Some(after.strip_prefix(':')?)),
+            }
+        }
+        None => match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    let port = match port {
+        None => 80,
+        Some(port) => port.parse().ok()?,
+    };
+    (!name.is_empty()).then_some((name, port))
+}
+
+/// The `Host` values [`host_allowed`] accepts for `local`, for the 403.
+fn allowed_hosts(local: SocketAddr) -> Vec<String> {
+    let ip = local.ip().to_canonical();
+    let port = local.port();
+    let mut hosts = vec![SocketAddr::new(ip, port).to_string()];
+    if ip.is_loopback() {
+        for other in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ] {
+            if !hosts.contains(&other) {
+                hosts.push(other);
+            }
+        }
+    }
+    hosts
+}
+
+/// The 429 when `SURGE_ADMIN_PUBLISH_RATE` is used up, with the whole
+/// seconds until the next publish is let through as `Retry-After`.
+fn refuse_over_rate(state: &AdminState) -> Option<Response> {
+    let now = state.gateway.clock().now();
+    let mut bucket = state
+        .publish_limit
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if bucket.try_acquire(1, now) {
+        return None;
+    }
+    let wait_ns = bucket
+        .ready_at(1, now)
+        .map_or(0, |at| at.as_nanos().saturating_sub(now.as_nanos()));
+    let retry_after = wait_ns.div_ceil(1_000_000_000).max(1);
+    let rate = bucket.rate_per_sec();
+    drop(bucket);
+    Some(
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry_after.to_string())],
+            axum::Json(json!({
+                "code": "rate_limited",
+                "message": format!("more than SURGE_ADMIN_PUBLISH_RATE ({rate}) publishes per second; retry after {retry_after} s"),
+            })),
+        )
+            .into_response(),
+    )
+}
+
+async fn publish(State(state): State<AdminState>, request: Request) -> Response {
+    let local = request
+        .extensions()
+        .get::<ConnectInfo<LocalAddr>>()
+        .and_then(|ConnectInfo(LocalAddr(local))| *local);
+    if let Some(refused) = refuse_publish_request(&state, request.headers(), local) {
         return refused;
     }
     // From SIGTERM on nothing will deliver a new message: refuse it rather
@@ -213,7 +395,11 @@ async fn publish(
         )
             .into_response();
     }
-    let body = match body {
+    if let Some(refused) = refuse_over_rate(&state) {
+        return refused;
+    }
+    // Read only now: a refused request costs no body.
+    let body = match Bytes::from_request(request, &state).await {
         Ok(body) => body,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             return error(

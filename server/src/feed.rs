@@ -12,7 +12,9 @@
 //! With `SURGE_NATS_URL` set it publishes to JetStream directly (ensuring
 //! the stream like `surge serve` does); otherwise it posts to the running
 //! gateway's admin `/publish` over one kept-alive HTTP/1.1 connection: the
-//! one `--admin URL` names, else the configured `SURGE_ADMIN_LISTEN`.
+//! one `--admin URL` names, else the configured `SURGE_ADMIN_LISTEN`,
+//! with `Authorization: Bearer <SURGE_ADMIN_TOKEN>` when the configuration
+//! has that token.
 //! Trades and liquidity together follow `--rate`; trending comes on top.
 
 use std::fmt;
@@ -21,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use surge_core::config::Config;
+use surge_core::config::{Config, Secret};
 use surge_core::protocol::Priority;
 use surge_core::subjects::Subject;
 use surge_runtime::BrokerError;
@@ -362,6 +364,8 @@ fn listener_address(addr: SocketAddr) -> String {
 /// A kept-alive HTTP/1.1 connection to the admin `/publish`.
 struct AdminClient {
     addr: String,
+    /// `SURGE_ADMIN_TOKEN`, sent as a bearer token when set.
+    token: Option<Secret>,
     conn: Option<BufReader<TcpStream>>,
 }
 
@@ -389,7 +393,7 @@ impl AdminClient {
             let Some(conn) = self.conn.as_mut() else {
                 continue;
             };
-            match exchange(conn, &self.addr, body).await {
+            match exchange(conn, &self.addr, self.token.as_ref(), body).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     last_error = e.to_string();
@@ -404,10 +408,14 @@ impl AdminClient {
 async fn exchange(
     conn: &mut BufReader<TcpStream>,
     host: &str,
+    token: Option<&Secret>,
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    let authorization = token.map_or_else(String::new, |token| {
+        format!("Authorization: Bearer {}\r\n", token.expose())
+    });
     let head = format!(
-        "POST /publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /publish HTTP/1.1\r\nHost: {host}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     let mut request = head.into_bytes();
@@ -487,7 +495,9 @@ impl Sink {
                             .and_then(|v| v["sseq"].as_u64())
                             .unwrap_or(0),
                     )),
-                    503 => Ok(Sent::Unavailable(answer)),
+                    // Unavailable for now (broker down, or over
+                    // SURGE_ADMIN_PUBLISH_RATE): the feed carries on.
+                    503 | 429 => Ok(Sent::Unavailable(answer)),
                     _ => Err(FeedError::Refused(format!("HTTP {status}: {answer}"))),
                 }
             }
@@ -520,7 +530,11 @@ pub async fn run(config: &Config, options: FeedOptions) -> Result<FeedReport, Fe
             "surge feed: posting to http://{addr}/publish (embedded broker) at {} msg/s",
             options.rate
         );
-        Sink::Admin(AdminClient { addr, conn: None })
+        Sink::Admin(AdminClient {
+            addr,
+            token: config.admin_token.clone(),
+            conn: None,
+        })
     };
     let seed = unix_millis() ^ u64::from(std::process::id()).rotate_left(32);
     let mut market = Market::new(&options.symbols, seed);

@@ -165,10 +165,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .collect(),
         ),
         token: config.admin_token.clone().map(Arc::new),
+        publish_limit: admin::publish_limiter(config.admin_publish_rate, gateway.clock().now()),
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(async move {
-        let served = axum::serve(admin_listener, admin::router(state))
+        let app = admin::router(state).into_make_service_with_connect_info::<admin::LocalAddr>();
+        let served = axum::serve(admin_listener, app)
             .with_graceful_shutdown(async {
                 let _ = admin_stop_rx.await;
             })

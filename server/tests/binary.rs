@@ -96,7 +96,7 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String)
     let mut s = TcpStream::connect(addr).expect("connect admin");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    s.write_all(http::request(method, path, body).as_bytes())
+    s.write_all(http::request(addr, method, path, body).as_bytes())
         .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
@@ -1039,4 +1039,196 @@ fn a_non_loopback_admin_listener_needs_a_token_or_an_explicit_opt_in() {
         &admin_request(server.admin, "POST", "/publish", &json, A_PUBLISH),
     );
     assert_eq!(status, 202, "{body}");
+}
+
+/// `POST /publish` is for programs, not pages: it takes only
+/// `Content-Type: application/json` (a page can send text/plain, form and
+/// multipart bodies cross-site without asking), refuses any request with
+/// an `Origin` (browsers send one with every POST), and refuses a `Host`
+/// other than the listener's own address (DNS rebinding: a page whose
+/// name now points at 127.0.0.1 still sends its own name). Other
+/// endpoints are not affected.
+#[test]
+fn publish_takes_only_json_from_programs_addressed_to_the_admin_listener() {
+    let server = Server::start(&[]);
+    let admin = server.admin;
+    let port = admin.port();
+    let post = |headers: &[&str]| {
+        let (status, _, body) = raw_http(
+            admin,
+            &admin_request(admin, "POST", "/publish", headers, A_PUBLISH),
+        );
+        (status, body)
+    };
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/jsonx"),
+        Some("application/json-patch+json"),
+    ] {
+        let header = content_type.map(|c| format!("Content-Type: {c}"));
+        let headers: Vec<&str> = header.iter().map(String::as_str).collect();
+        let (status, code, message) = admin_error(post(&headers));
+        assert_eq!(
+            (status, code.as_str()),
+            (415, "unsupported_media_type"),
+            "{content_type:?}"
+        );
+        assert!(message.contains("application/json"), "{message}");
+    }
+    for content_type in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+    ] {
+        let (status, body) = post(&[&format!("Content-Type: {content_type}")]);
+        assert_eq!(status, 202, "{content_type}: {body}");
+    }
+
+    let json = "Content-Type: application/json";
+    for origin in ["https://evil.example", "null", &format!("http://{admin}")] {
+        let (status, code, _) = admin_error(post(&[json, &format!("Origin: {origin}")]));
+        assert_eq!(
+            (status, code.as_str()),
+            (403, "forbidden_origin"),
+            "{origin}"
+        );
+    }
+
+    let with_host = |host: &str| {
+        let request = admin_request(admin, "POST", "/publish", &[json], A_PUBLISH).replacen(
+            &format!("Host: {admin}\r\n"),
+            &format!("Host: {host}\r\n"),
+            1,
+        );
+        let (status, _, body) = raw_http(admin, &request);
+        (status, body)
+    };
+    for host in [
+        format!("evil.example:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+        format!("localhost:{}", port.wrapping_add(1)),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        format!("10.0.0.1:{port}"),
+    ] {
+        let (status, code, message) = admin_error(with_host(&host));
+        assert_eq!((status, code.as_str()), (403, "forbidden_host"), "{host}");
+        assert!(message.contains(&admin.to_string()), "{message}");
+    }
+    for host in [
+        admin.to_string(),
+        format!("localhost:{port}"),
+        format!("LocalHost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, body) = with_host(&host);
+        assert_eq!(status, 202, "{host}: {body}");
+    }
+
+    // The probes and metrics answer pages and any Host as before.
+    let probe = admin_request(
+        admin,
+        "GET",
+        "/health",
+        &["Origin: https://evil.example"],
+        "",
+    )
+    .replacen(&format!("Host: {admin}"), "Host: evil.example", 1);
+    assert_eq!(raw_http(admin, &probe).0, 200);
+}
+
+/// `SURGE_ADMIN_PUBLISH_RATE` publishes per second (a second's worth at
+/// once), then 429 `rate_limited` with `Retry-After`; 1000 by default.
+#[test]
+fn publish_is_rate_limited_by_surge_admin_publish_rate() {
+    let out = run(&["config"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("SURGE_ADMIN_PUBLISH_RATE ") && l.contains(" 1000 ")),
+        "{text}"
+    );
+
+    let server = Server::start(&["--admin-publish-rate", "5"]);
+    let admin = server.admin;
+    let json = ["Content-Type: application/json"];
+    let started = Instant::now();
+    let mut accepted = 0;
+    let mut limited = 0;
+    for _ in 0..20 {
+        let (status, headers, body) = raw_http(
+            admin,
+            &admin_request(admin, "POST", "/publish", &json, A_PUBLISH),
+        );
+        match status {
+            202 => accepted += 1,
+            _ => {
+                let (status, code, message) = admin_error((status, body));
+                assert_eq!((status, code.as_str()), (429, "rate_limited"));
+                assert!(message.contains("SURGE_ADMIN_PUBLISH_RATE"), "{message}");
+                let retry: u64 = header(&headers, "retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .expect("a Retry-After in seconds");
+                assert!((1..=2).contains(&retry), "{retry}");
+                limited += 1;
+            }
+        }
+    }
+    // 5 at once, plus what 5/s added while the 20 requests ran.
+    let refilled = (started.elapsed().as_secs_f64() * 5.0).floor() as u32;
+    assert!(
+        (5..=5 + refilled).contains(&accepted) && limited == 20 - accepted,
+        "{accepted} accepted, {limited} limited in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(published(admin), u64::from(accepted));
+    std::thread::sleep(Duration::from_millis(1100));
+    let (status, _, body) = raw_http(
+        admin,
+        &admin_request(admin, "POST", "/publish", &json, A_PUBLISH),
+    );
+    assert_eq!(status, 202, "the bucket refilled: {body}");
+}
+
+/// `surge feed` sends the `SURGE_ADMIN_TOKEN` of its configuration, and
+/// reaches a wildcard admin listener over loopback with a `Host` the
+/// listener accepts.
+#[test]
+fn feed_sends_the_configured_admin_token() {
+    let admin: SocketAddr = format!("0.0.0.0:{}", free_port()).parse().expect("addr");
+    let server = serve_admin_at(admin, &[], &[("SURGE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let feed = |env: &[(&str, &str)]| {
+        run(
+            &[
+                "feed",
+                "--rate",
+                "50",
+                "--duration",
+                "500ms",
+                "--admin-listen",
+                &admin.to_string(),
+            ],
+            env,
+        )
+    };
+    let out = feed(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    assert!(stderr.contains("SURGE_ADMIN_TOKEN"), "{stderr}");
+    assert_eq!(published(server.admin), 0);
+
+    let out = feed(&[("SURGE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(published(server.admin) > 0);
 }

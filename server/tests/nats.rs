@@ -144,7 +144,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
         let mut s = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect admin");
-        let request = http::request(method, path, body);
+        let request = http::request(addr, method, path, body);
         s.write_all(request.as_bytes()).await.expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");

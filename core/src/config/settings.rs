@@ -647,6 +647,15 @@ settings! {
         kind: Bool, rule: Spec::Bool,
         doc: "Serve a non-loopback SURGE_ADMIN_LISTEN without SURGE_ADMIN_TOKEN; off, so surge refuses to start (exit 2) rather than let anyone on the network publish by accident.",
     },
+    /// Publishes per second through `POST /publish`; 0 = unlimited.
+    admin_publish_rate: u32 {
+        env: "SURGE_ADMIN_PUBLISH_RATE", flag: "--admin-publish-rate",
+        // 20 times `surge feed`'s default 50/s and over 3 times bench/run's
+        // highest fan-out step (300/s); a runaway script is stopped at it.
+        default: 1000, default_text: "1000",
+        kind: Int, rule: int(0, 1_000_000),
+        doc: "Publishes per second accepted by POST /publish, a second's worth at once (more get 429 rate_limited with Retry-After; 0 = unlimited); 1000 is 20 times surge feed's default rate and above bench/run's highest fan-out step (300/s), so only a runaway publisher meets it; set 0 for load tests that publish faster.",
+    },
     log_level: LogLevel {
         env: "SURGE_LOG_LEVEL", flag: "--log-level",
         default: LogLevel::Info, default_text: "info",

@@ -697,6 +697,8 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ),
     ("SURGE_ADMIN_TOKEN", "t\u{f6}ken", "visible ASCII"),
     ("SURGE_ADMIN_INSECURE", "please", "true or false"),
+    ("SURGE_ADMIN_PUBLISH_RATE", "1000001", "from 0 to 1000000"),
+    ("SURGE_ADMIN_PUBLISH_RATE", "-1", "must be an integer"),
     (
         "SURGE_LOG_LEVEL",
         "verbose",

@@ -182,23 +182,49 @@ pub async fn admin_server(hub: Arc<Hub>) -> SocketAddr {
 /// `delay`, like a gateway busy delivering: one connection then carries at
 /// most `1 / delay` publishes per second.
 pub async fn slow_admin_server(hub: Arc<Hub>, delay: std::time::Duration) -> SocketAddr {
+    spawn_admin(hub, delay, None).await
+}
+
+/// Like [`admin_server`], but `POST /publish` needs
+/// `Authorization: Bearer <token>` (401 otherwise), as surge's does with
+/// `SURGE_ADMIN_TOKEN`.
+pub async fn token_admin_server(hub: Arc<Hub>, token: &str) -> SocketAddr {
+    spawn_admin(
+        hub,
+        std::time::Duration::ZERO,
+        Some(format!("Bearer {token}")),
+    )
+    .await
+}
+
+async fn spawn_admin(
+    hub: Arc<Hub>,
+    delay: std::time::Duration,
+    authorization: Option<String>,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let authorization = Arc::new(authorization);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let hub = hub.clone();
-            tokio::spawn(serve_admin(stream, hub, delay));
+            tokio::spawn(serve_admin(stream, hub, delay, authorization.clone()));
         }
     });
     addr
 }
 
-async fn serve_admin(mut stream: TcpStream, hub: Arc<Hub>, delay: std::time::Duration) {
+async fn serve_admin(
+    mut stream: TcpStream,
+    hub: Arc<Hub>,
+    delay: std::time::Duration,
+    authorization: Arc<Option<String>>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
         // Parse one request from the buffer, reading more as needed.
-        let (head_len, method, path, content_length) = loop {
+        let (head_len, method, path, content_length, authorized) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut req = httparse::Request::new(&mut headers);
             if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
@@ -208,11 +234,18 @@ async fn serve_admin(mut stream: TcpStream, hub: Arc<Hub>, delay: std::time::Dur
                     .find(|h| h.name.eq_ignore_ascii_case("content-length"))
                     .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
                     .unwrap_or(0);
+                let authorized = authorization.as_deref().is_none_or(|expected| {
+                    req.headers.iter().any(|h| {
+                        h.name.eq_ignore_ascii_case("authorization")
+                            && h.value == expected.as_bytes()
+                    })
+                });
                 break (
                     n,
                     req.method.unwrap_or("").to_string(),
                     req.path.unwrap_or("").to_string(),
                     len,
+                    authorized,
                 );
             }
             match stream.read(&mut chunk).await {
@@ -229,6 +262,10 @@ async fn serve_admin(mut stream: TcpStream, hub: Arc<Hub>, delay: std::time::Dur
         let body: Vec<u8> = buf[head_len..head_len + content_length].to_vec();
         buf.drain(..head_len + content_length);
         let (status, answer) = match (method.as_str(), path.as_str()) {
+            ("POST", "/publish") if !authorized => (
+                "401 Unauthorized",
+                r#"{"code":"unauthorized","message":"needs Authorization: Bearer"}"#.to_string(),
+            ),
             ("POST", "/publish") => {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;

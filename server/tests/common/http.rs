@@ -2,10 +2,11 @@
 //! `Connection: close`, the whole answer read, split into status and body.
 //! Each test file brings its own transport (blocking or async).
 
-/// The request bytes for `method path` with a JSON `body`.
-pub fn request(method: &str, path: &str, body: &str) -> String {
+/// The request bytes for `method path` with a JSON `body`, sent to the
+/// admin listener at `addr` (its address is the `Host` `/publish` accepts).
+pub fn request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> String {
     format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
 }
