@@ -194,6 +194,9 @@ pub enum ErrorCode {
     ResumeInProgress,
     /// The broker could not serve a `resume` right now.
     BrokerUnavailable,
+    /// A `replay` whose frames do not fit the connection's outbound queue
+    /// now: read what is queued, then ask again.
+    QueueFull,
 }
 
 impl ErrorCode {
@@ -209,6 +212,7 @@ impl ErrorCode {
             ErrorCode::BinaryNotSupported => "binary_not_supported",
             ErrorCode::ResumeInProgress => "resume_in_progress",
             ErrorCode::BrokerUnavailable => "broker_unavailable",
+            ErrorCode::QueueFull => "queue_full",
         }
     }
 }

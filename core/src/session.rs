@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::Instant;
 use crate::admission::ConnId;
+use crate::auth::JwtAuth;
 use crate::protocol::{
     CloseReason, ErrorCode, MessageMark, OutFrame, Priority, Published, RequestKind, ServerMessage,
     WelcomeLimits, parse_request,
@@ -55,6 +56,9 @@ pub struct SessionConfig {
     /// instead of speaking surge's protocol, with no `welcome`: for the
     /// Autobahn|Testsuite harness, never the gateway.
     pub echo: bool,
+    /// Tokens: what a connection may read, `refresh`, expiry. `None`: no
+    /// authentication, every channel is readable.
+    pub auth: Option<Arc<JwtAuth>>,
 }
 
 impl Default for SessionConfig {
@@ -77,6 +81,7 @@ impl Default for SessionConfig {
             inbound_frames_per_sec: 200,
             inbound_bytes_per_sec: 1 << 20,
             echo: false,
+            auth: None,
         }
     }
 }
@@ -366,7 +371,9 @@ impl Session {
             stats: SessionStats::default(),
         };
         if !session.config.echo {
-            session.push_control(&welcome);
+            // With the notices, which go first: nothing may precede it,
+            // not even the answer to a request that came with the upgrade.
+            session.notices.push_back(OutFrame::control(&welcome));
         }
         session
     }
@@ -697,6 +704,26 @@ impl Session {
                 return;
             }
         };
+        // Replayed frames are bounded by the replay window's bytes; the
+        // queue's hard bound leaves room for one replay, not for a client
+        // that repeats them without reading.
+        let replay_bytes: usize = slice
+            .messages
+            .iter()
+            .map(|(_, m)| self.frame_len(m, MessageMark::Replayed))
+            .sum();
+        let hard = self.config.hard_queue_bytes();
+        if self.queued_bytes + replay_bytes > hard {
+            self.error(
+                id,
+                ErrorCode::QueueFull,
+                format!(
+                    "the replay's {replay_bytes} bytes do not fit the outbound queue now ({} bytes queued, bound {hard}); read what is queued, then ask again",
+                    self.queued_bytes
+                ),
+            );
+            return;
+        }
         if let Some(oldest_seq) = slice.gap_oldest {
             self.push_control(&ServerMessage::ReplayGap {
                 id: id.clone(),

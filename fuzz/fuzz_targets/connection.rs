@@ -9,8 +9,7 @@
 //! no panic; the write stream is the 101 response followed by well-formed
 //! server frames (unmasked, FIN, no reserved bits, known opcodes, control
 //! payloads of at most 125 bytes, text frames that are JSON objects with a
-//! `type`, `welcome` before any but a notice; with `SURGE_FUZZ_STRICT=1`
-//! before any at all, see fuzz/README.md); the `seq` of `message` frames strictly
+//! `type`, `welcome` before any other); the `seq` of `message` frames strictly
 //! increases (replayed frames excepted: they repeat a `seq` already
 //! given); at most one Close frame, with a code a peer may send, and no
 //! byte after it; `session().queued_bytes()` within
@@ -34,11 +33,10 @@ use surge_core::connection::{ConnEvent, Connection, Fetched};
 use surge_core::protocol::{CloseReason, Priority, Published};
 use surge_core::session::{Delivery, SessionConfig};
 use surge_core::subjects::{Pattern, Subject};
-use surge_fuzz::{Bytes, client_frame, strict, take_server_frames, trace};
+use surge_fuzz::{Bytes, client_frame, take_server_frames, trace};
 
 const RESPONSE_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
 /// Server frames that jump queued data.
-const NOTICES: [&str; 3] = ["pong", "error", "throttle_update"];
 const SUBJECTS: [&str; 4] = ["a.b", "a.c", "x.y", "a.b.c"];
 /// Largest payload a delivery carries (see `Driver::deliver`).
 const MAX_PAYLOAD: usize = 255 * 8;
@@ -174,7 +172,6 @@ struct Driver {
     /// A resume's fetch is out (its `since_sseq`).
     fetching: Option<u64>,
     /// Replayed frames queued so far.
-    replayed: usize,
     trace: bool,
     reached: Vec<String>,
     max_queued: usize,
@@ -291,16 +288,7 @@ impl Driver {
                 });
                 let kind = value["type"].as_str().expect("a type");
                 if !self.welcomed {
-                    if strict() {
-                        assert_eq!(kind, "welcome", "the first frame");
-                    } else {
-                        // Known defect (fuzz/README.md): notices framed
-                        // before the welcome overtake it.
-                        assert!(
-                            kind == "welcome" || NOTICES.contains(&kind),
-                            "{kind} before the welcome"
-                        );
-                    }
+                    assert_eq!(kind, "welcome", "the first frame");
                 }
                 assert!(kind != "welcome" || !self.welcomed, "a second welcome");
                 self.welcomed |= kind == "welcome";
@@ -403,13 +391,7 @@ impl Driver {
     fn check(&mut self) {
         let queued = self.conn.session().queued_bytes();
         self.max_queued = self.max_queued.max(queued);
-        self.replayed += usize::from(self.conn.take_stats().replayed);
-        let mut bound = self.config.hard_queue_bytes() + QUEUE_SLACK;
-        if !strict() {
-            // Known defect (fuzz/README.md): each `replay` request queues
-            // up to the replay ring's bytes on top of the hard bound.
-            bound += self.replayed * MAX_FRAME;
-        }
+        let bound = self.config.hard_queue_bytes() + QUEUE_SLACK;
         assert!(
             queued <= bound,
             "queued_bytes {queued} > hard bound + slack {bound}"
@@ -455,7 +437,6 @@ fuzz_target!(|data: &[u8]| {
         ended: false,
         index: Vec::new(),
         fetching: None,
-        replayed: 0,
         trace: trace(),
         reached: Vec::new(),
         max_queued: 0,

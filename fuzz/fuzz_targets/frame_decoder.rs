@@ -17,21 +17,14 @@
 
 use libfuzzer_sys::fuzz_target;
 use surge_core::frame::{DecodeLimits, Event, FrameDecoder, FrameError};
-use surge_fuzz::{Bytes, split_input, strict};
+use surge_fuzz::{Bytes, split_input};
 
 /// Largest control frame payload.
 const CONTROL: usize = 125;
 
 /// What a decoder may hold for `limits`.
 fn buffer_bound(limits: DecodeLimits) -> usize {
-    let message = if strict() {
-        limits.max_message_bytes
-    } else {
-        // Vec's amortized growth: at most twice the largest length asked
-        // for, and never under 8 bytes.
-        (2 * limits.max_message_bytes).max(8)
-    };
-    message + CONTROL
+    limits.max_message_bytes + CONTROL
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -4,14 +4,6 @@
 
 use std::sync::OnceLock;
 
-/// `SURGE_FUZZ_STRICT=1`: also assert the invariants core is known to break
-/// (fuzz/README.md lists them). Off by default, so that a run explores past
-/// a known defect instead of stopping at it at once.
-pub fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| env_flag("SURGE_FUZZ_STRICT"))
-}
-
 /// `SURGE_FUZZ_TRACE=1`: targets that support it print one line per input
 /// saying what it reached (run them over a corpus with `-runs=0`).
 pub fn trace() -> bool {

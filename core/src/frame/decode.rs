@@ -431,9 +431,7 @@ impl FrameDecoder {
                 }
             }
             (Message::Text { payload, .. }, _) => {
-                // Amortized growth: many small fragments must not copy the
-                // message once per fragment.
-                payload.reserve(len);
+                grow_within(payload, len, self.limits.max_message_bytes);
             }
             (
                 Message::Binary {
@@ -444,7 +442,7 @@ impl FrameDecoder {
             ) => {
                 *total += len;
                 if let Some(payload) = payload {
-                    payload.reserve(len);
+                    grow_within(payload, len, self.limits.max_message_bytes);
                 }
             }
             // parse_header rejected a continuation without a message.
@@ -491,6 +489,19 @@ impl FrameDecoder {
             }
         }
     }
+}
+
+/// Makes room for `more` bytes of a fragmented message: doubling, so many
+/// small fragments do not copy the message once each, but never past the
+/// message limit (the header check keeps `len + more` within it), so a
+/// client's message never holds more than the limit.
+fn grow_within(payload: &mut Vec<u8>, more: usize, limit: usize) {
+    let needed = payload.len() + more;
+    if needed <= payload.capacity() {
+        return;
+    }
+    let target = (payload.capacity() * 2).max(needed).min(limit.max(needed));
+    payload.reserve_exact(target - payload.len());
 }
 
 /// Checks as much of a client frame header as `bytes` holds, in byte order,

@@ -695,3 +695,22 @@ fn binary_payloads_are_kept_only_when_asked_and_every_frame_is_counted() {
         })
     );
 }
+
+/// A fragmented message never holds more than the message limit, however
+/// its fragments are sized (growth doubles, but stops at the limit).
+#[test]
+fn a_fragmented_message_holds_no_more_than_the_limit() {
+    let mut decoder = FrameDecoder::new(limits(1000));
+    let first = client_frame(0x01, &[b'a'; 600], MASK);
+    let second = client_frame(0x00, &[b'b'; 400], MASK);
+    let mut input = &first[..];
+    assert_eq!(decoder.feed(&mut input), Ok(None));
+    // The header of the second fragment (and a byte of it) is in.
+    let mut input = &second[..7];
+    assert_eq!(decoder.feed(&mut input), Ok(None));
+    assert!(
+        decoder.buffered_bytes() <= 1000,
+        "holds {} bytes",
+        decoder.buffered_bytes()
+    );
+}

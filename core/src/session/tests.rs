@@ -660,3 +660,43 @@ fn idle_memory_is_released_after_the_queue_drains() {
     assert!(s.queue.0.is_none(), "no queue storage left");
     assert!(s.actions.0.is_none(), "no action storage left");
 }
+
+/// A client that repeats `replay` without reading cannot take its queue
+/// past the hard bound: the replay that would is refused with
+/// `queue_full`.
+#[test]
+fn repeated_replays_stay_within_the_hard_bound() {
+    let mut s = session(SessionConfig {
+        outbound_queue_bytes: 4096,
+        replay_max_bytes: 8192,
+        client_burst: 100,
+        ..SessionConfig::default()
+    });
+    for sseq in 1..=40 {
+        s.deliver(&published("a.b", sseq, Priority::Critical), ms(0));
+    }
+    frames(&mut s);
+    let mut refused = 0;
+    for _ in 0..30 {
+        s.handle_text(r#"{"type":"replay","from_seq":1,"to_seq":40}"#, ms(1));
+        assert!(s.queued_bytes() <= s.config.hard_queue_bytes());
+        while let Some(frame) = s.pop_notice() {
+            let v: Value = serde_json::from_slice(&frame.to_bytes()).expect("JSON");
+            refused += u32::from(v["code"] == "queue_full");
+        }
+    }
+    assert!(refused > 0, "no replay was refused");
+}
+
+/// The welcome is the first frame even when a request (answered with a
+/// notice) is handled before anything was written.
+#[test]
+fn the_welcome_precedes_an_early_answer() {
+    let mut s = Session::new(id(), Arc::new(SessionConfig::default()), ms(0), None);
+    s.handle_text(r#"{"type":"ping"}"#, ms(0));
+    s.handle_text("nope", ms(0));
+    let out = frames(&mut s);
+    assert_eq!(out[0]["type"], "welcome");
+    assert_eq!(out[1]["type"], "pong");
+    assert_eq!(out[2]["type"], "error");
+}
