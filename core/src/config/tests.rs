@@ -714,14 +714,14 @@ const CROSS_FIELD_ONLY: &[&str] = &[
     "SURGE_NATS_PASSWORD",
     "SURGE_NATS_CREDS",
     "SURGE_NATS_TLS_CA",
-];
-
     // Any path is a path, and any text an issuer or an audience; their
     // rules are with the other JWT settings (see `jwt_rules`).
     "SURGE_JWT_PUBLIC_KEY_FILE",
     "SURGE_JWT_JWKS_FILE",
     "SURGE_JWT_ISSUER",
     "SURGE_JWT_AUDIENCE",
+];
+
 #[test]
 fn every_value_rule_rejects_a_bad_value() {
     for &(name, bad, expected) in BAD_VALUES {
@@ -985,8 +985,6 @@ fn broker_settings_need_a_nats_url() {
     assert_eq!(errors[0].setting, "SURGE_NATS_URL");
 }
 
-#[test]
-fn a_value_that_failed_to_parse_causes_no_cross_field_noise() {
 const JWT_SECRET: (&str, &str) = ("SURGE_JWT_SECRET", "0123456789abcdef0123456789abcdef");
 
 #[test]
@@ -1078,6 +1076,8 @@ fn jwt_rules() {
     load(&[env(&[("SURGE_JWT_PUBLIC_KEY_FILE", "/etc/surge/jwt.pem")])]);
 }
 
+#[test]
+fn a_value_that_failed_to_parse_causes_no_cross_field_noise() {
     let errors = errors_of(&[env(&[
         ("SURGE_CPU_PAUSE_PERCENT", "high"),
         ("SURGE_CPU_REJECT_PERCENT", "90"),
@@ -1133,8 +1133,6 @@ fn credentials_never_appear_in_output() {
         ("SURGE_NATS_USER", "odin"),
         ("SURGE_NATS_PASSWORD", "hunter2"),
     ])]);
-    let outputs = [
-        config.print_effective(),
     let jwt = load(&[env(&[(
         "SURGE_JWT_SECRET",
         "jwt-secret-jwt-secret-jwt-secret",
@@ -1148,6 +1146,8 @@ fn credentials_never_appear_in_output() {
     }
     let error = only_error(&[env(&[("SURGE_JWT_SECRET", "short-jwt-secret")])]);
     assert!(!error.contains("short-jwt-secret"), "{error}");
+    let outputs = [
+        config.print_effective(),
         config.to_json().to_string(),
         format!("{config:?}"),
     ];
