@@ -32,8 +32,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::Instant;
 use crate::admission::ConnId;
+use crate::auth::Grant;
 use crate::frame::{
     CloseAction, CloseState, DecodeLimits, Event, FrameDecoder, FrameError, binary_frame_into,
     close_frame_into, ping_frame_into, pong_frame_into, text_frame_into,
@@ -41,6 +41,7 @@ use crate::frame::{
 use crate::protocol::{CloseReason, OutFrame, Published};
 use crate::session::{Action, Delivery, Recovery, Session, SessionConfig, SessionStats};
 use crate::subjects::Pattern;
+use crate::{Instant, UnixTime};
 
 /// Data framed for one write at most: a notice queued meanwhile waits
 /// behind this much, and no more.
@@ -288,6 +289,14 @@ impl Connection {
 
     pub fn id(&self) -> ConnId {
         self.session.id()
+    }
+
+    /// What the connection may read and until when: the grant its upgrade
+    /// request earned (a verified token, or anonymous). `unix` is the
+    /// wall-clock time at `now`; the token's deadlines follow from it.
+    pub fn authorize(&mut self, grant: Grant, now: Instant, unix: UnixTime) {
+        self.session.authorize(grant, now, unix);
+        self.apply_actions(now);
     }
 
     pub fn session(&self) -> &Session {
@@ -903,3 +912,6 @@ fn frame_one(frame: &OutFrame, out: &mut Vec<u8>) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod auth_tests;

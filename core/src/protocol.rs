@@ -47,6 +47,10 @@ pub enum RequestKind {
         /// it knows one (from `welcome` or `resumed`).
         epoch: Option<String>,
     },
+    /// A new token for this connection, before its current one expires.
+    Refresh {
+        token: String,
+    },
 }
 
 /// The typed body of a request, as serde sees it. `ping` has the alias
@@ -83,6 +87,11 @@ enum WireRequest {
         #[serde(default)]
         epoch: Option<String>,
     },
+    Refresh {
+        #[allow(dead_code)]
+        id: Option<Value>,
+        token: String,
+    },
 }
 
 const REQUEST_TYPES: &[&str] = &[
@@ -92,6 +101,7 @@ const REQUEST_TYPES: &[&str] = &[
     "ping",
     "heartbeat",
     "resume",
+    "refresh",
 ];
 
 /// Why a client frame could not be turned into a request.
@@ -166,6 +176,7 @@ pub fn parse_request(text: &str) -> Result<ClientRequest, RequestError> {
             since_sseq,
             epoch,
         },
+        WireRequest::Refresh { token, .. } => RequestKind::Refresh { token },
     };
     Ok(ClientRequest { id, kind })
 }
@@ -182,6 +193,11 @@ pub enum ErrorCode {
     UnknownType,
     /// A channel is not a valid NATS subject pattern.
     InvalidSubject,
+    /// The connection's token (or the anonymous channels) does not allow
+    /// reading a requested channel.
+    Forbidden,
+    /// A `refresh` whose token was refused; nothing changed.
+    InvalidToken,
     /// The per-connection subscription limit would be exceeded.
     TooManySubscriptions,
     /// `replay` with `from_seq` > `to_seq`, or a range never delivered.
@@ -206,6 +222,8 @@ impl ErrorCode {
             ErrorCode::InvalidMessage => "invalid_message",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::InvalidSubject => "invalid_subject",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::InvalidRange => "invalid_range",
             ErrorCode::RateLimited => "rate_limited",
@@ -238,6 +256,9 @@ pub enum CloseCode {
     Internal,
     /// 1013: overloaded, try again later.
     TryAgainLater,
+    /// 4001: the connection's token expired; get a new one before
+    /// reconnecting.
+    TokenExpired,
 }
 
 impl CloseCode {
@@ -249,6 +270,7 @@ impl CloseCode {
             CloseCode::TooBig => 1009,
             CloseCode::Internal => 1011,
             CloseCode::TryAgainLater => 1013,
+            CloseCode::TokenExpired => 4001,
         }
     }
 
@@ -260,6 +282,7 @@ impl CloseCode {
             CloseCode::TooBig => "too_big",
             CloseCode::Internal => "internal",
             CloseCode::TryAgainLater => "try_again_later",
+            CloseCode::TokenExpired => "token_expired",
         }
     }
 }
@@ -286,6 +309,8 @@ pub enum CloseReason {
     Idle,
     /// Too many live messages arrived while a resume caught up: 1013.
     ResumeOverflow,
+    /// The token expired (plus the leeway) without a valid `refresh`: 4001.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -299,6 +324,7 @@ impl CloseReason {
             | CloseReason::TooSlowForCritical
             | CloseReason::Idle => CloseCode::Policy,
             CloseReason::ResumeOverflow => CloseCode::TryAgainLater,
+            CloseReason::TokenExpired => CloseCode::TokenExpired,
         }
     }
 
@@ -313,6 +339,7 @@ impl CloseReason {
             CloseReason::TooSlowForCritical => "too_slow_for_critical",
             CloseReason::Idle => "idle",
             CloseReason::ResumeOverflow => "resume_overflow",
+            CloseReason::TokenExpired => "token_expired",
         }
     }
 
@@ -365,6 +392,9 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         id: Option<Value>,
         channels: Vec<String>,
+        /// Why the server removed them; absent when the client asked.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        reason: Option<UnsubscribeReason>,
     },
     ReplayGap {
         #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -411,6 +441,23 @@ pub enum ServerMessage {
         code: ErrorCode,
         message: String,
     },
+    /// The token expires in `expires_in_ms`: send `refresh` with a new one.
+    TokenExpiring { expires_in_ms: u64 },
+    /// The answer to an accepted `refresh`: the new token's `exp`, in
+    /// Unix milliseconds.
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        id: Option<Value>,
+        expires_at: u64,
+    },
+}
+
+/// Why the server unsubscribed channels the client did not ask to drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnsubscribeReason {
+    /// A refreshed token no longer covers them.
+    Forbidden,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -877,6 +924,7 @@ mod tests {
                 channels: vec!["odin.token.BTC.trade".into(), "odin.global.>".into()],
             }),
             OutFrame::control(&ServerMessage::Unsubscribed {
+                reason: None,
                 id: None,
                 channels: vec!["odin.global.>".into()],
             }),

@@ -15,17 +15,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::Instant;
 use crate::admission::ConnId;
-use crate::auth::JwtAuth;
+use crate::auth::{Grant, JwtAuth};
 use crate::protocol::{
     CloseReason, ErrorCode, MessageMark, OutFrame, Priority, Published, RequestKind, ServerMessage,
-    WelcomeLimits, parse_request,
+    UnsubscribeReason, WelcomeLimits, parse_request,
 };
 use crate::ratelimit::TokenBucket;
 use crate::replay::ReplayRing;
 use crate::subjects::{Pattern, SubjectError};
 use crate::throttle::{Throttle, ThrottleChange, ThrottleConfig, ThrottleLevel};
+use crate::{Instant, UnixAnchor, UnixTime};
 
 /// Per-connection limits (from `config`).
 #[derive(Debug, Clone, PartialEq)]
@@ -306,6 +306,25 @@ struct RecoveredFloor {
     sseq: u64,
 }
 
+/// What few sessions hold, behind one pointer so that an idle session
+/// pays 8 bytes for all of it: the floor after a resume, and what the
+/// connection's token allows.
+#[derive(Debug, Default)]
+struct Rare {
+    floor: Option<RecoveredFloor>,
+    access: Option<Access>,
+}
+
+/// What a connection may read and until when, while tokens are on.
+#[derive(Debug)]
+struct Access {
+    grant: Grant,
+    /// Maps the token's `exp` to this session's instants and back.
+    anchor: UnixAnchor,
+    /// `token_expiring` went out for the current token.
+    warned: bool,
+}
+
 /// One connection.
 #[derive(Debug)]
 pub struct Session {
@@ -327,7 +346,9 @@ pub struct Session {
     last_ping: Option<Instant>,
     /// Boxed: rare, and an idle session should stay small.
     catch_up: Option<Box<CatchUp>>,
-    floor: Option<Box<RecoveredFloor>>,
+    /// The floor after a resume, and the token's grant (while tokens are
+    /// on and the connection was authorised).
+    rare: Option<Box<Rare>>,
     closed: bool,
     /// Live messages skipped (throttled or queue full) since the last
     /// delivered one; the next live `message` carries it as `dropped`.
@@ -365,7 +386,7 @@ impl Session {
             last_heard: now,
             last_ping: None,
             catch_up: None,
-            floor: None,
+            rare: None,
             closed: false,
             dropped: 0,
             stats: SessionStats::default(),
@@ -549,7 +570,7 @@ impl Session {
         }
         self.denied_in_a_row = 0;
         match parse_request(text) {
-            Ok(request) => self.handle_request(request.id, request.kind),
+            Ok(request) => self.handle_request(request.id, request.kind, now),
             Err(e) => {
                 self.stats.request_errors = self.stats.request_errors.saturating_add(1);
                 self.push_control(&e.into());
@@ -570,7 +591,7 @@ impl Session {
         );
     }
 
-    fn handle_request(&mut self, id: Option<Value>, kind: RequestKind) {
+    fn handle_request(&mut self, id: Option<Value>, kind: RequestKind, now: Instant) {
         match kind {
             RequestKind::Ping => self.push_control(&ServerMessage::Pong { id }),
             RequestKind::Subscribe { channels } => self.subscribe(id, channels),
@@ -581,7 +602,193 @@ impl Session {
                 since_sseq,
                 epoch,
             } => self.begin_resume(id, channels, since_sseq, epoch),
+            RequestKind::Refresh { token } => self.refresh(id, &token, now),
         }
+    }
+
+    /// What the connection may read from now on: the grant of its upgrade
+    /// (a verified token, or anonymous). `unix` is the wall-clock time at
+    /// `now`. A token with less than the refresh notice left is told so at
+    /// once.
+    pub fn authorize(&mut self, grant: Grant, now: Instant, unix: UnixTime) {
+        self.rare.get_or_insert_with(Box::default).access = Some(Access {
+            grant,
+            anchor: UnixAnchor::new(now, unix),
+            warned: false,
+        });
+        self.check_token(now);
+    }
+
+    fn access(&self) -> Option<&Access> {
+        self.rare.as_deref()?.access.as_ref()
+    }
+
+    /// Past the floor: no live message can repeat a recovered one.
+    fn clear_floor(&mut self) {
+        if let Some(rare) = self.rare.as_deref_mut() {
+            rare.floor = None;
+            if rare.access.is_none() {
+                self.rare = None;
+            }
+        }
+    }
+
+    /// Whether the connection may read `pattern`: always without tokens;
+    /// with them, when one pattern of its grant or one anonymous pattern
+    /// covers it (a connection never authorised is anonymous).
+    fn allows(&self, pattern: &Pattern) -> bool {
+        let Some(auth) = self.config.auth.as_deref() else {
+            return true;
+        };
+        match self.access() {
+            Some(access) => auth.allows(&access.grant, pattern),
+            None => auth.allows(&Grant::anonymous(), pattern),
+        }
+    }
+
+    /// Queues `forbidden` naming every pattern the connection may not read,
+    /// and says whether there was one: the request is then applied to none
+    /// of its channels.
+    fn forbidden(&mut self, id: &Option<Value>, patterns: &[Pattern], what: &str) -> bool {
+        let denied: Vec<String> = patterns
+            .iter()
+            .filter(|p| !self.allows(p))
+            .map(|p| format!("{:?}", p.as_str()))
+            .collect();
+        if denied.is_empty() {
+            return false;
+        }
+        let (noun, verb) = if denied.len() == 1 {
+            ("channel", "is")
+        } else {
+            ("channels", "are")
+        };
+        self.error(
+            id.clone(),
+            ErrorCode::Forbidden,
+            format!(
+                "{noun} {} {verb} not covered by one pattern of the token's channels or the anonymous channels; nothing was {what}",
+                denied.join(", ")
+            ),
+        );
+        true
+    }
+
+    /// A `refresh`: a valid token for the same `sub` replaces the current
+    /// one; subscriptions it no longer covers are removed (reported as
+    /// `unsubscribed` with reason `forbidden`). A refused one changes
+    /// nothing.
+    fn refresh(&mut self, id: Option<Value>, token: &str, now: Instant) {
+        let Some(auth) = self.config.auth.clone() else {
+            self.error(
+                id,
+                ErrorCode::InvalidToken,
+                "this server does not use tokens; nothing to refresh".into(),
+            );
+            return;
+        };
+        let Some(access) = self.access() else {
+            self.error(
+                id,
+                ErrorCode::InvalidToken,
+                "this connection has no token to refresh; reconnect with one".into(),
+            );
+            return;
+        };
+        let Some(current_sub) = access.grant.sub.clone() else {
+            self.error(
+                id,
+                ErrorCode::InvalidToken,
+                "an anonymous connection has no token to refresh; reconnect with one".into(),
+            );
+            return;
+        };
+        let anchor = access.anchor;
+        let grant = match auth.verify(token, anchor.unix_at(now)) {
+            Ok(grant) => grant,
+            Err(e) => {
+                self.error(
+                    id,
+                    ErrorCode::InvalidToken,
+                    format!("refresh refused: {e}; the current token still applies"),
+                );
+                return;
+            }
+        };
+        if grant.sub.as_deref() != Some(current_sub.as_str()) {
+            self.error(
+                id,
+                ErrorCode::InvalidToken,
+                "refresh refused: the new token's sub is not this connection's; the current token still applies".into(),
+            );
+            return;
+        }
+        let expires_at = grant.expires_at.map_or(0, UnixTime::as_millis);
+        if let Some(access) = self.rare.as_deref_mut().and_then(|r| r.access.as_mut()) {
+            access.grant = grant;
+            access.warned = false;
+        }
+        let removed: Vec<Pattern> = self
+            .subscriptions
+            .iter()
+            .filter(|p| !self.allows(p))
+            .cloned()
+            .collect();
+        for pattern in &removed {
+            self.subscriptions.remove(pattern);
+        }
+        if !removed.is_empty() {
+            let channels = removed.iter().map(|p| p.as_str().to_owned()).collect();
+            self.actions.push_back(Action::Unsubscribe {
+                patterns: removed,
+                reply: ServerMessage::Unsubscribed {
+                    id: None,
+                    channels,
+                    reason: Some(UnsubscribeReason::Forbidden),
+                },
+            });
+        }
+        self.push_control(&ServerMessage::Refreshed { id, expires_at });
+        self.check_token(now);
+    }
+
+    /// The token's deadlines: `token_expiring` once the refresh notice is
+    /// reached, the 4001 close once `exp` plus the leeway is.
+    fn check_token(&mut self, now: Instant) {
+        let Some((notice_at, close_at)) = self.token_deadlines() else {
+            return;
+        };
+        if now >= close_at {
+            self.close(CloseReason::TokenExpired, "token expired".into());
+            return;
+        }
+        let Some(access) = self.rare.as_deref_mut().and_then(|r| r.access.as_mut()) else {
+            return;
+        };
+        if !access.warned && now >= notice_at {
+            access.warned = true;
+            let expires_at = access.grant.expires_at.unwrap_or_default();
+            let expires_in = expires_at.saturating_duration_since(access.anchor.unix_at(now));
+            self.push_control(&ServerMessage::TokenExpiring {
+                expires_in_ms: millis(expires_in),
+            });
+        }
+    }
+
+    /// When `token_expiring` is due and when the connection closes, for a
+    /// connection with a token.
+    fn token_deadlines(&self) -> Option<(Instant, Instant)> {
+        let auth = self.config.auth.as_deref()?;
+        let access = self.access()?;
+        let expires_at = access.grant.expires_at?;
+        let settings = auth.settings();
+        let notice_at = access
+            .anchor
+            .instant_at(expires_at.saturating_sub(settings.refresh_notice));
+        let close_at = access
+            .anchor
+            .instant_at(expires_at.saturating_add(settings.leeway));
+        Some((notice_at, close_at))
     }
 
     /// Parses a channel list; on any invalid channel, queues one error
@@ -666,6 +873,9 @@ impl Session {
         let Some((names, patterns)) = self.parse_channels(&id, &channels, "subscribed") else {
             return;
         };
+        if self.forbidden(&id, &patterns, "subscribed") {
+            return;
+        }
         let Some(new) = self.new_within_limit(&id, &patterns) else {
             return;
         };
@@ -692,6 +902,7 @@ impl Session {
             reply: ServerMessage::Unsubscribed {
                 id,
                 channels: names,
+                reason: None,
             },
         });
     }
@@ -763,6 +974,9 @@ impl Session {
         let Some((names, patterns)) = self.parse_channels(&id, &channels, "subscribed") else {
             return;
         };
+        if self.forbidden(&id, &patterns, "subscribed or recovered") {
+            return;
+        }
         let Some(new) = self.new_within_limit(&id, &patterns) else {
             return;
         };
@@ -847,10 +1061,10 @@ impl Session {
             last_sseq,
             epoch: catch_up.stream_epoch.unwrap_or_default(),
         });
-        self.floor = Some(Box::new(RecoveredFloor {
+        self.rare.get_or_insert_with(Box::default).floor = Some(RecoveredFloor {
             patterns: catch_up.patterns,
             sseq: last_sseq,
-        }));
+        });
         for message in catch_up.held {
             self.deliver(&message, now);
         }
@@ -877,11 +1091,11 @@ impl Session {
         if self.closed {
             return Delivery::Closed;
         }
-        if let Some(floor) = &self.floor {
+        if let Some(floor) = self.rare.as_deref().and_then(|r| r.floor.as_ref()) {
             if message.sseq > floor.sseq {
                 // Live messages arrive in stream order: past the floor, no
                 // later one can be a duplicate.
-                self.floor = None;
+                self.clear_floor();
             } else if floor.patterns.iter().any(|p| p.matches(&message.subject)) {
                 self.stats.duplicates = self.stats.duplicates.saturating_add(1);
                 return Delivery::Duplicate;
@@ -951,11 +1165,24 @@ impl Session {
         if let Some(t) = self.throttle.poll_timeout(&self.config.throttle) {
             next = next.min(t);
         }
+        if let Some((notice_at, close_at)) = self.token_deadlines() {
+            let warned = self.access().is_some_and(|a| a.warned);
+            next = next.min(if warned {
+                close_at
+            } else {
+                notice_at.min(close_at)
+            });
+        }
         Some(next)
     }
 
-    /// Heartbeats, idle detection and throttle recovery.
+    /// Heartbeats, idle detection, throttle recovery and the token's
+    /// deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.check_token(now);
         if self.closed {
             return;
         }
@@ -1033,7 +1260,9 @@ impl Session {
             // why it receives less, why a request failed, and heartbeats.
             ServerMessage::ThrottleUpdate { .. }
             | ServerMessage::Error { .. }
-            | ServerMessage::Pong { .. } => self.notices.push_back(frame),
+            | ServerMessage::Pong { .. }
+            | ServerMessage::TokenExpiring { .. }
+            | ServerMessage::Refreshed { .. } => self.notices.push_back(frame),
             _ => self.push_frame(frame),
         }
     }

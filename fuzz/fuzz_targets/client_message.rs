@@ -37,6 +37,7 @@ fn to_json(request: &ClientRequest) -> Value {
             }
             ("resume", fields)
         }
+        RequestKind::Refresh { token } => ("refresh", json!({ "token": token })),
     };
     obj.insert("type".into(), json!(kind));
     if let Value::Object(fields) = fields {
@@ -52,6 +53,7 @@ fn kind_names(kind: &RequestKind) -> &'static [&'static str] {
         RequestKind::Replay { .. } => &["replay"],
         RequestKind::Ping => &["ping", "heartbeat"],
         RequestKind::Resume { .. } => &["resume"],
+        RequestKind::Refresh { .. } => &["refresh"],
     }
 }
 
