@@ -36,7 +36,11 @@
 //!    has an `Origin` (403): browsers always send one, native and backend
 //!    clients usually don't, and the allowlist exists to stop other sites'
 //!    pages. Origins match by scheme, host and effective port;
-//! 7. a known token, when tokens are configured (401).
+//! 7. a token, when tokens are configured (401): with JWT, one that
+//!    verifies at the time the request arrived (or none, when anonymous
+//!    channels exist), answered with `WWW-Authenticate: Bearer
+//!    error="invalid_token"`; otherwise one of the static tokens. The token
+//!    is `?token=`, else `?auth=`, else `Authorization: Bearer`.
 //!
 //! Because `httparse` is the single authority on where the head ends and on
 //! what is malformed, the outcome does not depend on how the bytes were
@@ -50,7 +54,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest as _, Sha1};
 
-use crate::Instant;
+use crate::auth::{Grant, JwtAuth, TokenError};
+use crate::{Instant, UnixAnchor, UnixTime};
 
 /// The GUID RFC 6455 §1.3 appends to the client key before hashing.
 const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -81,6 +86,11 @@ pub struct HandshakeConfig {
     /// A path answered as a readiness probe (`GET /healthz`) instead of
     /// upgraded, for balancers that can only probe the public port.
     pub probe_path: Option<String>,
+    /// JWT authentication: a token from `?token=`, `?auth=` or
+    /// `Authorization: Bearer` must verify (401 otherwise), unless none is
+    /// sent and anonymous channels exist. When set, `auth_tokens` is not
+    /// consulted (the configuration refuses both at once).
+    pub jwt: Option<Arc<JwtAuth>>,
 }
 
 impl Default for HandshakeConfig {
@@ -97,6 +107,7 @@ impl Default for HandshakeConfig {
             subprotocols: Vec::new(),
             auth_tokens: Vec::new(),
             probe_path: None,
+            jwt: None,
         }
     }
 }
@@ -116,6 +127,8 @@ pub enum Progress {
 }
 
 /// How a handshake ended.
+// Like `Progress`: returned once and consumed at once, never stored.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Write `response`, then speak WebSocket (starting with `leftover`).
@@ -159,6 +172,9 @@ pub struct Accepted {
     pub leftover: Vec<u8>,
     /// What the client asked for.
     pub request: UpgradeRequest,
+    /// What the connection may read, when JWT authentication is on: its
+    /// verified token's, or anonymous.
+    pub grant: Option<Grant>,
 }
 
 /// The parts of an accepted upgrade request the gateway needs later.
@@ -211,6 +227,9 @@ pub enum RejectReason {
         "a valid token is required: use the `token` query parameter or `Authorization: Bearer`"
     )]
     Unauthorized,
+    /// JWT authentication is on and the token is missing or refused.
+    #[error("{0}")]
+    InvalidToken(TokenError),
     #[error("the server is at capacity: retry in {retry_after_secs} seconds")]
     Overloaded { retry_after_secs: u32 },
     #[error("the request head did not arrive within the handshake timeout")]
@@ -227,7 +246,7 @@ impl RejectReason {
             RejectReason::HeadTooLarge => 431,
             RejectReason::NotFound => 404,
             RejectReason::OriginForbidden => 403,
-            RejectReason::Unauthorized => 401,
+            RejectReason::Unauthorized | RejectReason::InvalidToken(_) => 401,
             RejectReason::Overloaded { .. } => 503,
             RejectReason::TimedOut => 408,
         }
@@ -243,6 +262,7 @@ impl RejectReason {
             RejectReason::NotFound => "not_found",
             RejectReason::OriginForbidden => "origin",
             RejectReason::Unauthorized => "unauthorized",
+            RejectReason::InvalidToken(_) => "invalid_token",
             RejectReason::Overloaded { .. } => "overloaded",
             RejectReason::TimedOut => "timeout",
         }
@@ -256,7 +276,7 @@ impl RejectReason {
             RejectReason::HeadTooLarge => "Request Header Fields Too Large",
             RejectReason::NotFound => "Not Found",
             RejectReason::OriginForbidden => "Forbidden",
-            RejectReason::Unauthorized => "Unauthorized",
+            RejectReason::Unauthorized | RejectReason::InvalidToken(_) => "Unauthorized",
             RejectReason::Overloaded { .. } => "Service Unavailable",
             RejectReason::TimedOut => "Request Timeout",
         }
@@ -271,6 +291,12 @@ impl RejectReason {
                 ("Sec-WebSocket-Version", "13".to_owned()),
             ],
             RejectReason::Unauthorized => vec![("WWW-Authenticate", "Bearer".to_owned())],
+            // RFC 6750 §3; the description is one of TokenError's fixed
+            // texts, never anything the token contained.
+            RejectReason::InvalidToken(error) => vec![(
+                "WWW-Authenticate",
+                format!("Bearer error=\"invalid_token\", error_description=\"{error}\""),
+            )],
             RejectReason::Overloaded { retry_after_secs } => {
                 vec![("Retry-After", retry_after_secs.to_string())]
             }
@@ -359,18 +385,23 @@ fn switching_protocols(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
 pub struct Handshake {
     config: Arc<HandshakeConfig>,
     deadline: Instant,
+    /// The wall clock at the accept: a token is checked against the time
+    /// its request arrived.
+    wall: UnixAnchor,
     /// The request head received so far; never longer than `max_head_bytes`.
     buf: Vec<u8>,
     finished: bool,
 }
 
 impl Handshake {
-    /// A handshake for a connection accepted at `now`; the timeout runs from here.
-    pub fn new(config: Arc<HandshakeConfig>, now: Instant) -> Self {
+    /// A handshake for a connection accepted at `now`, when the wall clock
+    /// showed `unix`; the timeout runs from here.
+    pub fn new(config: Arc<HandshakeConfig>, now: Instant, unix: UnixTime) -> Self {
         let deadline = now + config.timeout;
         Handshake {
             config,
             deadline,
+            wall: UnixAnchor::new(now, unix),
             buf: Vec::new(),
             finished: false,
         }
@@ -410,21 +441,26 @@ impl Handshake {
             }
             Ok(httparse::Status::Partial) => return Progress::NeedMore,
             Ok(httparse::Status::Complete(_)) if is_probe(&self.config, &request) => Outcome::Probe,
-            Ok(httparse::Status::Complete(head_len)) => match check_request(&self.config, &request)
-            {
-                Err(reason) => Outcome::Reject(rejection(reason)),
-                Ok(upgrade) => {
-                    let mut leftover =
-                        Vec::with_capacity(self.buf.len() - head_len + bytes.len() - take);
-                    leftover.extend_from_slice(&self.buf[head_len..]);
-                    leftover.extend_from_slice(&bytes[take..]);
-                    Outcome::Accept(Accepted {
-                        response: switching_protocols(&upgrade.key, upgrade.subprotocol.as_deref()),
-                        leftover,
-                        request: upgrade,
-                    })
+            Ok(httparse::Status::Complete(head_len)) => {
+                match check_request(&self.config, &request, self.wall.unix_at(now)) {
+                    Err(reason) => Outcome::Reject(rejection(reason)),
+                    Ok((upgrade, grant)) => {
+                        let mut leftover =
+                            Vec::with_capacity(self.buf.len() - head_len + bytes.len() - take);
+                        leftover.extend_from_slice(&self.buf[head_len..]);
+                        leftover.extend_from_slice(&bytes[take..]);
+                        Outcome::Accept(Accepted {
+                            response: switching_protocols(
+                                &upgrade.key,
+                                upgrade.subprotocol.as_deref(),
+                            ),
+                            leftover,
+                            request: upgrade,
+                            grant,
+                        })
+                    }
                 }
-            },
+            }
         };
         self.finish();
         Progress::Done(outcome)
@@ -486,11 +522,13 @@ fn parse_error_reason(error: httparse::Error) -> RejectReason {
     RejectReason::Malformed(what.to_owned())
 }
 
-/// Runs the checks on a complete head in the documented order.
+/// Runs the checks on a complete head in the documented order; a token is
+/// checked against the wall-clock time `unix`.
 fn check_request(
     config: &HandshakeConfig,
     request: &httparse::Request<'_, '_>,
-) -> Result<UpgradeRequest, RejectReason> {
+    unix: UnixTime,
+) -> Result<(UpgradeRequest, Option<Grant>), RejectReason> {
     let malformed = |what: &str| RejectReason::Malformed(what.to_owned());
     let headers = &*request.headers;
 
@@ -560,13 +598,20 @@ fn check_request(
     let token = query
         .and_then(query_token)
         .or_else(|| bearer_token(headers));
-    if !config.auth_tokens.is_empty()
-        && !token
-            .as_deref()
-            .is_some_and(|t| token_allowed(t, &config.auth_tokens))
-    {
-        return Err(RejectReason::Unauthorized);
-    }
+    let grant = match &config.jwt {
+        Some(jwt) => Some(
+            jwt.admit(token.as_deref(), unix)
+                .map_err(RejectReason::InvalidToken)?,
+        ),
+        None if !config.auth_tokens.is_empty()
+            && !token
+                .as_deref()
+                .is_some_and(|t| token_allowed(t, &config.auth_tokens)) =>
+        {
+            return Err(RejectReason::Unauthorized);
+        }
+        None => None,
+    };
 
     let subprotocol = header_values(headers, "Sec-WebSocket-Protocol")
         .filter_map(|v| std::str::from_utf8(v).ok())
@@ -579,7 +624,7 @@ fn check_request(
         .next()
         .map(|v| String::from_utf8_lossy(v).into_owned());
 
-    Ok(UpgradeRequest {
+    let upgrade = UpgradeRequest {
         path: path.to_owned(),
         query: query.map(str::to_owned),
         origin,
@@ -587,7 +632,8 @@ fn check_request(
         token,
         key: key.to_owned(),
         user_agent,
-    })
+    };
+    Ok((upgrade, grant))
 }
 
 /// An origin as RFC 6454 compares them: scheme and host lower-cased, the
@@ -665,13 +711,17 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// The percent-decoded `token` query parameter, if present and non-empty.
+/// The percent-decoded `token` query parameter, or else `auth` (what the
+/// system surge replaces sent), if present and non-empty.
 fn query_token(query: &str) -> Option<String> {
-    let raw = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))?;
-    let token = percent_decode(raw);
-    (!token.is_empty()).then_some(token)
+    let param = |name: &str| {
+        let raw = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?;
+        let token = percent_decode(raw);
+        (!token.is_empty()).then_some(token)
+    };
+    param("token").or_else(|| param("auth"))
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if any.
@@ -722,6 +772,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+mod jwt_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -745,7 +798,7 @@ mod tests {
     }
 
     fn run(config: HandshakeConfig, bytes: &[u8]) -> Outcome {
-        let mut hs = Handshake::new(Arc::new(config), T0);
+        let mut hs = Handshake::new(Arc::new(config), T0, UnixTime::default());
         match hs.feed(bytes, T0) {
             Progress::Done(outcome) => outcome,
             other => panic!("expected an outcome, got {other:?}"),
@@ -796,7 +849,11 @@ mod tests {
         let mut request = valid_request();
         request.extend_from_slice(b"\x81\x05hello");
         let whole = run(HandshakeConfig::default(), &request);
-        let mut hs = Handshake::new(Arc::new(HandshakeConfig::default()), T0);
+        let mut hs = Handshake::new(
+            Arc::new(HandshakeConfig::default()),
+            T0,
+            UnixTime::default(),
+        );
         let mut outcome = None;
         for (i, byte) in request.iter().enumerate() {
             match hs.feed(std::slice::from_ref(byte), T0) {
@@ -828,7 +885,11 @@ mod tests {
 
         // The head completes in a second feed that also carries a frame.
         let head = valid_request();
-        let mut hs = Handshake::new(Arc::new(HandshakeConfig::default()), T0);
+        let mut hs = Handshake::new(
+            Arc::new(HandshakeConfig::default()),
+            T0,
+            UnixTime::default(),
+        );
         assert_eq!(hs.feed(&head[..10], T0), Progress::NeedMore);
         let mut rest = head[10..].to_vec();
         rest.extend_from_slice(frame);
@@ -929,7 +990,11 @@ mod tests {
 
     #[test]
     fn malformed_bytes_are_rejected_without_waiting() {
-        let mut hs = Handshake::new(Arc::new(HandshakeConfig::default()), T0);
+        let mut hs = Handshake::new(
+            Arc::new(HandshakeConfig::default()),
+            T0,
+            UnixTime::default(),
+        );
         assert_eq!(hs.feed(b"GET /ws HTTP/1.1\r\nHo", T0), Progress::NeedMore);
         match hs.feed(b"st\x01: x", T0) {
             Progress::Done(Outcome::Reject(r)) => assert_eq!(r.status, 400),
@@ -940,7 +1005,7 @@ mod tests {
     #[test]
     fn timeout_runs_from_accept() {
         let config = Arc::new(HandshakeConfig::default());
-        let mut hs = Handshake::new(config, T0);
+        let mut hs = Handshake::new(config, T0, UnixTime::default());
         let deadline = T0 + Duration::from_secs(10);
         assert_eq!(hs.poll_timeout(), Some(deadline));
         assert_eq!(hs.feed(b"GET /ws HT", T0), Progress::NeedMore);
@@ -961,7 +1026,11 @@ mod tests {
 
     #[test]
     fn a_feed_after_the_deadline_times_out() {
-        let mut hs = Handshake::new(Arc::new(HandshakeConfig::default()), T0);
+        let mut hs = Handshake::new(
+            Arc::new(HandshakeConfig::default()),
+            T0,
+            UnixTime::default(),
+        );
         let late = T0 + Duration::from_secs(11);
         match hs.feed(&valid_request(), late) {
             Progress::Done(o) => assert_eq!(o.status(), 408),
@@ -971,7 +1040,11 @@ mod tests {
 
     #[test]
     fn no_timeout_after_an_outcome() {
-        let mut hs = Handshake::new(Arc::new(HandshakeConfig::default()), T0);
+        let mut hs = Handshake::new(
+            Arc::new(HandshakeConfig::default()),
+            T0,
+            UnixTime::default(),
+        );
         assert!(matches!(hs.feed(&valid_request(), T0), Progress::Done(_)));
         assert_eq!(hs.poll_timeout(), None);
         assert_eq!(hs.handle_timeout(T0 + Duration::from_secs(60)), None);
@@ -1202,7 +1275,7 @@ mod tests {
         assert_eq!(r.status, 431);
 
         // Dribbled: rejected as soon as the limit is passed, never holding more.
-        let mut hs = Handshake::new(Arc::new(config), T0);
+        let mut hs = Handshake::new(Arc::new(config), T0, UnixTime::default());
         let bytes = request_with("/ws", &[&filler]);
         let mut fed = 0;
         for chunk in bytes.chunks(100) {
@@ -1266,6 +1339,10 @@ mod tests {
             ("not_found", RejectReason::NotFound),
             ("origin", RejectReason::OriginForbidden),
             ("unauthorized", RejectReason::Unauthorized),
+            (
+                "invalid_token",
+                RejectReason::InvalidToken(crate::auth::TokenError::Expired),
+            ),
             (
                 "overloaded",
                 RejectReason::Overloaded {

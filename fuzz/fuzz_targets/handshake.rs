@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use surge_core::Instant;
 use surge_core::handshake::{
     Handshake, HandshakeConfig, MAX_HEADERS, Outcome, Progress, accept_key,
 };
+use surge_core::{Instant, UnixTime};
 use surge_fuzz::{Bytes, split_input};
 
 fn config(choice: u8) -> HandshakeConfig {
@@ -40,7 +40,7 @@ fn config(choice: u8) -> HandshakeConfig {
 /// request, the bytes fed after it (which belong to the WebSocket stream).
 fn feed_chunks(config: &Arc<HandshakeConfig>, chunks: &[&[u8]]) -> (Option<Outcome>, Vec<u8>) {
     let now = Instant::from_millis(5);
-    let mut handshake = Handshake::new(Arc::clone(config), Instant::ZERO);
+    let mut handshake = Handshake::new(Arc::clone(config), Instant::ZERO, UnixTime::default());
     let mut outcome = None;
     let mut after = Vec::new();
     for chunk in chunks {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use surge_core::Instant;
 use surge_core::handshake::{Handshake, HandshakeConfig, Outcome, Progress};
+use surge_core::{Instant, UnixTime};
 use surge_properties::split_at_fractions;
 
 const T0: Instant = Instant::from_millis(5);
@@ -192,7 +192,7 @@ fn config_strategy() -> impl Strategy<Value = HandshakeConfig> {
 /// fed after it (the driver would hand those to the WebSocket stream).
 /// Checks on the way that nothing is held past the head limit.
 fn feed_pieces(config: &Arc<HandshakeConfig>, pieces: &[&[u8]]) -> (Option<Outcome>, Vec<u8>) {
-    let mut hs = Handshake::new(config.clone(), T0);
+    let mut hs = Handshake::new(config.clone(), T0, UnixTime::default());
     let mut outcome = None;
     let mut after = Vec::new();
     let mut fed = 0;
@@ -304,7 +304,7 @@ proptest! {
         max_head_bytes in 1usize..500,
     ) {
         let config = Arc::new(HandshakeConfig { max_head_bytes, ..HandshakeConfig::default() });
-        let mut hs = Handshake::new(config, T0);
+        let mut hs = Handshake::new(config, T0, UnixTime::default());
         let mut bytes = b"GET /ws HTTP/1.1\r\nX-Long: ".to_vec();
         bytes.extend_from_slice(&junk);
         for (i, byte) in bytes.iter().enumerate() {

@@ -71,7 +71,8 @@ async fn serve(
     clock: Clock,
 ) -> io::Result<Option<EndReason>> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut handshake = Handshake::new(handshake, clock.now());
+    let accepted = clock.now();
+    let mut handshake = Handshake::new(handshake, accepted, clock.unix_at(accepted));
     let outcome = loop {
         let deadline = handshake
             .poll_timeout()

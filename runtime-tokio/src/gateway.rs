@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use surge_core::admission::{Admission, GuardConfig, NotReady, ResourceSample};
+use surge_core::auth::JwtAuth;
 use surge_core::config::Config;
 use surge_core::handshake::{HandshakeConfig, overloaded_response};
 use surge_core::session::SessionConfig;
@@ -47,6 +48,13 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// Turns JWT authentication on: the handshake verifies tokens and
+    /// sessions enforce their channels, expiry and refresh.
+    pub fn set_jwt(&mut self, auth: Arc<JwtAuth>) {
+        self.handshake.jwt = Some(Arc::clone(&auth));
+        self.session.auth = Some(auth);
+    }
+
     /// From the validated configuration plus the derived values.
     pub fn from_config(config: &Config, max_connections: u32, shards: u32) -> Self {
         GatewayConfig {
@@ -66,6 +74,8 @@ impl GatewayConfig {
                     .map(|t| t.expose().to_owned())
                     .collect(),
                 probe_path: config.public_healthz.then(|| "/healthz".to_owned()),
+                // Keys are read by the server: see `set_jwt`.
+                jwt: None,
             },
             session: SessionConfig {
                 max_subscriptions: config.max_subscriptions,

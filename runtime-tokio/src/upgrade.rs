@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use surge_core::admission::AbortCause;
-use surge_core::handshake::{Handshake, Outcome, Progress, probe_response};
+use surge_core::handshake::{Accepted, Handshake, Outcome, Progress, probe_response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -38,15 +38,15 @@ pub(crate) async fn run<S>(
     let id = r.id();
     let span = tracing::info_span!("conn", id = %id, shard = id.shard.0);
     async move {
-        let Some((response, leftover)) = upgrade(&mut stream, &mut slot, &ctx, accepted).await
-        else {
+        let Some(upgraded) = upgrade(&mut stream, &mut slot, &ctx, accepted).await else {
             return;
         };
         let handoff = Handoff {
             stream,
             slot,
-            response,
-            leftover,
+            response: upgraded.response,
+            leftover: upgraded.leftover,
+            grant: upgraded.grant,
             accepted,
         };
         if shard.send(Inbox::Adopt(handoff)).is_err() {
@@ -57,17 +57,18 @@ pub(crate) async fn run<S>(
     .await
 }
 
-/// Runs the handshake. On success returns the 101 response (written by
-/// the shard together with the welcome frame, one syscall instead of two)
-/// and the bytes that followed the request head; on a rejection writes it
-/// and returns `None`. The slot is aborted here on failure; on success it
-/// is completed by the shard that takes the connection.
+/// Runs the handshake. On success returns the accepted upgrade: its 101
+/// response (written by the shard together with the welcome frame, one
+/// syscall instead of two), the bytes that followed the request head and
+/// the token's grant; on a rejection writes it and returns `None`. The slot
+/// is aborted here on failure; on success it is completed by the shard
+/// that takes the connection.
 async fn upgrade<S>(
     stream: &mut S,
     slot: &mut SlotGuard,
     ctx: &Context,
     accepted: surge_core::Instant,
-) -> Option<(Vec<u8>, Vec<u8>)>
+) -> Option<Accepted>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -102,7 +103,7 @@ where
         }
     };
     ctx.metrics.handshake("accepted").inc();
-    Some((accepted.response, accepted.leftover))
+    Some(accepted)
 }
 
 /// Reads the request head through core's handshake until an outcome, or
@@ -112,7 +113,11 @@ async fn handshake<S: AsyncRead + Unpin>(
     ctx: &Context,
     started: surge_core::Instant,
 ) -> Option<Outcome> {
-    let mut hs = Handshake::new(Arc::clone(&ctx.handshake_config), started);
+    let mut hs = Handshake::new(
+        Arc::clone(&ctx.handshake_config),
+        started,
+        ctx.clock.unix_at(started),
+    );
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let deadline = hs.poll_timeout()?;

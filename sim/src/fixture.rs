@@ -137,7 +137,8 @@ pub async fn serve(
                     return;
                 };
                 // The await between check and acquire: the race.
-                let mut hs = Handshake::new(handshake, clock.now());
+                let accepted = clock.now();
+                let mut hs = Handshake::new(handshake, accepted, clock.unix_at(accepted));
                 let mut buf = vec![0u8; 2048];
                 let outcome = loop {
                     match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await

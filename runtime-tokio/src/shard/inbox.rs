@@ -3,6 +3,7 @@
 //! both the shard and its links, which send to it.
 
 use surge_core::Instant;
+use surge_core::auth::Grant;
 
 use crate::broker::{BrokerError, Fetched};
 use crate::slot::SlotGuard;
@@ -31,6 +32,8 @@ pub(crate) struct Handoff<S> {
     pub response: Vec<u8>,
     /// Bytes that followed the request head.
     pub leftover: Vec<u8>,
+    /// What the connection may read, when JWT authentication is on.
+    pub grant: Option<Grant>,
     /// When the connection was accepted (for the handshake duration).
     pub accepted: Instant,
 }

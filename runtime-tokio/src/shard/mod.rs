@@ -289,6 +289,7 @@ impl<P: Poller> ShardState<P> {
             slot,
             response,
             leftover,
+            grant,
             accepted,
         } = handoff;
         let ctx = Arc::clone(&self.ctx);
@@ -313,6 +314,9 @@ impl<P: Poller> ShardState<P> {
             epoch.as_deref(),
             response,
         );
+        if let Some(grant) = grant {
+            conn.authorize(grant, now, ctx.clock.unix_now());
+        }
         // The gateway raises the flag before it sends `Shutdown`, so a
         // connection handed over after the sweep is closed here.
         if *ctx.shutdown.borrow() {
