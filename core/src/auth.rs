@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::UnixTime;
+use crate::config::Config;
 use crate::subjects::Pattern;
 
 /// Why a token was refused. The text is the short reason a client reads
@@ -238,6 +239,24 @@ pub struct JwtSettings {
     pub anonymous_channels: Vec<Pattern>,
     /// How long before `exp` a connection is sent `token_expiring`.
     pub refresh_notice: Duration,
+}
+
+impl JwtSettings {
+    /// The settings of a validated configuration (the keys are read by the
+    /// server). Anonymous patterns passed the configuration's rule.
+    pub fn from_config(config: &Config) -> Self {
+        JwtSettings {
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+            leeway: config.jwt_leeway,
+            anonymous_channels: config
+                .anonymous_channels
+                .iter()
+                .filter_map(|p| Pattern::parse(p).ok())
+                .collect(),
+            refresh_notice: config.token_refresh_notice,
+        }
+    }
 }
 
 impl Default for JwtSettings {

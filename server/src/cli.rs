@@ -28,6 +28,8 @@ pub enum Task {
     Doctor,
     /// Publish a synthetic market stream (`surge feed`).
     Feed(FeedOptions),
+    /// Print a token signed with `SURGE_JWT_SECRET` (`surge token`).
+    Token(crate::jwt::TokenOptions),
 }
 
 /// The parsed command line.
@@ -75,6 +77,7 @@ pub fn command() -> Command {
             "Check host limits, the listen addresses and NATS reachability against the configuration",
         ))
         .subcommand(feed_command())
+        .subcommand(crate::jwt::command())
         .arg(
             Arg::new("env-file")
                 .long("env-file")
@@ -147,6 +150,7 @@ where
         },
         Some(("doctor", _)) => Task::Doctor,
         Some(("feed", sub)) => Task::Feed(feed_options(sub)),
+        Some(("token", sub)) => Task::Token(crate::jwt::options(sub)),
         _ => Task::Serve,
     };
     let sub = matches.subcommand().map(|(_, m)| m);

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod doctor;
 pub mod feed;
 pub mod host;
+pub mod jwt;
 pub mod nats;
 pub mod resources;
 pub mod serve;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use surge_core::config::{Config, LogFormat};
 use surge_server::cli::{self, Task};
-use surge_server::{doctor, feed, serve};
+use surge_server::{doctor, feed, jwt, serve};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(config: &Config) {
@@ -92,6 +92,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Task::Token(options) => match jwt::mint(&config, &options, std::time::SystemTime::now()) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("surge token: {e}");
+                ExitCode::from(1)
+            }
+        },
         Task::Serve => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

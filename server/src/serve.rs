@@ -109,6 +109,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut gateway_config =
         GatewayConfig::from_config(&config, resolved.max_connections, resolved.shards);
+    if let Some(auth) = crate::jwt::load(&config)? {
+        gateway_config.set_jwt(Arc::new(auth));
+    }
     gateway_config.guard.memory_reject_bytes = resolved.memory_reject_bytes;
     gateway_config.guard.memory_pause_bytes = resolved.memory_pause_bytes;
     let retry_after = u32::try_from(config.retry_after.as_secs().max(1)).unwrap_or(u32::MAX);

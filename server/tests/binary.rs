@@ -113,6 +113,184 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("runs")
 }
 
+/// The JWT secret of the binary tests (32 bytes or more).
+const JWT_SECRET: &str = "binary-test-jwt-secret-0123456789abcdef";
+
+/// A token minted by `surge token` with `secret`.
+fn jwt_minted(secret: &str, args: &[&str]) -> String {
+    let out = run(
+        &[&["token"], args].concat(),
+        &[("SURGE_JWT_SECRET", secret)],
+    );
+    assert!(
+        out.status.success(),
+        "surge token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).expect("text");
+    assert_eq!(token.lines().count(), 1, "one line: {token}");
+    token.trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_a_bad_token_gets_401_a_minted_one_upgrades_and_reads_only_its_channels() {
+    let server = Server::start_with_env(&[], &[("SURGE_JWT_SECRET", JWT_SECRET)]);
+    let other_secret = jwt_minted(
+        "another-secret-as-long-as-the-first-one",
+        &["--sub", "alice", "--channels", "odin.token.>"],
+    );
+    for (what, query) in [
+        ("no token", String::new()),
+        ("not a JWT", "?token=not-a-jwt".to_owned()),
+        (
+            "signed with another secret",
+            format!("?token={other_secret}"),
+        ),
+    ] {
+        let url = format!("ws://{}/ws{query}", server.ws);
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401, "{what}");
+                let challenge = response
+                    .headers()
+                    .get("WWW-Authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                assert!(
+                    challenge.starts_with("Bearer error=\"invalid_token\""),
+                    "{what}: {challenge:?}"
+                );
+            }
+            Ok(_) => panic!("{what}: upgraded"),
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+
+    let token = jwt_minted(
+        JWT_SECRET,
+        &[
+            "--sub",
+            "alice",
+            "--channels",
+            "odin.token.BTC.*",
+            "--ttl",
+            "1h",
+        ],
+    );
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={token}", server.ws))
+            .await
+            .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    assert_eq!(jwt_next(&mut ws).await["type"], "welcome");
+    for (channels, answer) in [
+        (json!(["odin.token.ETH.trade"]), "error"),
+        (json!(["odin.token.>"]), "error"),
+        (json!(["odin.token.BTC.trade"]), "subscribed"),
+    ] {
+        let request = json!({"type": "subscribe", "channels": channels});
+        ws.send(Message::Text(request.to_string().into()))
+            .await
+            .expect("send");
+        let reply = jwt_next(&mut ws).await;
+        assert_eq!(reply["type"], answer, "{channels}: {reply}");
+        if answer == "error" {
+            assert_eq!(reply["code"], "forbidden", "{reply}");
+        }
+    }
+    let admin = server.admin;
+    tokio::task::spawn_blocking(move || {
+        for subject in ["odin.token.ETH.trade", "odin.token.BTC.trade"] {
+            let body = json!({"subject": subject, "data": 1}).to_string();
+            assert_eq!(http(admin, "POST", "/publish", &body).0, 202);
+        }
+    })
+    .await
+    .expect("published");
+    let message = jwt_next(&mut ws).await;
+    assert_eq!(message["subject"], "odin.token.BTC.trade", "{message}");
+}
+
+/// The next text frame of a WebSocket client, as JSON.
+async fn jwt_next(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).expect("JSON"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn jwt_token_needs_the_secret_and_names_what_it_mints() {
+    let out = run(&["token", "--sub", "alice"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SURGE_JWT_SECRET"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        &["token", "--channels", "odin..x", "--sub", "alice"],
+        &[("SURGE_JWT_SECRET", JWT_SECRET)],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an invalid channel is a usage error"
+    );
+    // The claims, read back without the signature: sub, exp from --ttl,
+    // channels, and the configured issuer and audience.
+    let token = jwt_minted(
+        JWT_SECRET,
+        &[
+            "--sub",
+            "alice",
+            "--channels",
+            "odin.token.>,odin.global.>",
+            "--ttl",
+            "90s",
+        ],
+    );
+    let payload = token.split('.').nth(1).expect("three parts");
+    use base64::Engine as _;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("JSON");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["channels"], json!(["odin.token.>", "odin.global.>"]));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let exp = claims["exp"].as_u64().expect("exp");
+    assert!((now + 85..=now + 95).contains(&exp), "exp {exp}, now {now}");
+    let out = run(
+        &["token", "--sub", "bob"],
+        &[
+            ("SURGE_JWT_SECRET", JWT_SECRET),
+            ("SURGE_JWT_ISSUER", "https://id.example"),
+            ("SURGE_JWT_AUDIENCE", "surge"),
+        ],
+    );
+    let token = String::from_utf8(out.stdout).expect("text");
+    let payload = token.trim().split('.').nth(1).expect("three parts");
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url"),
+    )
+    .expect("JSON");
+    assert_eq!(claims["iss"], "https://id.example");
+    assert_eq!(claims["aud"], "surge");
+    assert!(claims.get("channels").is_none(), "{claims}");
+}
+
 #[test]
 fn invalid_configuration_exits_non_zero_naming_the_setting() {
     let out = run(&["config"], &[("SURGE_BACKLOG", "lots")]);
