@@ -1410,3 +1410,145 @@ fn feed_sends_the_configured_admin_token() {
     );
     assert!(published(server.admin) > 0);
 }
+
+/// Credentials are printed and served only as `***`: the effective
+/// configuration `surge config` and `surge serve` print, the JSON log
+/// line of `SURGE_LOG_FORMAT=json`, and `GET /config`.
+#[test]
+fn secrets_are_redacted_in_the_print_the_json_log_line_and_config() {
+    const NATS_PASSWORD: &str = "nats-pa55word-for-tests";
+    const AUTH_TOKEN: &str = "client-t0ken-for-tests";
+    const NATS_TOKEN: &str = "nats-t0ken-for-tests";
+    const JWT_SECRET: &str = "jwt-secret-for-tests-0123456789abcdef";
+    let secrets = [
+        ADMIN_TOKEN,
+        NATS_PASSWORD,
+        AUTH_TOKEN,
+        NATS_TOKEN,
+        JWT_SECRET,
+    ];
+    let leaks = |text: &str| -> Vec<&str> {
+        secrets
+            .iter()
+            .copied()
+            .filter(|secret| text.contains(secret))
+            .collect()
+    };
+    // Nothing listens there: surge serves and retries in the background.
+    let nats = format!("nats://127.0.0.1:{}", free_port());
+    let with_password = [
+        ("SURGE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("SURGE_NATS_URL", nats.as_str()),
+        ("SURGE_NATS_USER", "odin"),
+        ("SURGE_NATS_PASSWORD", NATS_PASSWORD),
+        ("SURGE_AUTH_TOKENS", AUTH_TOKEN),
+    ];
+    let with_token = [
+        ("SURGE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("SURGE_NATS_URL", nats.as_str()),
+        ("SURGE_NATS_TOKEN", NATS_TOKEN),
+        ("SURGE_JWT_SECRET", JWT_SECRET),
+    ];
+    let printed = |text: &str, setting: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{setting} ")))
+            .unwrap_or_else(|| panic!("no {setting} line in\n{text}"));
+        assert!(
+            line.split_whitespace().nth(1) == Some("***"),
+            "{setting} is not shown as ***: {line}"
+        );
+    };
+    for (env, shown) in [
+        (
+            &with_password[..],
+            &[
+                "SURGE_ADMIN_TOKEN",
+                "SURGE_NATS_PASSWORD",
+                "SURGE_AUTH_TOKENS",
+            ][..],
+        ),
+        (
+            &with_token[..],
+            &["SURGE_ADMIN_TOKEN", "SURGE_NATS_TOKEN", "SURGE_JWT_SECRET"][..],
+        ),
+    ] {
+        let out = run(&["config"], env);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        for setting in shown {
+            printed(&stdout, setting);
+        }
+        assert_eq!(leaks(&stdout), [] as [&str; 0], "{stdout}");
+        assert_eq!(leaks(&stderr), [] as [&str; 0], "{stderr}");
+    }
+
+    // Serving: the text print, then the JSON log line, and /config.
+    for format in ["text", "json"] {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(SURGE)
+            .args(["--listen", &listen, "--admin-listen", &admin.to_string()])
+            .args(["--max-connections", "100", "--shards", "1"])
+            .env_clear()
+            .envs(with_password.iter().copied())
+            .env("SURGE_LOG_FORMAT", format)
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("surge starts");
+        let mut server = Server {
+            child,
+            ws: listen.parse().expect("addr"),
+            admin,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(admin).is_err() {
+            assert!(Instant::now() < deadline, "admin listener never came up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+        let (status, _, body) =
+            raw_http(admin, &admin_request(admin, "GET", "/config", &[&auth], ""));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(leaks(&body), [] as [&str; 0], "{body}");
+        let config: Value = serde_json::from_str(&body).expect("JSON");
+        for key in ["admin_token", "nats_password", "auth_tokens"] {
+            assert_eq!(config["settings"][key], "***", "{key}: {body}");
+        }
+
+        server.signal(libc::SIGTERM);
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        let mut out = server.child.stdout.take().expect("stdout");
+        out.read_to_string(&mut stdout).expect("read stdout");
+        let mut err = server.child.stderr.take().expect("stderr");
+        err.read_to_string(&mut stderr).expect("read stderr");
+        assert_eq!(server.wait(Duration::from_secs(10)).code(), Some(0));
+        assert_eq!(leaks(&stdout), [] as [&str; 0], "{stdout}");
+        assert_eq!(leaks(&stderr), [] as [&str; 0], "{stderr}");
+        if format == "text" {
+            for setting in [
+                "SURGE_ADMIN_TOKEN",
+                "SURGE_NATS_PASSWORD",
+                "SURGE_AUTH_TOKENS",
+            ] {
+                printed(&stdout, setting);
+            }
+        } else {
+            let logged: Vec<Value> = stdout
+                .lines()
+                .chain(stderr.lines())
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|e| e["fields"]["config"].as_str().map(str::to_owned))
+                .map(|c| serde_json::from_str(&c).expect("the logged config is JSON"))
+                .collect();
+            assert_eq!(logged.len(), 1, "one config line:\n{stdout}\n{stderr}");
+            for key in ["admin_token", "nats_password", "auth_tokens"] {
+                assert_eq!(logged[0]["settings"][key], "***", "{key}: {}", logged[0]);
+            }
+        }
+    }
+}
