@@ -291,6 +291,66 @@ fn jwt_token_needs_the_secret_and_names_what_it_mints() {
     assert!(claims.get("channels").is_none(), "{claims}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_a_public_key_file_verifies_es256_and_never_an_hs_token_keyed_with_it() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/fixtures/jwt");
+    let public = format!("{fixtures}/es256_public.pem");
+    let private = std::fs::read(format!("{fixtures}/es256_private.pem")).expect("fixture");
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        + 600;
+    let claims = json!({"sub": "alice", "exp": exp, "channels": ["odin.token.>"]});
+    let es256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(&private).expect("key"),
+    )
+    .expect("signs");
+    // HMAC keyed with the public key file's bytes: the confusion attack.
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&std::fs::read(&public).expect("fixture"))
+            .expect("key"),
+    )
+    .expect("signs");
+
+    let server = Server::start_with_env(&[], &[("SURGE_JWT_PUBLIC_KEY_FILE", public.as_str())]);
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?token={es256}", server.ws))
+            .await
+            .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    assert_eq!(jwt_next(&mut ws).await["type"], "welcome");
+    match tokio_tungstenite::connect_async(format!("ws://{}/ws?token={forged}", server.ws)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+        }
+        other => panic!("the forged HS256 token was not refused: {other:?}"),
+    }
+
+    // A key file that holds no public key stops the start, naming it.
+    let out = run(
+        &["config"],
+        &[("SURGE_JWT_PUBLIC_KEY_FILE", "/nonexistent/jwt.pem")],
+    );
+    assert_eq!(out.status.code(), Some(0), "config does not read key files");
+    let (code, stderr) = run_until_exit(
+        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[(
+            "SURGE_JWT_PUBLIC_KEY_FILE",
+            &format!("{fixtures}/es256_private.pem"),
+        )],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("SURGE_JWT_PUBLIC_KEY_FILE=") && stderr.contains("not a PEM public key"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn invalid_configuration_exits_non_zero_naming_the_setting() {
     let out = run(&["config"], &[("SURGE_BACKLOG", "lots")]);
