@@ -475,6 +475,12 @@ impl Admission {
         self.shards.iter().map(|s| u64::from(s.used())).sum()
     }
 
+    /// Slots reserved by connections still in their handshake (accepted,
+    /// not yet upgraded or refused): they hold capacity like live ones.
+    pub fn handshaking(&self) -> u64 {
+        self.shards.iter().map(|s| u64::from(s.reserved())).sum()
+    }
+
     pub fn live(&self) -> u64 {
         self.shards.iter().map(|s| u64::from(s.live)).sum()
     }

@@ -143,6 +143,8 @@ pub struct Health {
 pub struct ConnectionsHealth {
     pub current: u64,
     pub max: u64,
+    /// Accepted connections still in their handshake; they hold slots.
+    pub handshaking: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -342,6 +344,7 @@ impl Gateway {
             connections: ConnectionsHealth {
                 current: admission.live(),
                 max: admission.capacity(),
+                handshaking: admission.handshaking(),
             },
             shards,
             imbalance_percent: (admission.imbalance_percent() * 100.0).round() / 100.0,
@@ -367,6 +370,8 @@ impl Gateway {
             for (i, t) in admission.shards().iter().enumerate() {
                 m.set_shard_connections(i as u32, t.live());
             }
+            m.handshakes_in_progress
+                .set(i64::try_from(admission.handshaking()).unwrap_or(i64::MAX));
         }
         let mut levels = [0u64; 4];
         let mut queue_bytes = 0u64;

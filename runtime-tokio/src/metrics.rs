@@ -52,6 +52,7 @@ pub struct Metrics {
     pub handshake_seconds: Histogram,
     pub connections: Gauge,
     pub connections_max: Gauge,
+    pub handshakes_in_progress: Gauge,
     shard_connections: Family<ShardLabel, Gauge>,
     shard_backlog: Family<ShardLabel, Gauge>,
     pub published: Counter,
@@ -123,6 +124,12 @@ impl Metrics {
             "connections_max",
             "The connection limit (all shards)",
             connections_max.clone(),
+        );
+        let handshakes_in_progress = Gauge::default();
+        r.register(
+            "handshakes_in_progress",
+            "Accepted connections still in their handshake (they hold admission slots)",
+            handshakes_in_progress.clone(),
         );
         let shard_connections = Family::<ShardLabel, Gauge>::default();
         r.register(
@@ -283,6 +290,7 @@ impl Metrics {
             handshake_seconds,
             connections,
             connections_max,
+            handshakes_in_progress,
             shard_connections,
             shard_backlog,
             published,

@@ -805,3 +805,46 @@ async fn slow_client(addr: std::net::SocketAddr) -> common::Client {
     assert_eq!(next_json(&mut ws).await["type"], "welcome");
     ws
 }
+
+/// Connections still in their handshake hold slots: they are shown in
+/// `/health` and `surge_handshakes_in_progress`, count towards being full,
+/// and release their slots when they go away.
+#[tokio::test]
+async fn pending_handshakes_are_shown_and_hold_their_slots() {
+    let gw = start(|c| {
+        c.max_connections = 5;
+        c.shards = 1;
+    })
+    .await;
+    let mut half = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(gw.local_addr()).await.expect("connect");
+        s.write_all(b"GET /ws HTTP/1.1\r\nHo").await.expect("write");
+        half.push(s);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gw.health().connections.handshaking < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "not all counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let health = gw.health();
+    assert_eq!(
+        (health.connections.current, health.connections.handshaking),
+        (0, 5)
+    );
+    assert_eq!(metric(&gw, "surge_handshakes_in_progress"), 5.0);
+    assert!(gw.readiness().is_err(), "full with handshakes alone");
+    let answer = raw(
+        gw.local_addr(),
+        &upgrade("/ws", "Sec-WebSocket-Version: 13\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    drop(half);
+    while gw.health().connections.handshaking > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "slots not released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&gw, "surge_handshakes_in_progress"), 0.0);
+    gw.shutdown(Duration::from_secs(2)).await;
+}

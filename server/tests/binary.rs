@@ -497,7 +497,10 @@ async fn publish_reaches_a_subscriber_health_and_metrics_report_it_and_sigterm_c
         .expect("health");
     assert_eq!(status, 200);
     let health: Value = serde_json::from_str(&body).expect("health JSON");
-    assert_eq!(health["connections"], json!({"current": 1, "max": 1000}));
+    assert_eq!(
+        health["connections"],
+        json!({"current": 1, "max": 1000, "handshaking": 0})
+    );
     assert_eq!(health["broker"]["kind"], "embedded");
     insta::assert_json_snapshot!("health", health, {
         ".uptime_s" => "[uptime]",
