@@ -387,8 +387,10 @@ async fn shutdown_closes_clients_with_1001() {
         Some(Ok(Message::Close(Some(close)))) => assert_eq!(u16::from(close.code), 1001),
         other => panic!("expected a 1001 close, got {other:?}"),
     }
-    // The client answers the Close and sees the server close TCP.
+    // The client answers the Close, sees the server's end of stream and
+    // closes its socket (the server lingers until then, up to 2 s).
     while let Ok(Some(_)) = tokio::time::timeout(WAIT, ws.next()).await {}
+    drop(ws);
     stop.await.expect("shutdown");
     assert!(gw.is_draining() && gw.readiness().is_err());
     assert_eq!(gw.slots_used(), 0);
