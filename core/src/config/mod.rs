@@ -21,6 +21,7 @@
 //! [`SETTINGS`].
 
 mod rules;
+mod secret;
 mod settings;
 mod units;
 
@@ -32,6 +33,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use rules::Value;
+pub use secret::Secret;
 pub use settings::{Config, DERIVED, SETTINGS, Setting, UNSET};
 pub use units::{
     BytesError, DurationError, format_bytes, format_duration, parse_bytes, parse_duration,
@@ -93,28 +95,6 @@ impl Source {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
         }
-    }
-}
-
-/// A credential. Its `Debug` prints `***`, and it has no `Display`, so a
-/// logged `Config` cannot leak it; [`Secret::expose`] is the one way in.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The credential itself, for the code that sends or compares it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
     }
 }
 

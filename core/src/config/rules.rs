@@ -8,7 +8,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::Secret;
+use super::secret::Secret;
 use super::units::{format_bytes, format_duration, parse_bytes, parse_duration};
 
 /// The largest limit a setting can have: NATS stores stream limits as
