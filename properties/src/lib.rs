@@ -37,3 +37,33 @@ pub fn split_at_fractions<'a>(bytes: &'a [u8], cuts: &[proptest::sample::Index])
     pieces.push(&bytes[start..]);
     pieces
 }
+
+/// Every subject of 1 to `max_tokens` tokens over `tokens`, shortest first.
+/// With a token no generated pattern uses among them, and patterns of fewer
+/// tokens than `max_tokens`, two overlapping patterns share a subject here
+/// and a pattern that does not cover another misses one: suites that check
+/// subject matching against this set can be exact.
+pub fn all_subjects(tokens: &[&str], max_tokens: usize) -> Vec<surge_core::subjects::Subject> {
+    let mut layer: Vec<String> = vec![String::new()];
+    let mut out = Vec::new();
+    for _ in 0..max_tokens {
+        layer = layer
+            .iter()
+            .flat_map(|prefix| {
+                tokens.iter().map(move |t| {
+                    if prefix.is_empty() {
+                        t.to_string()
+                    } else {
+                        format!("{prefix}.{t}")
+                    }
+                })
+            })
+            .collect();
+        out.extend(
+            layer
+                .iter()
+                .map(|s| surge_core::subjects::Subject::parse(s).expect("valid subject")),
+        );
+    }
+    out
+}

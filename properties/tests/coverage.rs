@@ -30,26 +30,8 @@ fn pattern() -> impl Strategy<Value = Pattern> {
 }
 
 /// Every subject of 1 to 5 tokens over the alphabet and `z`.
-static SUBJECTS: LazyLock<Vec<Subject>> = LazyLock::new(|| {
-    let mut layer = vec![String::new()];
-    let mut out = Vec::new();
-    for _ in 0..5 {
-        layer = layer
-            .iter()
-            .flat_map(|prefix| {
-                ["a", "b", "c", "z"].iter().map(move |t| {
-                    if prefix.is_empty() {
-                        t.to_string()
-                    } else {
-                        format!("{prefix}.{t}")
-                    }
-                })
-            })
-            .collect();
-        out.extend(layer.iter().map(|s| Subject::parse(s).expect("valid")));
-    }
-    out
-});
+static SUBJECTS: LazyLock<Vec<Subject>> =
+    LazyLock::new(|| surge_properties::all_subjects(&["a", "b", "c", "z"], 5));
 
 /// The slow answer: some one pattern of `allowed` matches every subject
 /// `requested` matches.

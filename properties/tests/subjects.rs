@@ -39,27 +39,8 @@ fn pattern() -> impl Strategy<Value = Pattern> {
 /// uses. Generated patterns have at most 4 tokens, so if two of them overlap
 /// a subject here matches both, and if `a` does not cover `b` a subject here
 /// matches `b` and not `a`: the properties below can be exact.
-static UNIVERSE: LazyLock<Vec<Subject>> = LazyLock::new(|| {
-    let tokens = ["a", "b", "c", "z"];
-    let mut layer: Vec<String> = vec![String::new()];
-    let mut out = Vec::new();
-    for _ in 0..5 {
-        layer = layer
-            .iter()
-            .flat_map(|prefix| {
-                tokens.iter().map(move |t| {
-                    if prefix.is_empty() {
-                        t.to_string()
-                    } else {
-                        format!("{prefix}.{t}")
-                    }
-                })
-            })
-            .collect();
-        out.extend(layer.iter().map(|s| Subject::parse(s).expect("valid")));
-    }
-    out
-});
+static UNIVERSE: LazyLock<Vec<Subject>> =
+    LazyLock::new(|| surge_properties::all_subjects(&["a", "b", "c", "z"], 5));
 
 #[derive(Debug, Clone)]
 enum Op {

@@ -58,12 +58,22 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("surge starts");
+        Server::ready(child, ws, admin)
+    }
+
+    /// The server `child` once its admin listener at `admin` answers; panics
+    /// if it exits first or takes over 10 s.
+    fn ready(child: Child, ws: SocketAddr, admin: SocketAddr) -> Server {
+        let mut server = Server { child, ws, admin };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(admin).is_err() {
+            if let Some(status) = server.child.try_wait().expect("wait") {
+                panic!("surge exited with {status} instead of serving {admin}");
+            }
             assert!(Instant::now() < deadline, "admin listener never came up");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Server { child, ws, admin }
+        server
     }
 
     fn signal(&self, sig: i32) {
@@ -602,16 +612,7 @@ fn serve_piped(env: &[(&str, &str)]) -> (String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("surge starts");
-    let mut server = Server {
-        child,
-        ws: listen.parse().expect("addr"),
-        admin,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(admin).is_err() {
-        assert!(Instant::now() < deadline, "admin listener never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut server = Server::ready(child, listen.parse().expect("addr"), admin);
     server.signal(libc::SIGTERM);
     let mut stdout = String::new();
     let mut stderr = String::new();
@@ -1207,20 +1208,7 @@ fn serve_admin_at(admin: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Se
         }
         _ => admin,
     };
-    let mut server = Server {
-        child,
-        ws,
-        admin: reach,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(reach).is_err() {
-        if let Some(status) = server.child.try_wait().expect("wait") {
-            panic!("surge exited with {status} instead of serving {admin}");
-        }
-        assert!(Instant::now() < deadline, "admin listener never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server
+    Server::ready(child, ws, reach)
 }
 
 /// An admin listener that anyone on the network may reach needs a token,
@@ -1562,16 +1550,7 @@ fn secrets_are_redacted_in_the_print_the_json_log_line_and_config() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("surge starts");
-        let mut server = Server {
-            child,
-            ws: listen.parse().expect("addr"),
-            admin,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(admin).is_err() {
-            assert!(Instant::now() < deadline, "admin listener never came up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut server = Server::ready(child, listen.parse().expect("addr"), admin);
         let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
         let (status, _, body) =
             raw_http(admin, &admin_request(admin, "GET", "/config", &[&auth], ""));
