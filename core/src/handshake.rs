@@ -781,7 +781,7 @@ mod tests {
     const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
     const T0: Instant = Instant::from_millis(1_000);
 
-    fn request_with(path: &str, extra: &[&str]) -> Vec<u8> {
+    pub(super) fn request_with(path: &str, extra: &[&str]) -> Vec<u8> {
         let mut req = format!(
             "GET {path} HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {RFC_KEY}\r\nSec-WebSocket-Version: 13\r\n"
         );

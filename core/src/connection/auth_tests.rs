@@ -92,32 +92,17 @@ fn events(c: &mut Connection, now: Instant) -> Vec<ConnEvent> {
 
 /// What went out: JSON messages, and a Close as `{"close": code, "reason": …}`.
 fn drain(c: &mut Connection, now: Instant) -> Vec<Value> {
-    let mut scratch = Vec::new();
-    let mut all = Vec::new();
-    while let Some(bytes) = c.poll_transmit(&mut scratch, now) {
-        let bytes = bytes.to_vec();
-        c.on_written(bytes.len(), &scratch, now);
-        all.extend_from_slice(&bytes);
-    }
-    let mut out = Vec::new();
-    let mut rest = &all[..];
-    while rest.len() >= 2 {
-        let (len, head) = match rest[1] & 0x7F {
-            126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
-            n => (usize::from(n), 2),
-        };
-        let payload = &rest[head..head + len];
-        match rest[0] & 0x0F {
-            1 => out.push(serde_json::from_slice(payload).expect("JSON")),
-            8 => out.push(json!({
+    super::tests::drain(c, now)
+        .into_iter()
+        .filter_map(|(opcode, payload)| match opcode {
+            1 => Some(serde_json::from_slice(&payload).expect("JSON")),
+            8 => Some(json!({
                 "close": u16::from_be_bytes([payload[0], payload[1]]),
                 "reason": String::from_utf8_lossy(&payload[2..]),
             })),
-            _ => {}
-        }
-        rest = &rest[head + len..];
-    }
-    out
+            _ => None,
+        })
+        .collect()
 }
 
 fn types(frames: &[Value]) -> Vec<String> {

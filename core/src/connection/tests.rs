@@ -74,7 +74,7 @@ fn events(c: &mut Connection, now: Instant) -> Vec<ConnEvent> {
 
 /// Writes everything the connection has (a socket that takes it all);
 /// returns the frames after the first transmit's 101 is skipped.
-fn drain(c: &mut Connection, now: Instant) -> Vec<(u8, Vec<u8>)> {
+pub(super) fn drain(c: &mut Connection, now: Instant) -> Vec<(u8, Vec<u8>)> {
     let mut scratch = Vec::new();
     let mut all = Vec::new();
     while let Some(bytes) = c.poll_transmit(&mut scratch, now) {

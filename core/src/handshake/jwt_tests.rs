@@ -58,15 +58,7 @@ fn config(anonymous: &[&str]) -> HandshakeConfig {
 }
 
 fn request(path: &str, extra: &[&str]) -> Vec<u8> {
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-    );
-    for line in extra {
-        req.push_str(line);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    req.into_bytes()
+    super::tests::request_with(path, extra)
 }
 
 /// Runs a handshake accepted at `T0`, when the wall clock showed `UNIX0`,
