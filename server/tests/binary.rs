@@ -113,6 +113,14 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String)
     http::parse(&out)
 }
 
+/// The JSON of the next WebSocket frame, which must be a text frame.
+fn next(frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Value {
+    match frame {
+        Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(SURGE)
         .args(args)
@@ -461,12 +469,6 @@ async fn publish_reaches_a_subscriber_health_and_metrics_report_it_and_sigterm_c
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
         .await
         .expect("upgrade");
-    let next = |v: Option<Result<Message, _>>| -> Value {
-        match v {
-            Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
-            other => panic!("unexpected {other:?}"),
-        }
-    };
     assert_eq!(next(ws.next().await)["type"], "welcome");
     ws.send(Message::Text(
         json!({"type":"subscribe","channels":["odin.token.*.trade"]})
@@ -769,13 +771,7 @@ async fn admin_errors_are_json_and_publish_checks_what_nats_would() {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
         .await
         .expect("upgrade");
-    let mut next = async || -> Value {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
-            other => panic!("unexpected {other:?}"),
-        }
-    };
-    assert_eq!(next().await["type"], "welcome");
+    assert_eq!(next(ws.next().await)["type"], "welcome");
     ws.send(Message::Text(
         json!({"type":"subscribe","channels":["odin.token.>"]})
             .to_string()
@@ -783,19 +779,13 @@ async fn admin_errors_are_json_and_publish_checks_what_nats_would() {
     ))
     .await
     .expect("send");
-    let mut next = async || -> Value {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("JSON"),
-            other => panic!("unexpected {other:?}"),
-        }
-    };
-    assert_eq!(next().await["type"], "subscribed");
+    assert_eq!(next(ws.next().await)["type"], "subscribed");
     let (status, body) =
         post(r#"{"subject":"odin.token.A.trade","data_base64":"//4AYmluYXJ5"}"#.into())
             .await
             .expect("post");
     assert_eq!(status, 202, "{body}");
-    let m = next().await;
+    let m = next(ws.next().await);
     assert_eq!(m["encoding"], "base64", "{m}");
     assert_eq!(
         m["data"], "//4AYmluYXJ5",
