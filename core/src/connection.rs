@@ -389,13 +389,12 @@ impl Connection {
         if self.phase == Phase::Ended {
             return;
         }
-        let reason = match self.phase {
-            Phase::Lingering => self.end.unwrap_or(EndReason::TransportClosed),
-            _ => self
-                .end
-                .filter(|_| self.close.is_done())
-                .unwrap_or(EndReason::TransportClosed),
-        };
+        // A finished closing handshake (always so while lingering) keeps
+        // its reason; otherwise the client just went away.
+        let reason = self
+            .end
+            .filter(|_| self.close.is_done())
+            .unwrap_or(EndReason::TransportClosed);
         self.close.on_transport_closed();
         self.end = Some(reason);
         self.phase = Phase::Ended;
