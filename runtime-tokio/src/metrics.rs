@@ -101,7 +101,7 @@ impl Metrics {
         let rejections = Family::<Reason, Counter>::default();
         r.register(
             "admission_rejections",
-            "Connections answered 503 + Retry-After at once, by reason",
+            "Connections refused at once with Retry-After, by reason: 503 (full, cpu, memory, shutting_down) or 429 (per_ip, per_user, handshakes_per_ip, handshake_rate_per_ip)",
             rejections.clone(),
         );
         // 1 ms .. ~16 s: a handshake slower than that is a timeout anyway.

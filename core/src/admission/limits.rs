@@ -1,0 +1,394 @@
+//! Per-client limits: connections per source address and per user,
+//! handshakes in progress per address, and new connections per second per
+//! address.
+//!
+//! These are checked inside [`super::Admission`]'s own calls (`admit`,
+//! `bind_user`), which take `&mut self`: the check and the count it guards
+//! change together, so two connections from one address cannot both see
+//! the last free place.
+//!
+//! Nothing is tracked while every limit is off (the default), so a gateway
+//! without them pays no map entry per connection. Behind an L4 load
+//! balancer every client has the balancer's address; per-address limits
+//! are then meaningless and must stay off.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::Refusal;
+use crate::Instant;
+use crate::ratelimit::TokenBucket;
+
+/// The per-client limits; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientLimitConfig {
+    /// Connections (in their handshake or upgraded) per source address.
+    pub connections_per_ip: u32,
+    /// Upgraded or upgrading connections per token `sub`.
+    pub connections_per_user: u32,
+    /// Handshakes in progress per source address: the sockets an address
+    /// may hold open without having sent a complete request.
+    pub handshakes_per_ip: u32,
+    /// New connections per second per source address (the burst is one
+    /// second's worth).
+    pub handshake_rate_per_ip: u32,
+}
+
+impl ClientLimitConfig {
+    fn any(&self) -> bool {
+        self.connections_per_ip != 0
+            || self.connections_per_user != 0
+            || self.handshakes_per_ip != 0
+            || self.handshake_rate_per_ip != 0
+    }
+}
+
+/// One source address's counts.
+#[derive(Debug, Clone)]
+struct Address {
+    connections: u32,
+    handshaking: u32,
+    /// Present while the rate limit is on.
+    rate: Option<TokenBucket>,
+}
+
+/// Who holds a slot, by the slot's serial.
+#[derive(Debug, Clone)]
+struct Holder {
+    ip: IpAddr,
+    user: Option<Box<str>>,
+    handshaking: bool,
+}
+
+/// The counts behind the limits.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ClientLimits {
+    config: ClientLimitConfig,
+    addresses: HashMap<IpAddr, Address>,
+    users: HashMap<Box<str>, u32>,
+    holders: HashMap<u64, Holder>,
+}
+
+impl ClientLimits {
+    pub fn new(config: ClientLimitConfig) -> Self {
+        ClientLimits {
+            config,
+            ..ClientLimits::default()
+        }
+    }
+
+    pub fn config(&self) -> ClientLimitConfig {
+        self.config
+    }
+
+    /// Whether a new connection from `ip` may take a slot. Spends a rate
+    /// token when the rate limit is on: attempts are what it limits.
+    pub fn check_new(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        if !self.config.any() {
+            return Ok(());
+        }
+        let config = self.config;
+        let address = self.address(ip, now);
+        if let Some(bucket) = address.rate.as_mut()
+            && !bucket.try_acquire(1, now)
+        {
+            let wait = bucket
+                .ready_at(1, now)
+                .map_or(Duration::from_secs(1), |at| {
+                    at.saturating_duration_since(now)
+                });
+            return Err(Refusal::HandshakeRate {
+                limit: config.handshake_rate_per_ip,
+                retry_after_secs: whole_seconds(wait),
+            });
+        }
+        if config.handshakes_per_ip != 0 && address.handshaking >= config.handshakes_per_ip {
+            return Err(Refusal::HandshakesPerIp {
+                limit: config.handshakes_per_ip,
+            });
+        }
+        if config.connections_per_ip != 0 && address.connections >= config.connections_per_ip {
+            return Err(Refusal::PerIp {
+                limit: config.connections_per_ip,
+            });
+        }
+        Ok(())
+    }
+
+    /// The slot `serial` was reserved for `ip` (after `check_new` passed).
+    pub fn reserved(&mut self, serial: u64, ip: IpAddr, now: Instant) {
+        if !self.config.any() {
+            return;
+        }
+        let address = self.address(ip, now);
+        address.connections += 1;
+        address.handshaking += 1;
+        self.holders.insert(
+            serial,
+            Holder {
+                ip,
+                user: None,
+                handshaking: true,
+            },
+        );
+    }
+
+    /// The handshake of `serial` authenticated as `user`: counted against
+    /// the user's limit, or refused when the user is at it.
+    pub fn bind_user(&mut self, serial: u64, user: &str) -> Result<(), Refusal> {
+        let limit = self.config.connections_per_user;
+        if limit == 0 {
+            return Ok(());
+        }
+        let Some(holder) = self.holders.get_mut(&serial) else {
+            return Ok(());
+        };
+        if holder.user.is_some() {
+            return Ok(());
+        }
+        let count = self.users.get(user).copied().unwrap_or(0);
+        if count >= limit {
+            return Err(Refusal::PerUser { limit });
+        }
+        *self.users.entry(user.into()).or_insert(0) += 1;
+        holder.user = Some(user.into());
+        Ok(())
+    }
+
+    /// The handshake of `serial` completed: no longer counted as pending.
+    pub fn upgraded(&mut self, serial: u64) {
+        let Some(holder) = self.holders.get_mut(&serial) else {
+            return;
+        };
+        if std::mem::replace(&mut holder.handshaking, false)
+            && let Some(address) = self.addresses.get_mut(&holder.ip)
+        {
+            address.handshaking -= 1;
+        }
+    }
+
+    /// The slot `serial` was freed (aborted handshake or closed connection).
+    pub fn released(&mut self, serial: u64) {
+        let Some(holder) = self.holders.remove(&serial) else {
+            return;
+        };
+        if let Some(address) = self.addresses.get_mut(&holder.ip) {
+            address.connections -= 1;
+            if holder.handshaking {
+                address.handshaking -= 1;
+            }
+            // A bucket that is not full still remembers recent attempts;
+            // `prune` drops it once it has refilled.
+            if address.connections == 0 && address.rate.is_none() {
+                self.addresses.remove(&holder.ip);
+            }
+        }
+        if let Some(user) = holder.user
+            && let Some(count) = self.users.get_mut(&user)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.users.remove(&user);
+            }
+        }
+    }
+
+    /// Forgets addresses with no connection whose rate bucket has refilled,
+    /// so the table holds only addresses that are connected or recently
+    /// active. Call it now and then (the gateway does on every resource
+    /// sample).
+    pub fn prune(&mut self, now: Instant) {
+        let burst = self.config.handshake_rate_per_ip;
+        self.addresses.retain(|_, a| {
+            a.connections > 0 || a.rate.as_mut().is_some_and(|b| b.available(now) < burst)
+        });
+    }
+
+    /// Source addresses currently tracked.
+    pub fn tracked_addresses(&self) -> usize {
+        self.addresses.len()
+    }
+
+    /// Connections currently counted for `ip`.
+    pub fn connections_from(&self, ip: IpAddr) -> u32 {
+        self.addresses.get(&ip).map_or(0, |a| a.connections)
+    }
+
+    /// Handshakes in progress counted for `ip`.
+    pub fn handshaking_from(&self, ip: IpAddr) -> u32 {
+        self.addresses.get(&ip).map_or(0, |a| a.handshaking)
+    }
+
+    /// Connections currently counted for `user`.
+    pub fn connections_of(&self, user: &str) -> u32 {
+        self.users.get(user).copied().unwrap_or(0)
+    }
+
+    fn address(&mut self, ip: IpAddr, now: Instant) -> &mut Address {
+        let rate = self.config.handshake_rate_per_ip;
+        self.addresses.entry(ip).or_insert_with(|| Address {
+            connections: 0,
+            handshaking: 0,
+            rate: (rate != 0).then(|| TokenBucket::new(rate, rate, now)),
+        })
+    }
+}
+
+/// A wait as `Retry-After` seconds: rounded up, at least 1.
+fn whole_seconds(wait: Duration) -> u32 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::super::{AbortCause, Admission, GuardConfig};
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn admission(limits: ClientLimitConfig) -> Admission {
+        Admission::new(100, 2, GuardConfig::default()).with_client_limits(limits)
+    }
+
+    const T0: Instant = Instant::ZERO;
+
+    #[test]
+    fn connections_per_ip_count_handshakes_and_live_slots() {
+        let mut a = admission(ClientLimitConfig {
+            connections_per_ip: 2,
+            ..ClientLimitConfig::default()
+        });
+        let r1 = a.admit(ip(1), T0).expect("first");
+        let r2 = a.admit(ip(1), T0).expect("second");
+        assert_eq!(a.admit(ip(1), T0), Err(Refusal::PerIp { limit: 2 }));
+        assert_eq!(a.admit(ip(1), T0).unwrap_err().status(), 429);
+        // Another address is not affected, and a refusal reserved nothing.
+        let other = a.admit(ip(2), T0).expect("other address");
+        assert_eq!(a.used(), 3);
+        let live = a.complete(r1);
+        assert_eq!(
+            a.connections_from(ip(1)),
+            2,
+            "a live connection still counts"
+        );
+        a.abort(r2, AbortCause::Io);
+        let r3 = a.admit(ip(1), T0).expect("a place came free");
+        a.close(live);
+        a.abort(r3, AbortCause::Rejected);
+        a.abort(other, AbortCause::Rejected);
+        assert_eq!(a.connections_from(ip(1)), 0);
+        assert_eq!(
+            a.tracked_addresses(),
+            0,
+            "nothing is remembered once all left"
+        );
+    }
+
+    #[test]
+    fn pending_handshakes_per_ip_free_up_when_upgraded() {
+        let mut a = admission(ClientLimitConfig {
+            handshakes_per_ip: 2,
+            ..ClientLimitConfig::default()
+        });
+        let r1 = a.admit(ip(1), T0).expect("first");
+        let _r2 = a.admit(ip(1), T0).expect("second");
+        assert_eq!(
+            a.admit(ip(1), T0),
+            Err(Refusal::HandshakesPerIp { limit: 2 })
+        );
+        assert_eq!(a.handshaking_from(ip(1)), 2);
+        let _live = a.complete(r1);
+        assert_eq!(a.handshaking_from(ip(1)), 1);
+        let _r3 = a
+            .admit(ip(1), T0)
+            .expect("an upgraded connection is no longer pending");
+        assert_eq!(a.connections_from(ip(1)), 3);
+    }
+
+    #[test]
+    fn handshake_rate_per_ip_refills_and_says_when() {
+        let mut a = admission(ClientLimitConfig {
+            handshake_rate_per_ip: 2,
+            ..ClientLimitConfig::default()
+        });
+        let mut held = vec![a.admit(ip(1), T0).unwrap(), a.admit(ip(1), T0).unwrap()];
+        let refusal = a.admit(ip(1), T0).unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::HandshakeRate {
+                limit: 2,
+                retry_after_secs: 1
+            }
+        );
+        assert_eq!(refusal.retry_after_secs(Duration::from_secs(5)), 1);
+        assert_eq!(refusal.status(), 429);
+        held.push(
+            a.admit(ip(2), T0)
+                .expect("another address has its own bucket"),
+        );
+        held.push(
+            a.admit(ip(1), Instant::from_millis(500))
+                .expect("one token back after 0.5 s"),
+        );
+        assert!(a.admit(ip(1), Instant::from_millis(500)).is_err());
+        for r in held {
+            a.abort(r, AbortCause::Io);
+        }
+        // The bucket outlives the connections until it has refilled.
+        a.observe(Default::default(), Instant::from_millis(600));
+        assert_eq!(a.tracked_addresses(), 1);
+        a.observe(Default::default(), Instant::from_millis(1600));
+        assert_eq!(a.tracked_addresses(), 0);
+    }
+
+    #[test]
+    fn per_user_limit_is_checked_and_counted_at_once() {
+        let mut a = admission(ClientLimitConfig {
+            connections_per_user: 1,
+            ..ClientLimitConfig::default()
+        });
+        let r1 = a.admit(ip(1), T0).unwrap();
+        let r2 = a.admit(ip(2), T0).unwrap();
+        assert_eq!(a.bind_user(&r1, "alice"), Ok(()));
+        assert_eq!(
+            a.bind_user(&r2, "alice"),
+            Err(Refusal::PerUser { limit: 1 })
+        );
+        assert_eq!(a.bind_user(&r2, "bob"), Ok(()));
+        a.abort(r2, AbortCause::Rejected);
+        assert_eq!(a.connections_of("bob"), 0);
+        let live = a.complete(r1);
+        assert_eq!(a.connections_of("alice"), 1);
+        let r3 = a.admit(ip(3), T0).unwrap();
+        assert!(a.bind_user(&r3, "alice").is_err());
+        a.close(live);
+        assert_eq!(a.bind_user(&r3, "alice"), Ok(()), "freed by the close");
+    }
+
+    #[test]
+    fn nothing_is_tracked_while_every_limit_is_off() {
+        let mut a = admission(ClientLimitConfig::default());
+        let r = a.admit(ip(1), T0).unwrap();
+        assert_eq!(a.bind_user(&r, "alice"), Ok(()));
+        assert_eq!((a.tracked_addresses(), a.connections_of("alice")), (0, 0));
+        a.abort(r, AbortCause::Io);
+    }
+
+    #[test]
+    fn a_full_gateway_answers_503_before_any_client_limit() {
+        let mut a =
+            Admission::new(1, 1, GuardConfig::default()).with_client_limits(ClientLimitConfig {
+                connections_per_ip: 1,
+                ..ClientLimitConfig::default()
+            });
+        let _r = a.admit(ip(1), T0).unwrap();
+        assert_eq!(a.admit(ip(1), T0), Err(Refusal::Full { capacity: 1 }));
+        assert_eq!(a.admit(ip(1), T0).unwrap_err().status(), 503);
+    }
+}
