@@ -21,7 +21,7 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     let debian = PathBuf::from("/usr/sbin/nats-server");
     if debian.is_file() {
         return debian;
