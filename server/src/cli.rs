@@ -30,6 +30,8 @@ pub enum Task {
     Feed(FeedOptions),
     /// Print a token signed with `SURGE_JWT_SECRET` (`surge token`).
     Token(crate::jwt::TokenOptions),
+    /// How many gateways a target needs (`surge plan`).
+    Plan(crate::plan::Target),
 }
 
 /// The parsed command line.
@@ -78,6 +80,7 @@ pub fn command() -> Command {
         ))
         .subcommand(feed_command())
         .subcommand(crate::jwt::command())
+        .subcommand(crate::plan::command())
         .arg(
             Arg::new("env-file")
                 .long("env-file")
@@ -151,6 +154,7 @@ where
         Some(("doctor", _)) => Task::Doctor,
         Some(("feed", sub)) => Task::Feed(feed_options(sub)),
         Some(("token", sub)) => Task::Token(crate::jwt::options(sub)),
+        Some(("plan", sub)) => Task::Plan(crate::plan::target(sub)),
         _ => Task::Serve,
     };
     let sub = matches.subcommand().map(|(_, m)| m);

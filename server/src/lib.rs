@@ -11,6 +11,7 @@ pub mod feed;
 pub mod host;
 pub mod jwt;
 pub mod nats;
+pub mod plan;
 pub mod reload;
 pub mod resources;
 pub mod serve;

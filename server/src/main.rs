@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use surge_core::config::{Config, LogFormat};
 use surge_server::cli::{self, Task};
-use surge_server::{doctor, feed, jwt, serve};
+use surge_server::{doctor, feed, jwt, plan, serve};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(config: &Config) {
@@ -102,6 +102,10 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Task::Plan(target) => {
+            print!("{}", plan::report(&target, &plan::plan(&target)));
+            ExitCode::SUCCESS
+        }
         Task::Serve => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
