@@ -34,9 +34,11 @@ use std::time::Duration;
 
 use crate::admission::ConnId;
 use crate::auth::Grant;
+use crate::deflate::Deflate;
 use crate::frame::{
-    CloseAction, CloseState, DecodeLimits, Event, FrameDecoder, FrameError, binary_frame_into,
-    close_frame_into, ping_frame_into, pong_frame_into, text_frame_into,
+    CloseAction, CloseState, DecodeLimits, Event, FrameDecoder, FrameError, OpCode,
+    binary_frame_into, close_frame_into, compressed_frame_into, ping_frame_into, pong_frame_into,
+    text_frame_into,
 };
 use crate::protocol::{CloseReason, OutFrame, Published};
 use crate::session::{Action, Delivery, Recovery, Session, SessionConfig, SessionStats};
@@ -245,6 +247,8 @@ pub struct Connection {
     close_frame_framed: bool,
     shutdown_write_due: bool,
     end_reported: bool,
+    /// permessage-deflate, when the upgrade negotiated it.
+    deflate: Option<Deflate>,
 }
 
 impl Connection {
@@ -284,7 +288,15 @@ impl Connection {
             close_frame_framed: false,
             shutdown_write_due: false,
             end_reported: false,
+            deflate: None,
         }
+    }
+
+    /// Turns on permessage-deflate as the upgrade negotiated it: messages
+    /// of at least `compression_min_bytes` go out compressed and the
+    /// client's compressed messages are inflated. Before any bytes move.
+    pub fn set_deflate(&mut self, deflate: Option<Deflate>) {
+        self.deflate = deflate;
     }
 
     pub fn id(&self) -> ConnId {
@@ -353,6 +365,7 @@ impl Connection {
         let limits = DecodeLimits {
             max_message_bytes: config.max_message_bytes,
             keep_binary: config.echo,
+            compressed: self.deflate.is_some(),
         };
         let mut decoder = self
             .decoder
@@ -672,13 +685,24 @@ impl Connection {
         }));
     }
 
+    /// An echoed message, compressed when the connection negotiated it.
+    fn echo_frame_into(&self, out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+        match self.deflate {
+            Some(d) if payload.len() >= self.session.config().compression_min_bytes => {
+                compressed_frame_into(out, opcode, &[&crate::deflate::compress(payload, d)]);
+            }
+            _ if opcode == OpCode::Binary => binary_frame_into(out, &[payload]),
+            _ => text_frame_into(out, &[payload]),
+        }
+    }
+
     fn on_event(&mut self, event: Event, now: Instant) {
         match event {
             Event::Text(text) if self.session.config().echo => {
                 self.session.on_heard(now);
                 if self.open() {
                     let mut frame = Vec::with_capacity(10 + text.len());
-                    text_frame_into(&mut frame, &[text.as_bytes()]);
+                    self.echo_frame_into(&mut frame, OpCode::Text, text.as_bytes());
                     self.session.push_wire(frame.into());
                 }
             }
@@ -689,7 +713,7 @@ impl Connection {
                 self.session.on_heard(now);
                 if self.open() {
                     let mut frame = Vec::with_capacity(10 + payload.len());
-                    binary_frame_into(&mut frame, &[&payload]);
+                    self.echo_frame_into(&mut frame, OpCode::Binary, &payload);
                     self.session.push_wire(frame.into());
                 }
             }
@@ -815,8 +839,10 @@ impl Connection {
         if self.close_frame_framed {
             return;
         }
+        let deflate = self.deflate;
+        let min_bytes = self.session.config().compression_min_bytes;
         while let Some(frame) = self.session.pop_notice() {
-            frame_one(&frame, out);
+            frame_one(&frame, out, deflate, min_bytes);
         }
         let data_allowed = match self.queued_close.as_deref() {
             Some(close) => close.after_data,
@@ -830,7 +856,7 @@ impl Connection {
                 if let OutFrame::Message { seq, .. } = &frame {
                     self.last_framed_seq = self.last_framed_seq.max(*seq);
                 }
-                frame_one(&frame, out);
+                frame_one(&frame, out, deflate, min_bytes);
             }
         }
         let close_due = self
@@ -900,11 +926,23 @@ impl Connection {
     }
 }
 
-/// Appends one queued frame, framed for the wire.
-fn frame_one(frame: &OutFrame, out: &mut Vec<u8>) {
+/// Appends one queued frame, framed for the wire. With permessage-deflate
+/// a message frame of at least `min_bytes` is compressed: its
+/// per-connection head as a stored deflate block, then its tail compressed
+/// once for every subscriber (see [`crate::deflate`]).
+fn frame_one(frame: &OutFrame, out: &mut Vec<u8>, deflate: Option<Deflate>, min_bytes: usize) {
     match frame {
         OutFrame::Control(body) => text_frame_into(out, &[body]),
-        OutFrame::Message { head, tail, .. } => text_frame_into(out, &[head, tail]),
+        OutFrame::Message {
+            head, published, ..
+        } => match deflate {
+            Some(d) if head.len() + published.tail_len() >= min_bytes => {
+                let mut stored = Vec::with_capacity(head.len() + 5);
+                crate::deflate::stored_blocks_into(&mut stored, head);
+                compressed_frame_into(out, OpCode::Text, &[&stored, &published.deflated_tail(d)]);
+            }
+            _ => text_frame_into(out, &[head, published.tail()]),
+        },
         OutFrame::Wire(bytes) => out.extend_from_slice(bytes),
     }
 }
@@ -914,3 +952,6 @@ mod tests;
 
 #[cfg(test)]
 mod auth_tests;
+
+#[cfg(test)]
+mod deflate_tests;

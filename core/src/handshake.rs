@@ -56,6 +56,7 @@ use sha1::{Digest as _, Sha1};
 
 use crate::admission::Refusal;
 use crate::auth::{Grant, JwtAuth, TokenError};
+use crate::deflate::Deflate;
 use crate::{Instant, UnixAnchor, UnixTime};
 
 /// The GUID RFC 6455 §1.3 appends to the client key before hashing.
@@ -92,6 +93,8 @@ pub struct HandshakeConfig {
     /// sent and anonymous channels exist. When set, `auth_tokens` is not
     /// consulted (the configuration refuses both at once).
     pub jwt: Option<Arc<JwtAuth>>,
+    /// Accept a permessage-deflate offer (see [`crate::deflate`]).
+    pub compression: bool,
 }
 
 impl Default for HandshakeConfig {
@@ -109,6 +112,7 @@ impl Default for HandshakeConfig {
             auth_tokens: Vec::new(),
             probe_path: None,
             jwt: None,
+            compression: true,
         }
     }
 }
@@ -178,6 +182,14 @@ pub struct Accepted {
     pub grant: Option<Grant>,
 }
 
+impl Accepted {
+    /// permessage-deflate, when it was negotiated (for
+    /// [`crate::connection::Connection::set_deflate`]).
+    pub fn deflate(&self) -> Option<Deflate> {
+        self.request.deflate.as_ref().map(|(d, _)| *d)
+    }
+}
+
 /// The parts of an accepted upgrade request the gateway needs later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeRequest {
@@ -195,6 +207,8 @@ pub struct UpgradeRequest {
     pub key: String,
     /// The `User-Agent` header, if sent.
     pub user_agent: Option<String>,
+    /// permessage-deflate as negotiated, with the response header's value.
+    pub deflate: Option<(Deflate, String)>,
 }
 
 /// A refused handshake: the reason and the full HTTP response to write.
@@ -395,14 +409,18 @@ pub fn rejection(reason: RejectReason) -> Rejection {
     }
 }
 
-/// The `101 Switching Protocols` response for a key and an optional chosen subprotocol.
-fn switching_protocols(key: &str, subprotocol: Option<&str>) -> Vec<u8> {
+/// The `101 Switching Protocols` response for a key, an optional chosen
+/// subprotocol and the accepted extension.
+fn switching_protocols(key: &str, subprotocol: Option<&str>, extensions: Option<&str>) -> Vec<u8> {
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         accept_key(key)
     );
     if let Some(protocol) = subprotocol {
         response.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+    }
+    if let Some(extensions) = extensions {
+        response.push_str(&format!("Sec-WebSocket-Extensions: {extensions}\r\n"));
     }
     response.push_str("\r\n");
     response.into_bytes()
@@ -481,6 +499,7 @@ impl Handshake {
                             response: switching_protocols(
                                 &upgrade.key,
                                 upgrade.subprotocol.as_deref(),
+                                upgrade.deflate.as_ref().map(|(_, h)| h.as_str()),
                             ),
                             leftover,
                             request: upgrade,
@@ -652,6 +671,15 @@ fn check_request(
         .next()
         .map(|v| String::from_utf8_lossy(v).into_owned());
 
+    let deflate = if config.compression {
+        crate::deflate::negotiate(
+            header_values(headers, "Sec-WebSocket-Extensions")
+                .filter_map(|v| std::str::from_utf8(v).ok()),
+        )
+    } else {
+        None
+    };
+
     let upgrade = UpgradeRequest {
         path: path.to_owned(),
         query: query.map(str::to_owned),
@@ -660,6 +688,7 @@ fn check_request(
         token,
         key: key.to_owned(),
         user_agent,
+        deflate,
     };
     Ok((upgrade, grant))
 }
@@ -1163,6 +1192,30 @@ mod tests {
             HandshakeConfig::default(),
             &request_with("/ws", &["Origin: https://anywhere.example"]),
         ));
+    }
+
+    #[test]
+    fn permessage_deflate_is_accepted_once_and_only_when_on() {
+        let offer = "Sec-WebSocket-Extensions: x-webkit-deflate-frame, permessage-deflate; client_max_window_bits";
+        let a = accepted(run(
+            HandshakeConfig::default(),
+            &request_with("/ws", &[offer]),
+        ));
+        assert_eq!(a.deflate(), Some(Deflate::full()));
+        let response = String::from_utf8_lossy(&a.response).into_owned();
+        assert!(
+            response.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+            "{response}"
+        );
+        let off = HandshakeConfig {
+            compression: false,
+            ..HandshakeConfig::default()
+        };
+        let a = accepted(run(off, &request_with("/ws", &[offer])));
+        assert_eq!(a.deflate(), None);
+        assert!(!String::from_utf8_lossy(&a.response).contains("Extensions"));
+        let a = accepted(run(HandshakeConfig::default(), &valid_request()));
+        assert_eq!(a.deflate(), None, "no offer, no extension");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! [`Published`]).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -16,6 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::deflate::Deflate;
 use crate::subjects::Subject;
 
 /// A request a client sent, with the `id` it wants echoed.
@@ -546,6 +547,9 @@ pub struct Published {
     pub sseq: u64,
     pub priority: Priority,
     tail: Bytes,
+    /// The tail compressed for permessage-deflate with the full window,
+    /// made by the first subscriber that needs it and shared by all.
+    deflated: OnceLock<Bytes>,
 }
 
 impl Published {
@@ -583,7 +587,21 @@ impl Published {
             sseq,
             priority,
             tail: tail.freeze(),
+            deflated: OnceLock::new(),
         })
+    }
+
+    /// The tail as permessage-deflate sends it with `deflate`'s window:
+    /// compressed once per message for the full window (what every browser
+    /// negotiates), per call for a smaller one.
+    pub fn deflated_tail(&self, deflate: Deflate) -> Bytes {
+        if deflate == Deflate::full() {
+            self.deflated
+                .get_or_init(|| crate::deflate::compress(&self.tail, deflate).into())
+                .clone()
+        } else {
+            crate::deflate::compress(&self.tail, deflate).into()
+        }
     }
 
     /// Bytes of the shared part, for memory and queue accounting.
@@ -641,7 +659,8 @@ pub enum OutFrame {
     Control(Bytes),
     Message {
         head: Bytes,
-        tail: Bytes,
+        /// Its tail is the frame's shared part.
+        published: Arc<Published>,
         seq: u64,
     },
     /// A complete WebSocket frame, already encoded (a ping or a pong).
@@ -656,7 +675,7 @@ impl OutFrame {
     /// A message frame. `dropped` counts the live messages this
     /// connection skipped since its previous delivery; it is written only
     /// when non-zero (and callers pass 0 for replayed and recovered frames).
-    pub fn message(seq: u64, mark: MessageMark, dropped: u32, published: &Published) -> Self {
+    pub fn message(seq: u64, mark: MessageMark, dropped: u32, published: &Arc<Published>) -> Self {
         let mut head = BytesMut::with_capacity(48);
         head.put_slice(b"{\"type\":\"message\",\"seq\":");
         head.put_slice(seq.to_string().as_bytes());
@@ -671,7 +690,7 @@ impl OutFrame {
         }
         OutFrame::Message {
             head: head.freeze(),
-            tail: published.tail.clone(),
+            published: Arc::clone(published),
             seq,
         }
     }
@@ -680,7 +699,9 @@ impl OutFrame {
     pub fn len(&self) -> usize {
         match self {
             OutFrame::Control(b) | OutFrame::Wire(b) => b.len(),
-            OutFrame::Message { head, tail, .. } => head.len() + tail.len(),
+            OutFrame::Message {
+                head, published, ..
+            } => head.len() + published.tail.len(),
         }
     }
 
@@ -692,10 +713,12 @@ impl OutFrame {
     pub fn to_bytes(&self) -> Bytes {
         match self {
             OutFrame::Control(b) | OutFrame::Wire(b) => b.clone(),
-            OutFrame::Message { head, tail, .. } => {
-                let mut out = BytesMut::with_capacity(head.len() + tail.len());
+            OutFrame::Message {
+                head, published, ..
+            } => {
+                let mut out = BytesMut::with_capacity(head.len() + published.tail.len());
                 out.put_slice(head);
-                out.put_slice(tail);
+                out.put_slice(&published.tail);
                 out.freeze()
             }
         }
@@ -705,9 +728,11 @@ impl OutFrame {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         match self {
             OutFrame::Control(b) | OutFrame::Wire(b) => out.extend_from_slice(b),
-            OutFrame::Message { head, tail, .. } => {
+            OutFrame::Message {
+                head, published, ..
+            } => {
                 out.extend_from_slice(head);
-                out.extend_from_slice(tail);
+                out.extend_from_slice(&published.tail);
             }
         }
     }
@@ -828,11 +853,12 @@ mod tests {
             text(&b),
             r#"{"type":"message","seq":3,"replayed":true,"subject":"odin.token.BTC.trade","sseq":1234,"data":{"px": 1.5}}"#
         );
-        let (OutFrame::Message { tail: ta, .. }, OutFrame::Message { tail: tb, .. }) = (&a, &b)
+        let (OutFrame::Message { published: pa, .. }, OutFrame::Message { published: pb, .. }) =
+            (&a, &b)
         else {
             panic!("message frames expected");
         };
-        assert_eq!(ta.as_ptr(), tb.as_ptr(), "the tail must not be copied");
+        assert!(Arc::ptr_eq(pa, pb), "the tail must not be copied");
         assert_eq!(a.len(), text(&a).len());
     }
 

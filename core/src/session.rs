@@ -59,6 +59,10 @@ pub struct SessionConfig {
     /// Tokens: what a connection may read, `refresh`, expiry. `None`: no
     /// authentication, every channel is readable.
     pub auth: Option<Arc<JwtAuth>>,
+    /// On a connection that negotiated permessage-deflate, messages of at
+    /// least this many bytes go out compressed; smaller ones gain too
+    /// little to be worth the client's inflate.
+    pub compression_min_bytes: usize,
 }
 
 impl Default for SessionConfig {
@@ -82,6 +86,7 @@ impl Default for SessionConfig {
             inbound_bytes_per_sec: 1 << 20,
             echo: false,
             auth: None,
+            compression_min_bytes: 64,
         }
     }
 }

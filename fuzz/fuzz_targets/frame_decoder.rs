@@ -123,6 +123,8 @@ fuzz_target!(|data: &[u8]| {
     let limits = DecodeLimits {
         max_message_bytes: [16 * 1024, 0, 1, 3, 125, 126, 1000, 65_536][usize::from(choice % 8)],
         keep_binary: choice & 0x80 != 0,
+        // permessage-deflate negotiated: RSV1 messages are inflated.
+        compressed: choice & 0x40 != 0,
     };
     let (chunks, body) = split_input(bytes.rest());
 

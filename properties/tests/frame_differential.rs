@@ -87,6 +87,7 @@ impl Core {
             decoder: FrameDecoder::new(DecodeLimits {
                 max_message_bytes: limit,
                 keep_binary: true,
+                compressed: false,
             }),
         }
     }

@@ -104,7 +104,9 @@ async fn serve(
             return Ok(None);
         }
     };
+    let deflate = accepted.deflate();
     let mut conn = Connection::new(id, session, clock.now(), None, accepted.response);
+    conn.set_deflate(deflate);
     // The bytes that followed the request head come first.
     conn.handle_bytes(&accepted.leftover, clock.now());
     Ok(Some(drive(stream, conn, &mut buf, clock).await))

@@ -78,6 +78,7 @@ impl GatewayConfig {
                 probe_path: config.public_healthz.then(|| "/healthz".to_owned()),
                 // Keys are read by the server: see `set_jwt`.
                 jwt: None,
+                compression: config.compression,
             },
             session: SessionConfig {
                 max_subscriptions: config.max_subscriptions,
@@ -89,6 +90,7 @@ impl GatewayConfig {
                 client_burst: config.client_burst,
                 inbound_frames_per_sec: config.inbound_frames_per_sec,
                 inbound_bytes_per_sec: config.inbound_bytes_per_sec,
+                compression_min_bytes: config.compression_min_bytes,
                 ping_interval: config.ping_interval,
                 idle_timeout: config.idle_timeout,
                 throttle: ThrottleConfig {

@@ -41,7 +41,9 @@ pub(crate) async fn run<S>(
         let Some(upgraded) = upgrade(&mut stream, &mut slot, &ctx, accepted).await else {
             return;
         };
+        let deflate = upgraded.deflate();
         let handoff = Handoff {
+            deflate,
             stream,
             slot,
             response: upgraded.response,

@@ -130,6 +130,26 @@ impl fmt::Display for FeedReport {
     }
 }
 
+/// `n` seconds of the feed's messages at `rate` per second, as (subject,
+/// payload bytes): what `surge feed` would publish, for measurements such
+/// as the wire bytes of a delivery (`cargo run --example wire_bytes`).
+pub fn sample(symbols: &[String], rate: u32, seconds: u64, seed: u64) -> Vec<(String, Vec<u8>)> {
+    let mut market = Market::new(symbols, seed);
+    let mut out = Vec::new();
+    for second in 0..seconds {
+        for i in 0..u64::from(rate) {
+            let ts = second * 1000 + i * 1000 / u64::from(rate.max(1));
+            let m = market.next(ts);
+            out.push((m.subject, m.data.to_string().into_bytes()));
+        }
+        if (second + 1) % TRENDING_EVERY.as_secs() == 0 {
+            let m = market.trending(second * 1000 + 999);
+            out.push((m.subject, m.data.to_string().into_bytes()));
+        }
+    }
+    out
+}
+
 /// One message to publish.
 #[derive(Debug, Clone, PartialEq)]
 struct Outgoing {

@@ -518,6 +518,20 @@ settings! {
         kind: Dur, rule: whole_seconds(1, 3_600),
         doc: "Retry-After sent with 503 when full or overloaded (whole seconds); 5s spreads retries out without leaving clients waiting long.",
     },
+    compression: bool {
+        env: "SURGE_COMPRESSION", flag: "--compression",
+        // On: every browser offers it and a publish is compressed once.
+        default: true, default_text: "true",
+        kind: Bool, rule: Spec::Bool,
+        doc: "Accept permessage-deflate offers: a published message is compressed once and the same bytes go to every subscriber that negotiated it; no per-connection compression state.",
+    },
+    compression_min_bytes: usize {
+        env: "SURGE_COMPRESSION_MIN_BYTES", flag: "--compression-min-bytes",
+        // Below ~64 bytes deflate without shared context gains next to nothing.
+        default: 64, default_text: "64B",
+        kind: Bytes, rule: bytes(0, MIB),
+        doc: "Messages shorter than this go out uncompressed even on a connection that negotiated permessage-deflate.",
+    },
     /// Messages per second consumed from the broker; 0 = unlimited.
     broker_rate: u32 {
         env: "SURGE_BROKER_RATE", flag: "--broker-rate",

@@ -649,6 +649,8 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ),
     ("SURGE_HANDSHAKE_RATE_PER_IP", "1.5", "from 0 to 10000000"),
     ("SURGE_BROADCAST_RATE", "x", "from 0 to 10000000"),
+    ("SURGE_COMPRESSION", "gzip", "true or false"),
+    ("SURGE_COMPRESSION_MIN_BYTES", "2MiB", "from 0B to 1MiB"),
     (
         "SURGE_NATS_URL",
         "http://nats:4222",

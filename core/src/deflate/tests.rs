@@ -31,21 +31,37 @@ fn the_first_acceptable_offer_wins_and_bad_ones_are_declined() {
     let cases: &[(&[&str], Option<u8>)] = &[
         (&["x-webkit-deflate-frame"], None),
         (&["permessage-deflate; unknown_param"], None),
-        (&["permessage-deflate; server_no_context_takeover; server_no_context_takeover"], None),
+        (
+            &["permessage-deflate; server_no_context_takeover; server_no_context_takeover"],
+            None,
+        ),
         (&["permessage-deflate; server_max_window_bits"], None),
         (&["permessage-deflate; server_max_window_bits=16"], None),
         (&["permessage-deflate; server_max_window_bits=0x9"], None),
         (&["permessage-deflate; client_max_window_bits=7"], None),
         (&["permessage-deflate; server_max_window_bits=10"], Some(10)),
-        (&["permessage-deflate; server_max_window_bits=\"12\""], Some(12)),
+        (
+            &["permessage-deflate; server_max_window_bits=\"12\""],
+            Some(12),
+        ),
         // zlib has no 256-byte window: that offer is declined, the next taken.
-        (&["permessage-deflate; server_max_window_bits=8, permessage-deflate"], Some(15)),
-        (&["foo, PerMessage-Deflate; Client_Max_Window_Bits=9"], Some(15)),
+        (
+            &["permessage-deflate; server_max_window_bits=8, permessage-deflate"],
+            Some(15),
+        ),
+        (
+            &["foo, PerMessage-Deflate; Client_Max_Window_Bits=9"],
+            Some(15),
+        ),
         (&["foo", "permessage-deflate"], Some(15)),
     ];
     for (values, expected) in cases {
         let got = negotiate(values.iter().copied());
-        assert_eq!(got.as_ref().map(|(d, _)| d.window_bits()), *expected, "{values:?}");
+        assert_eq!(
+            got.as_ref().map(|(d, _)| d.window_bits()),
+            *expected,
+            "{values:?}"
+        );
         if let Some((d, response)) = got
             && d.window_bits() < MAX_WINDOW_BITS
         {
@@ -102,7 +118,10 @@ fn inflate_stops_a_bomb_at_the_limit() {
         inflate(&bomb, 16 * 1024),
         Err(InflateError::TooBig { limit: 16 * 1024 })
     );
-    assert_eq!(inflate(&bomb, 1 << 20).expect("at the limit").len(), 1 << 20);
+    assert_eq!(
+        inflate(&bomb, 1 << 20).expect("at the limit").len(),
+        1 << 20
+    );
     assert_eq!(inflate(b"\xff\xff\xff", 100), Err(InflateError::Corrupt));
 }
 

@@ -24,6 +24,11 @@ pub struct DecodeLimits {
     /// protocol is JSON text, so the gateway skips them unbuffered; an echo
     /// endpoint (the Autobahn harness) keeps them.
     pub keep_binary: bool,
+    /// permessage-deflate was negotiated: RSV1 on a message's first frame
+    /// marks it compressed, and it is inflated (within
+    /// `max_message_bytes`) before it is an event. Without it RSV1 is a
+    /// protocol error like the other reserved bits.
+    pub compressed: bool,
 }
 
 impl DecodeLimits {
@@ -32,6 +37,7 @@ impl DecodeLimits {
         DecodeLimits {
             max_message_bytes,
             keep_binary: false,
+            compressed: false,
         }
     }
 }
@@ -89,6 +95,8 @@ pub enum FrameError {
     InvalidCloseCode { code: u16 },
     #[error("close reason is not valid UTF-8")]
     InvalidCloseReason,
+    #[error("compressed message is not valid deflate data")]
+    BadCompression,
 }
 
 impl FrameError {
@@ -98,7 +106,9 @@ impl FrameError {
     pub fn close_code(&self) -> u16 {
         match self {
             FrameError::MessageTooBig { .. } => 1009,
-            FrameError::InvalidUtf8 | FrameError::InvalidCloseReason => 1007,
+            FrameError::InvalidUtf8
+            | FrameError::InvalidCloseReason
+            | FrameError::BadCompression => 1007,
             FrameError::Unmasked
             | FrameError::ReservedBits { .. }
             | FrameError::UnknownOpcode { .. }
@@ -144,6 +154,8 @@ pub struct FrameDecoder {
     /// Frame headers completed so far (every frame: data, continuation and
     /// control), for the driver's inbound budget.
     frames: u32,
+    /// The message in progress was sent compressed (RSV1 on its first frame).
+    compressed: bool,
 }
 
 /// Where the decoder is inside the current frame.
@@ -226,6 +238,8 @@ impl Message {
 /// A complete, valid client frame header.
 struct Header {
     fin: bool,
+    /// RSV1 on a message's first frame, with permessage-deflate negotiated.
+    compressed: bool,
     opcode: OpCode,
     len: usize,
     mask: [u8; 4],
@@ -244,6 +258,7 @@ impl FrameDecoder {
             stage: Stage::header(),
             message: Message::None,
             frames: 0,
+            compressed: false,
         }
     }
 
@@ -396,6 +411,7 @@ impl FrameDecoder {
     fn begin_frame(&mut self, header: Header) -> Result<Option<Event>, FrameError> {
         let Header {
             fin,
+            compressed,
             opcode,
             len,
             mask,
@@ -415,6 +431,9 @@ impl FrameDecoder {
             return Ok(None);
         }
         let first = opcode != OpCode::Continuation;
+        if first {
+            self.compressed = compressed;
+        }
         match (&mut self.message, opcode) {
             (_, OpCode::Text) => {
                 // The only allocation of an unfragmented message: exactly
@@ -461,16 +480,41 @@ impl FrameDecoder {
             remaining: len,
             phase: 0,
             fin,
-            check_utf8: !(first && fin),
+            // A compressed message is checked once inflated.
+            check_utf8: !(self.compressed || first && fin),
         };
         Ok(None)
     }
 
     fn finish_message(&mut self) -> Result<Event, FrameError> {
+        let compressed = mem::take(&mut self.compressed);
+        let limit = self.limits.max_message_bytes;
+        let inflated = |payload: Vec<u8>| {
+            if !compressed {
+                return Ok(payload);
+            }
+            crate::deflate::inflate(&payload, limit).map_err(|e| match e {
+                crate::deflate::InflateError::TooBig { limit } => FrameError::MessageTooBig {
+                    len: limit as u64 + 1,
+                    limit,
+                },
+                crate::deflate::InflateError::Corrupt => FrameError::BadCompression,
+            })
+        };
         match mem::take(&mut self.message) {
-            Message::Text { payload, .. } => String::from_utf8(payload)
+            Message::Text { payload, .. } => String::from_utf8(inflated(payload)?)
                 .map(Event::Text)
                 .map_err(|_| FrameError::InvalidUtf8),
+            Message::Binary {
+                payload: Some(payload),
+                ..
+            } if compressed => {
+                let payload = inflated(payload)?;
+                Ok(Event::Binary {
+                    len: payload.len(),
+                    payload: Some(payload),
+                })
+            }
             Message::Binary { len, payload } => Ok(Event::Binary { len, payload }),
             // Only called when a data frame with FIN completes a message.
             Message::None => Err(FrameError::UnexpectedContinuation),
@@ -515,11 +559,16 @@ fn parse_header(
         return Ok(HeaderParse::NeedBytes(2));
     };
     let reserved = (b0 >> 4) & 0b111;
-    if reserved != 0 {
+    let opcode =
+        OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::UnknownOpcode { opcode: b0 & 0x0F });
+    // RSV1 marks a compressed message, on its first frame only (RFC 7692 §6).
+    let compressed = reserved == 0b100
+        && limits.compressed
+        && matches!(opcode, Ok(OpCode::Text | OpCode::Binary));
+    if reserved != 0 && !compressed {
         return Err(FrameError::ReservedBits { bits: reserved });
     }
-    let opcode =
-        OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::UnknownOpcode { opcode: b0 & 0x0F })?;
+    let opcode = opcode?;
     let fin = b0 & 0x80 != 0;
     if opcode.is_control() {
         if !fin {
@@ -578,6 +627,7 @@ fn parse_header(
     };
     Ok(HeaderParse::Complete(Header {
         fin,
+        compressed,
         opcode,
         // A control frame's length is at most 125; a data frame's is
         // within the limit, itself a usize.

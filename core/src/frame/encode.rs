@@ -78,6 +78,14 @@ pub fn masked_frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     out
 }
 
+/// Appends one unfragmented frame with RSV1 set: a compressed message
+/// (RFC 7692 §6), its compressed payload being `parts` concatenated.
+pub fn compressed_frame_into(out: &mut Vec<u8>, opcode: OpCode, parts: &[&[u8]]) {
+    let start = out.len();
+    frame_into(out, opcode, parts);
+    out[start] |= 0x40;
+}
+
 /// Appends one unfragmented binary frame whose payload is `parts`
 /// concatenated.
 pub fn binary_frame_into(out: &mut Vec<u8>, parts: &[&[u8]]) {

@@ -28,8 +28,8 @@ mod encode;
 pub use close::{CloseAction, CloseState};
 pub use decode::{DecodeLimits, Event, FrameDecoder, FrameError};
 pub use encode::{
-    MAX_HEADER_LEN, MAX_REASON_LEN, binary_frame_into, close_frame_into, encode_header, header_len,
-    masked_frame, ping_frame_into, pong_frame_into, text_frame_into,
+    MAX_HEADER_LEN, MAX_REASON_LEN, binary_frame_into, close_frame_into, compressed_frame_into,
+    encode_header, header_len, masked_frame, ping_frame_into, pong_frame_into, text_frame_into,
 };
 
 /// A frame's opcode (RFC 6455 §5.2); the other values are reserved.

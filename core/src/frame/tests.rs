@@ -666,6 +666,7 @@ fn binary_payloads_are_kept_only_when_asked_and_every_frame_is_counted() {
     let keep = DecodeLimits {
         max_message_bytes: 1024,
         keep_binary: true,
+        compressed: false,
     };
     let mut decoder = FrameDecoder::new(keep);
     let mut input = &frames[..];

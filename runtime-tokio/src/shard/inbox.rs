@@ -34,6 +34,8 @@ pub(crate) struct Handoff<S> {
     pub leftover: Vec<u8>,
     /// What the connection may read, when JWT authentication is on.
     pub grant: Option<Grant>,
+    /// permessage-deflate, when the upgrade negotiated it.
+    pub deflate: Option<surge_core::deflate::Deflate>,
     /// When the connection was accepted (for the handshake duration).
     pub accepted: Instant,
 }

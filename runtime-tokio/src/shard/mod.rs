@@ -290,6 +290,7 @@ impl<P: Poller> ShardState<P> {
             response,
             leftover,
             grant,
+            deflate,
             accepted,
         } = handoff;
         let ctx = Arc::clone(&self.ctx);
@@ -314,6 +315,7 @@ impl<P: Poller> ShardState<P> {
             epoch.as_deref(),
             response,
         );
+        conn.set_deflate(deflate);
         if let Some(grant) = grant {
             conn.authorize(grant, now, ctx.clock.unix_now());
         }
