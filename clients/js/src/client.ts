@@ -373,7 +373,7 @@ export class SurgeClient {
       cause = "try_again_later";
       hint = retryHintMs(reason);
       // An overloaded gateway: keep backing off as if the attempt had failed.
-      this.attempt = conn.attemptAtStart + 1;
+      this.attempt = conn.attemptAtStart;
     }
     if (code === 4001) {
       cause = "token_expired";
