@@ -11,6 +11,7 @@ import {
   useEffect,
   useRef,
   useSyncExternalStore,
+  type ReactElement,
   type ReactNode,
 } from "react";
 import type { SurgeClient } from "./client.js";
@@ -23,7 +24,7 @@ export interface SurgeProviderProps {
   children?: ReactNode;
 }
 
-export function SurgeProvider(props: SurgeProviderProps): ReactNode {
+export function SurgeProvider(props: SurgeProviderProps): ReactElement {
   return createElement(SurgeContext.Provider, { value: props.client }, props.children);
 }
 
