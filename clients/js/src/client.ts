@@ -231,17 +231,16 @@ export class SurgeClient {
         const current = this.subs.get(pattern);
         if (current === undefined) return;
         current.handlers.delete(record);
-        if (current.handlers.size === 0) {
-          this.subs.delete(pattern);
-          this.scheduleSync();
-        }
+        // The entry goes one microtask later, so a handler removed and
+        // added again in one tick (a remount) keeps its place in the resume.
+        if (current.handlers.size === 0) this.scheduleSync();
       },
     };
   }
 
   /** The patterns with at least one handler. */
   patterns(): string[] {
-    return [...this.subs.keys()];
+    return [...this.subs.values()].filter((e) => e.handlers.size > 0).map((e) => e.pattern);
   }
 
   /** The stream position processed so far: the last `sseq` and the epoch it counts in. */
@@ -522,7 +521,7 @@ export class SurgeClient {
     this.armHeartbeat(conn);
     // Patterns subscribed before: one resume from the anchor, so what was
     // missed arrives once, in order, before anything live.
-    const carried = [...this.subs.values()].filter((e) => e.active).map((e) => e.pattern);
+    const carried = [...this.subs.values()].filter((e) => e.active && e.handlers.size > 0).map((e) => e.pattern);
     if (carried.length > 0 && this.anchor.sseq !== null) {
       this.startResume(conn, {
         kind: "carried",
@@ -672,6 +671,9 @@ export class SurgeClient {
     // (React StrictMode's double mount) sends nothing twice.
     queueMicrotask(() => {
       this.syncQueued = false;
+      for (const [pattern, entry] of this.subs) {
+        if (entry.handlers.size === 0) this.subs.delete(pattern);
+      }
       this.syncNow();
     });
   }
@@ -681,12 +683,13 @@ export class SurgeClient {
     const conn = this.conn;
     if (conn === null || conn.dead || !conn.welcomed) return;
     if (conn.resume !== null) return; // again when it completes
-    const removed = [...conn.wire].filter((p) => !this.subs.has(p));
+    const wanted = new Set(this.patterns());
+    const removed = [...conn.wire].filter((p) => !wanted.has(p));
     if (removed.length > 0) {
       for (const p of removed) conn.wire.delete(p);
       this.send(conn, { type: "unsubscribe", channels: removed, id: this.nextId++ });
     }
-    const added = [...this.subs.keys()].filter((p) => !conn.wire.has(p));
+    const added = [...wanted].filter((p) => !conn.wire.has(p));
     if (added.length === 0) return;
     const kind: ResumeKind = conn.wire.size === 0 ? "anchor" : "fresh";
     this.startResume(conn, {
@@ -865,7 +868,7 @@ export class SurgeClient {
     }
     const pending = [...conn.probes.values()].some((p) => p.op === op);
     if (pending || conn.resume !== op) return;
-    op.channels = op.channels.filter((c) => this.subs.has(c));
+    op.channels = op.channels.filter((c) => (this.subs.get(c)?.handlers.size ?? 0) > 0);
     if (op.channels.length > 0) {
       this.startResume(conn, op);
     } else {

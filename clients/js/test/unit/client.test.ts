@@ -480,3 +480,26 @@ test("state events: connecting, connected, reconnecting with the delay, closed",
   assert.deepEqual(seq, ["connecting", "connected", "reconnecting", "closed"]);
   assert.equal(states.find((s) => s.status === "reconnecting")?.retryInMs, 125);
 });
+
+test("a handler removed and added again in one tick (a remount) keeps the channel's recovery", async () => {
+  const c = client();
+  const got: number[] = [];
+  const first = c.subscribe("odin.a", (m) => got.push(m.sseq));
+  const ws = await connected(c, 10);
+  ws.message(1, 11, "odin.a", 1);
+  first.unsubscribe();
+  c.subscribe("odin.a", (m) => got.push(m.sseq));
+  await flush();
+  assert.equal(ws.requests("resume").length, 1);
+  assert.equal(ws.requests("unsubscribe").length, 0);
+  ws.serverClose(1006);
+  timers.advance(10_000);
+  const second = FakeSocket.last();
+  second.open();
+  await flush();
+  const resume = second.lastRequest("resume");
+  assert.equal(resume["since_sseq"], 11, "resumed from the last sseq, not from now");
+  second.message(1, 12, "odin.a", 2, { recovered: true });
+  assert.deepEqual(got, [11, 12]);
+  c.close();
+});
