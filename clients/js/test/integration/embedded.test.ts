@@ -135,3 +135,40 @@ test("gateway killed and restarted (embedded broker: a new stream): the epoch ch
     await own.stop();
   }
 });
+
+test("a full gateway (503 before the upgrade): refused attempts back off with a growing delay until a slot frees", async () => {
+  const full = await Surge.start({ maxConnections: 1, shards: 1 });
+  const holder = connect(full.url, { WebSocket });
+  const c = connect(full.url, { WebSocket, autoConnect: false, backoff: { baseMs: 100, capMs: 800 } });
+  const reconnects = record(c, "reconnecting");
+  const closes = record(c, "disconnected");
+  try {
+    await waitFor("the holder connected", () => holder.state.status === "connected");
+    c.connect();
+    await waitFor("four refusals", () => reconnects.length >= 4, 10_000);
+    assert.equal(c.state.status === "connected", false);
+    // Each refusal is a failed attempt: the attempt count (and the backoff ceiling) grows.
+    assert.deepEqual(
+      reconnects.slice(0, 4).map((r) => [r.cause, r.attempt]),
+      [
+        ["refused", 0],
+        ["refused", 1],
+        ["refused", 2],
+        ["refused", 3],
+      ],
+    );
+    for (const [i, r] of reconnects.slice(0, 4).entries()) {
+      const ceiling = Math.min(800, 100 * 2 ** i);
+      assert.ok(r.delayMs >= ceiling / 2 && r.delayMs <= ceiling, `delay ${r.delayMs} for attempt ${i}`);
+    }
+    // A browser sees only 1006; Node's ws also reports the status.
+    assert.equal(closes[0]?.opened, false);
+    assert.equal(closes[0]?.httpStatus, 503);
+    holder.close();
+    await waitFor("connected once the slot is free", () => c.state.status === "connected", 10_000);
+  } finally {
+    holder.close();
+    c.close();
+    await full.stop();
+  }
+});

@@ -112,6 +112,9 @@ function tempDir(what: string): string {
 
 export interface SurgeOptions {
   env?: Record<string, string>;
+  /** --max-connections (default 1000) and --shards (default 2). */
+  maxConnections?: number;
+  shards?: number;
   /** Reuse ports (to restart "the same" gateway). */
   wsPort?: number;
   adminPort?: number;
@@ -122,18 +125,21 @@ export class Surge {
   readonly wsPort: number;
   readonly adminPort: number;
   private readonly env: Record<string, string>;
+  private readonly limits: string[];
   private child: ChildProcess | null = null;
   private readonly dir = tempDir("surge");
   private runs = 0;
 
-  private constructor(wsPort: number, adminPort: number, env: Record<string, string>) {
+  private constructor(wsPort: number, adminPort: number, env: Record<string, string>, limits: string[]) {
     this.wsPort = wsPort;
     this.adminPort = adminPort;
     this.env = env;
+    this.limits = limits;
   }
 
   static async start(options: SurgeOptions = {}): Promise<Surge> {
-    const surge = new Surge(options.wsPort ?? (await freePort()), options.adminPort ?? (await freePort()), options.env ?? {});
+    const limits = ["--shards", String(options.shards ?? 2), "--max-connections", String(options.maxConnections ?? 1000)];
+    const surge = new Surge(options.wsPort ?? (await freePort()), options.adminPort ?? (await freePort()), options.env ?? {}, limits);
     await surge.start();
     return surge;
   }
@@ -151,7 +157,7 @@ export class Surge {
     const log = createWriteStream(path.join(this.dir, `stderr-${this.runs}`));
     const child = spawn(
       surgeBinary(),
-      ["--listen", `127.0.0.1:${this.wsPort}`, "--admin-listen", `127.0.0.1:${this.adminPort}`, "--shards", "2", "--max-connections", "1000"],
+      ["--listen", `127.0.0.1:${this.wsPort}`, "--admin-listen", `127.0.0.1:${this.adminPort}`, ...this.limits],
       {
         cwd: this.dir,
         env: { PATH: process.env["PATH"] ?? "", SURGE_LOG_LEVEL: "info", ...this.env },

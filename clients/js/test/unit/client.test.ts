@@ -503,3 +503,24 @@ test("a handler removed and added again in one tick (a remount) keeps the channe
   assert.deepEqual(got, [11, 12]);
   c.close();
 });
+
+test("random failover: each retry goes to another gateway than the one that failed", () => {
+  const draws = [0.0, 0.9, 0.1, 0.6, 0.3, 0.99];
+  let i = 0;
+  const c = connect(["ws://a/ws", "ws://b/ws", "ws://c/ws"], {
+    WebSocket: FakeSocket,
+    timers,
+    failover: "random",
+    random: () => draws[i++ % draws.length] ?? 0,
+  });
+  const urls: string[] = [];
+  for (let n = 0; n < 6; n++) {
+    const ws = FakeSocket.last();
+    urls.push(ws.url);
+    ws.serverClose(1006);
+    timers.advance(10_000);
+  }
+  for (let n = 1; n < urls.length; n++) assert.notEqual(urls[n], urls[n - 1], `attempt ${n} after ${urls[n - 1]}`);
+  assert.ok(new Set(urls).size >= 2);
+  c.close();
+});
