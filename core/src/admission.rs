@@ -13,9 +13,19 @@
 //! consumes the token. A driver that could drop a token without handing it
 //! back wraps it in a guard that returns it on `Drop`.
 
+mod limits;
+#[cfg(test)]
+mod limits_tests;
+mod refusal;
+
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
+
+pub use limits::ClientLimitConfig;
+use limits::ClientLimits;
+pub use refusal::Refusal;
 
 use crate::Instant;
 
@@ -157,31 +167,6 @@ pub enum AbortCause {
     Io,
     /// The server is shutting down.
     Shutdown,
-}
-
-/// Why a connection is not admitted. Each becomes a 503 with
-/// `Retry-After`, answered at once.
-#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
-pub enum Refusal {
-    #[error("every shard is at capacity ({capacity} connections)")]
-    Full { capacity: u64 },
-    #[error("CPU at {percent:.0} %, over the reject threshold of {threshold:.0} %")]
-    Cpu { percent: f64, threshold: f64 },
-    #[error("memory at {bytes} bytes, over the reject threshold of {threshold} bytes")]
-    Memory { bytes: u64, threshold: u64 },
-    #[error("the server is shutting down")]
-    ShuttingDown,
-}
-
-impl Refusal {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Refusal::Full { .. } => "full",
-            Refusal::Cpu { .. } => "cpu",
-            Refusal::Memory { .. } => "memory",
-            Refusal::ShuttingDown => "shutting_down",
-        }
-    }
 }
 
 /// Why the gateway is not ready for new connections (`/readyz` 503).
@@ -345,6 +330,7 @@ pub struct Admission {
     next_serial: u64,
     shutting_down: bool,
     counters: SlotCounters,
+    clients: ClientLimits,
 }
 
 impl Admission {
@@ -369,11 +355,23 @@ impl Admission {
             next_serial: 1,
             shutting_down: false,
             counters: SlotCounters::default(),
+            clients: ClientLimits::default(),
         }
     }
 
-    /// Guard check, shard selection and reservation, all at once.
-    pub fn admit(&mut self) -> Result<Reservation, Refusal> {
+    /// Turns on per-client limits (all off by default).
+    pub fn with_client_limits(mut self, config: ClientLimitConfig) -> Self {
+        self.clients = ClientLimits::new(config);
+        self
+    }
+
+    pub fn client_limits(&self) -> ClientLimitConfig {
+        self.clients.config()
+    }
+
+    /// Guard check, per-client limits, shard selection and reservation for
+    /// a connection from `peer`, all at once.
+    pub fn admit(&mut self, peer: IpAddr, now: Instant) -> Result<Reservation, Refusal> {
         if self.shutting_down {
             return Err(Refusal::ShuttingDown);
         }
@@ -381,13 +379,44 @@ impl Admission {
         let shard = self.selector.select(&self.shards).ok_or(Refusal::Full {
             capacity: self.capacity(),
         })?;
+        self.clients.check_new(peer, now)?;
         self.shards[shard.0 as usize].reserved += 1;
         self.counters.reserved += 1;
         let serial = self.next_serial;
         self.next_serial += 1;
+        self.clients.reserved(serial, peer, now);
         Ok(Reservation {
             id: ConnId { shard, serial },
         })
+    }
+
+    /// The handshake authenticated as `user`: the per-user limit is checked
+    /// and counted in one step. On `Err` the caller refuses the handshake
+    /// (429) and aborts the reservation.
+    pub fn bind_user(&mut self, reservation: &Reservation, user: &str) -> Result<(), Refusal> {
+        self.clients.bind_user(reservation.id.serial, user)
+    }
+
+    /// Connections counted for a source address (0 while no per-client
+    /// limit is on).
+    pub fn connections_from(&self, peer: IpAddr) -> u32 {
+        self.clients.connections_from(peer)
+    }
+
+    /// Handshakes in progress counted for a source address (0 while no
+    /// per-client limit is on).
+    pub fn handshaking_from(&self, peer: IpAddr) -> u32 {
+        self.clients.handshaking_from(peer)
+    }
+
+    /// Connections counted for a user (0 while the per-user limit is off).
+    pub fn connections_of(&self, user: &str) -> u32 {
+        self.clients.connections_of(user)
+    }
+
+    /// Source addresses the per-client limits currently remember.
+    pub fn tracked_addresses(&self) -> usize {
+        self.clients.tracked_addresses()
     }
 
     /// The upgrade completed: the reserved slot becomes live.
@@ -396,6 +425,7 @@ impl Admission {
         table.reserved -= 1;
         table.live += 1;
         self.counters.completed += 1;
+        self.clients.upgraded(reservation.id.serial);
         LiveSlot { id: reservation.id }
     }
 
@@ -403,17 +433,20 @@ impl Admission {
     pub fn abort(&mut self, reservation: Reservation, _cause: AbortCause) {
         self.shards[reservation.id.shard.0 as usize].reserved -= 1;
         self.counters.aborted += 1;
+        self.clients.released(reservation.id.serial);
     }
 
     /// An upgraded connection ended: its slot is free again.
     pub fn close(&mut self, slot: LiveSlot) {
         self.shards[slot.id.shard.0 as usize].live -= 1;
         self.counters.closed += 1;
+        self.clients.released(slot.id.serial);
     }
 
     /// Feeds the guard a new measurement.
     pub fn observe(&mut self, sample: ResourceSample, now: Instant) {
         self.guard.observe(sample, now);
+        self.clients.prune(now);
     }
 
     /// From now on every admission is refused.
@@ -504,7 +537,11 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn admission(max: u32, shards: u32) -> Admission {
         Admission::new(max, shards, GuardConfig::default())
@@ -516,8 +553,8 @@ mod tests {
         assert_eq!(a.readiness(false, false), Ok(()));
         assert_eq!(a.readiness(false, true), Err(NotReady::BrokerDisconnected));
         assert_eq!(a.readiness(true, true), Ok(()));
-        let r1 = a.admit().expect("room");
-        let _r2 = a.admit().expect("room");
+        let r1 = a.admit(PEER, Instant::ZERO).expect("room");
+        let _r2 = a.admit(PEER, Instant::ZERO).expect("room");
         assert!(matches!(
             a.readiness(true, false),
             Err(NotReady::Refusing(Refusal::Full { capacity: 2 }))
@@ -545,21 +582,27 @@ mod tests {
         let mut a = admission(6, 3);
         let mut held = Vec::new();
         for _ in 0..6 {
-            held.push(a.admit().expect("room"));
+            held.push(a.admit(PEER, Instant::ZERO).expect("room"));
         }
         let shards: Vec<u32> = held.iter().map(|r| r.id().shard.0).collect();
         assert_eq!(shards, [0, 1, 2, 0, 1, 2]);
-        assert_eq!(a.admit(), Err(Refusal::Full { capacity: 6 }));
+        assert_eq!(
+            a.admit(PEER, Instant::ZERO),
+            Err(Refusal::Full { capacity: 6 })
+        );
         // Freeing one slot on shard 1 makes it the only choice.
         let r = held.remove(1);
         a.abort(r, AbortCause::TimedOut);
-        assert_eq!(a.admit().expect("room again").id().shard, ShardId(1));
+        assert_eq!(
+            a.admit(PEER, Instant::ZERO).expect("room again").id().shard,
+            ShardId(1)
+        );
     }
 
     #[test]
     fn slots_move_reserved_live_free() {
         let mut a = admission(2, 1);
-        let r = a.admit().expect("room");
+        let r = a.admit(PEER, Instant::ZERO).expect("room");
         assert_eq!((a.shards()[0].reserved(), a.shards()[0].live()), (1, 0));
         let live = a.complete(r);
         assert_eq!((a.shards()[0].reserved(), a.shards()[0].live()), (0, 1));
@@ -579,7 +622,9 @@ mod tests {
     #[test]
     fn serials_are_unique() {
         let mut a = admission(100, 4);
-        let mut ids: Vec<ConnId> = (0..100).map(|_| a.admit().expect("room").id()).collect();
+        let mut ids: Vec<ConnId> = (0..100)
+            .map(|_| a.admit(PEER, Instant::ZERO).expect("room").id())
+            .collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 100);
@@ -614,17 +659,20 @@ mod tests {
         // Start-up CPU is not judged before a whole window of samples.
         for i in 0..5 {
             a.observe(busy, t(i * 1000));
-            assert!(a.admit().is_ok(), "judged after {i} s");
+            assert!(a.admit(PEER, Instant::ZERO).is_ok(), "judged after {i} s");
             assert!(!a.pause_broker());
         }
         a.observe(busy, t(5000));
-        assert!(matches!(a.admit(), Err(Refusal::Cpu { .. })));
+        assert!(matches!(
+            a.admit(PEER, Instant::ZERO),
+            Err(Refusal::Cpu { .. })
+        ));
         assert!(a.pause_broker());
         for i in 6..=9 {
             a.observe(ResourceSample::default(), t(i * 1000));
         }
         // Two busy seconds averaged with four idle ones are under 75 %.
-        assert!(a.admit().is_ok());
+        assert!(a.admit(PEER, Instant::ZERO).is_ok());
         assert!(!a.pause_broker());
     }
 
@@ -644,25 +692,28 @@ mod tests {
             memory_bytes: m,
         };
         a.observe(sample(1500), Instant::ZERO);
-        assert!(matches!(a.admit(), Err(Refusal::Memory { .. })));
+        assert!(matches!(
+            a.admit(PEER, Instant::ZERO),
+            Err(Refusal::Memory { .. })
+        ));
         assert!(!a.pause_broker());
         a.observe(sample(2000), Instant::ZERO);
         assert!(a.pause_broker());
         a.observe(sample(10), Instant::ZERO);
-        assert!(a.admit().is_ok());
+        assert!(a.admit(PEER, Instant::ZERO).is_ok());
     }
 
     #[test]
     fn shutdown_refuses_everyone() {
         let mut a = admission(10, 2);
         a.begin_shutdown();
-        assert_eq!(a.admit(), Err(Refusal::ShuttingDown));
+        assert_eq!(a.admit(PEER, Instant::ZERO), Err(Refusal::ShuttingDown));
     }
 
     #[test]
     fn imbalance_is_the_utilization_spread() {
         let mut a = admission(20, 2);
-        let _r = a.admit().expect("room");
+        let _r = a.admit(PEER, Instant::ZERO).expect("room");
         assert!((a.imbalance_percent() - 10.0).abs() < 1e-9);
     }
 }

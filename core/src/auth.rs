@@ -17,6 +17,7 @@
 //! subject the requested pattern can match also matches that one pattern
 //! ([`Pattern::covers`]). Two patterns that only together cover it do not.
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -295,13 +296,34 @@ impl Grant {
 
 /// Token verification and channel permissions, shared by every connection.
 pub struct JwtAuth {
-    keys: VerificationKeys,
+    /// Replaced whole when the key file is reloaded: a verification in
+    /// progress keeps the set it started with.
+    keys: RwLock<Arc<VerificationKeys>>,
     settings: JwtSettings,
 }
 
 impl JwtAuth {
     pub fn new(keys: VerificationKeys, settings: JwtSettings) -> Self {
-        JwtAuth { keys, settings }
+        JwtAuth {
+            keys: RwLock::new(Arc::new(keys)),
+            settings,
+        }
+    }
+
+    /// Verifies with `keys` from now on (a reloaded JWKS or key file).
+    /// Connections already open keep their grants; a refresh is verified
+    /// with the new keys.
+    pub fn replace_keys(&self, keys: VerificationKeys) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    /// How many keys verify tokens now.
+    pub fn key_count(&self) -> usize {
+        self.current_keys().keys.len()
+    }
+
+    fn current_keys(&self) -> Arc<VerificationKeys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub fn settings(&self) -> &JwtSettings {
@@ -312,7 +334,8 @@ impl JwtAuth {
     /// `iss`/`aud` when configured, `sub`, `exp`, `nbf` and `channels`.
     pub fn verify(&self, token: &str, now: UnixTime) -> Result<Grant, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        let key = self.keys.for_header(&header)?;
+        let keys = self.current_keys();
+        let key = keys.for_header(&header)?;
         if !key.algorithms.contains(&header.alg) {
             return Err(TokenError::Algorithm);
         }

@@ -54,6 +54,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest as _, Sha1};
 
+use crate::admission::Refusal;
 use crate::auth::{Grant, JwtAuth, TokenError};
 use crate::{Instant, UnixAnchor, UnixTime};
 
@@ -232,6 +233,12 @@ pub enum RejectReason {
     InvalidToken(TokenError),
     #[error("the server is at capacity: retry in {retry_after_secs} seconds")]
     Overloaded { retry_after_secs: u32 },
+    /// This client is over one of its own limits (per address or user).
+    #[error("{limit}: retry in {retry_after_secs} seconds")]
+    ClientLimit {
+        limit: String,
+        retry_after_secs: u32,
+    },
     #[error("the request head did not arrive within the handshake timeout")]
     TimedOut,
 }
@@ -248,6 +255,7 @@ impl RejectReason {
             RejectReason::OriginForbidden => 403,
             RejectReason::Unauthorized | RejectReason::InvalidToken(_) => 401,
             RejectReason::Overloaded { .. } => 503,
+            RejectReason::ClientLimit { .. } => 429,
             RejectReason::TimedOut => 408,
         }
     }
@@ -264,6 +272,7 @@ impl RejectReason {
             RejectReason::Unauthorized => "unauthorized",
             RejectReason::InvalidToken(_) => "invalid_token",
             RejectReason::Overloaded { .. } => "overloaded",
+            RejectReason::ClientLimit { .. } => "client_limit",
             RejectReason::TimedOut => "timeout",
         }
     }
@@ -278,6 +287,7 @@ impl RejectReason {
             RejectReason::OriginForbidden => "Forbidden",
             RejectReason::Unauthorized | RejectReason::InvalidToken(_) => "Unauthorized",
             RejectReason::Overloaded { .. } => "Service Unavailable",
+            RejectReason::ClientLimit { .. } => "Too Many Requests",
             RejectReason::TimedOut => "Request Timeout",
         }
     }
@@ -297,7 +307,10 @@ impl RejectReason {
                 "WWW-Authenticate",
                 format!("Bearer error=\"invalid_token\", error_description=\"{error}\""),
             )],
-            RejectReason::Overloaded { retry_after_secs } => {
+            RejectReason::Overloaded { retry_after_secs }
+            | RejectReason::ClientLimit {
+                retry_after_secs, ..
+            } => {
                 vec![("Retry-After", retry_after_secs.to_string())]
             }
             _ => Vec::new(),
@@ -344,6 +357,21 @@ pub fn probe_response(ready: bool) -> Vec<u8> {
 /// so a client at capacity is told when to come back instead of timing out.
 pub fn overloaded_response(retry_after_secs: u32) -> Rejection {
     rejection(RejectReason::Overloaded { retry_after_secs })
+}
+
+/// The answer to an admission refusal: 429 when only this client is over
+/// its limit, else 503; both with `Retry-After` (`configured` unless the
+/// refusal knows its own wait).
+pub fn refusal_response(refusal: &Refusal, configured: Duration) -> Rejection {
+    let retry_after_secs = refusal.retry_after_secs(configured);
+    if refusal.is_per_client() {
+        rejection(RejectReason::ClientLimit {
+            limit: refusal.to_string(),
+            retry_after_secs,
+        })
+    } else {
+        overloaded_response(retry_after_secs)
+    }
 }
 
 /// The complete HTTP/1.1 response refusing a handshake for `reason`.
@@ -1317,6 +1345,33 @@ mod tests {
         let extra: Vec<String> = (0..MAX_HEADERS).map(|i| format!("X-H{i}: v")).collect();
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         assert_eq!(status_of(&request_with("/ws", &extra)), 431);
+    }
+
+    #[test]
+    fn refusals_answer_429_per_client_and_503_for_the_gateway() {
+        let five = Duration::from_secs(5);
+        let r = refusal_response(&Refusal::PerIp { limit: 3 }, five);
+        let text = String::from_utf8_lossy(&r.response);
+        assert!(
+            text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nRetry-After: 5\r\n"), "{text}");
+        assert!(
+            text.contains("too many connections from this address (limit 3)"),
+            "{text}"
+        );
+        let rate = Refusal::HandshakeRate {
+            limit: 10,
+            retry_after_secs: 1,
+        };
+        let text = String::from_utf8_lossy(&refusal_response(&rate, five).response).into_owned();
+        assert!(
+            text.contains("\r\nRetry-After: 1\r\n"),
+            "the bucket's own wait: {text}"
+        );
+        let full = refusal_response(&Refusal::Full { capacity: 9 }, five);
+        assert_eq!(full.status, 503);
     }
 
     #[test]

@@ -908,13 +908,21 @@ impl Session {
     }
 
     fn replay(&mut self, id: Option<Value>, from_seq: u64, to_seq: u64) {
-        let slice = match self.ring.slice(from_seq, to_seq) {
+        let mut slice = match self.ring.slice(from_seq, to_seq) {
             Ok(slice) => slice,
             Err(e) => {
                 self.error(id, ErrorCode::InvalidRange, e.to_string());
                 return;
             }
         };
+        // A channel a refresh revoked is not read again through a replay:
+        // its messages are left out (the client was told with
+        // `unsubscribed`, reason `forbidden`).
+        if self.config.auth.is_some() {
+            slice
+                .messages
+                .retain(|(_, m)| self.allows(&Pattern::from(m.subject.clone())));
+        }
         // Replayed frames are bounded by the replay window's bytes; the
         // queue's hard bound leaves room for one replay, not for a client
         // that repeats them without reading.

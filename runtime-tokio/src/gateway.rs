@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
-use surge_core::admission::{Admission, GuardConfig, NotReady, ResourceSample};
+use surge_core::admission::{Admission, ClientLimitConfig, GuardConfig, NotReady, ResourceSample};
 use surge_core::auth::JwtAuth;
 use surge_core::config::Config;
-use surge_core::handshake::{HandshakeConfig, overloaded_response};
+use surge_core::handshake::{HandshakeConfig, overloaded_response, refusal_response};
 use surge_core::session::SessionConfig;
 use surge_core::throttle::ThrottleConfig;
 use tokio::sync::{mpsc, watch};
@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub handshake: HandshakeConfig,
     pub session: SessionConfig,
     pub guard: GuardConfig,
+    /// Per-address and per-user limits (all off by default).
+    pub client_limits: ClientLimitConfig,
     /// Messages buffered between the hub and each shard's fan-out.
     pub shard_queue: usize,
     /// A connection whose writes stall this long is closed.
@@ -102,6 +104,12 @@ impl GatewayConfig {
                 memory_pause_bytes: config.memory_pause_bytes,
                 retry_after: config.retry_after,
                 ..GuardConfig::default()
+            },
+            client_limits: ClientLimitConfig {
+                connections_per_ip: config.max_connections_per_ip,
+                connections_per_user: config.max_connections_per_user,
+                handshakes_per_ip: config.max_handshakes_per_ip,
+                handshake_rate_per_ip: config.handshake_rate_per_ip,
             },
             shard_queue: 1024,
             write_timeout: config.idle_timeout,
@@ -194,11 +202,10 @@ impl Gateway {
         metrics
             .connections_max
             .set(i64::from(config.max_connections));
-        let admission = Arc::new(Mutex::new(Admission::new(
-            config.max_connections,
-            config.shards,
-            config.guard.clone(),
-        )));
+        let admission = Arc::new(Mutex::new(
+            Admission::new(config.max_connections, config.shards, config.guard.clone())
+                .with_client_limits(config.client_limits),
+        ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(Context {
             clock,
@@ -234,8 +241,7 @@ impl Gateway {
         let socket_report = listener.report();
         let fd_exhaustion_answers = listener.fd_exhaustion_answers();
         tracing::info!(%local_addr, max_connections = config.max_connections, shards = config.shards, "gateway listening");
-        let retry_after =
-            u32::try_from(config.guard.retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
+        let retry_after = config.guard.retry_after;
         // Unconstrained: tokio's cooperative budget would otherwise make the
         // acceptor yield every 128 accepts and queue behind thousands of
         // handshake tasks during a surge; accepting is cheap and must drain
@@ -436,9 +442,10 @@ async fn accept_loop<L: Listener>(
     mut listener: L,
     ctx: Arc<Context>,
     shards: Vec<mpsc::UnboundedSender<Inbox<L::Stream>>>,
-    retry_after: u32,
+    retry_after: Duration,
 ) {
-    let refusal_response: Arc<[u8]> = overloaded_response(retry_after).response.into();
+    let secs = u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
+    let overloaded: Arc<[u8]> = overloaded_response(secs).response.into();
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -446,7 +453,7 @@ async fn accept_loop<L: Listener>(
             _ = shutdown.changed() => return,
             accepted = listener.accept() => accepted,
         };
-        let (mut stream, _peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 ctx.metrics.accept_errors.inc();
@@ -454,7 +461,7 @@ async fn accept_loop<L: Listener>(
                 continue;
             }
         };
-        let admitted = lock(&ctx.admission).admit();
+        let admitted = lock(&ctx.admission).admit(peer.ip(), ctx.clock.now());
         match admitted {
             Ok(reservation) => {
                 let shard = shards[reservation.id().shard.0 as usize].clone();
@@ -470,8 +477,14 @@ async fn accept_loop<L: Listener>(
             }
             Err(refusal) => {
                 ctx.metrics.refused(&refusal);
-                tracing::debug!(reason = %refusal, "connection refused with 503");
-                let response = Arc::clone(&refusal_response);
+                tracing::debug!(reason = %refusal, status = refusal.status(), "connection refused");
+                // The 503 is shared (a full gateway refuses many at once);
+                // a per-client 429 says which limit and when to retry.
+                let response: Arc<[u8]> = if refusal.is_per_client() {
+                    refusal_response(&refusal, retry_after).response.into()
+                } else {
+                    Arc::clone(&overloaded)
+                };
                 tokio::spawn(async move {
                     crate::linger::answer_and_linger(&mut stream, &response).await;
                 });

@@ -39,6 +39,12 @@ struct Code {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reload {
+    file: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ShardLabel {
     shard: String,
 }
@@ -79,6 +85,7 @@ pub struct Metrics {
     pub memory_bytes: Gauge,
     pub accept_errors: Counter,
     fd_exhaustion_answers: Counter,
+    reloads: Family<Reload, Counter>,
     /// The listener's own count, already added to `fd_exhaustion_answers`.
     fd_exhaustion_seen: std::sync::atomic::AtomicU64,
 }
@@ -101,7 +108,7 @@ impl Metrics {
         let rejections = Family::<Reason, Counter>::default();
         r.register(
             "admission_rejections",
-            "Connections answered 503 + Retry-After at once, by reason",
+            "Connections refused at once with Retry-After, by reason: 503 (full, cpu, memory, shutting_down) or 429 (per_ip, per_user, handshakes_per_ip, handshake_rate_per_ip)",
             rejections.clone(),
         );
         // 1 ms .. ~16 s: a handshake slower than that is a timeout anyway.
@@ -283,6 +290,12 @@ impl Metrics {
             "Clients answered 503 with the spare descriptor because the file limit was reached",
             fd_exhaustion_answers.clone(),
         );
+        let reloads = Family::<Reload, Counter>::default();
+        r.register(
+            "reloads",
+            "Files re-read on SIGHUP, by file (jwt_keys, tls_cert) and result (ok, error: the old contents stay in use)",
+            reloads.clone(),
+        );
         Metrics {
             registry: r,
             handshakes,
@@ -317,6 +330,7 @@ impl Metrics {
             memory_bytes,
             accept_errors,
             fd_exhaustion_answers,
+            reloads,
             fd_exhaustion_seen: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -362,6 +376,16 @@ impl Metrics {
 
     pub fn handshake_rejected(&self, reason: &RejectReason) {
         self.handshake(reason.metric_label()).inc();
+    }
+
+    /// Counts a reload of `file` on SIGHUP.
+    pub fn reloaded(&self, file: &str, ok: bool) {
+        self.reloads
+            .get_or_create(&Reload {
+                file: file.into(),
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
     }
 
     pub fn refused(&self, refusal: &Refusal) {

@@ -4,7 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use surge_core::admission::{AbortCause, Admission, LiveSlot, Reservation};
+use surge_core::admission::{AbortCause, Admission, LiveSlot, Refusal, Reservation};
+use surge_core::handshake::{Rejection, refusal_response};
 
 use crate::sync::lock;
 
@@ -35,6 +36,22 @@ impl SlotGuard {
             SlotState::Reserved(r) => Some(lock(&self.admission).complete(r)),
             SlotState::Released => None,
         }
+    }
+
+    /// Counts the connection against its user's limit, or returns the 429
+    /// that refuses it (the slot is then aborted).
+    pub fn bind_user(&mut self, user: &str) -> Result<(), (Refusal, Rejection)> {
+        let SlotState::Reserved(r) = &self.state else {
+            return Ok(());
+        };
+        let mut admission = lock(&self.admission);
+        let Err(refusal) = admission.bind_user(r, user) else {
+            return Ok(());
+        };
+        let rejection = refusal_response(&refusal, admission.retry_after());
+        drop(admission);
+        self.abort(AbortCause::Rejected);
+        Err((refusal, rejection))
     }
 
     pub(crate) fn abort(&mut self, cause: AbortCause) {

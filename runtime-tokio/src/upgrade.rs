@@ -102,6 +102,14 @@ where
             return None;
         }
     };
+    if let Some(user) = accepted.grant.as_ref().and_then(|g| g.sub.as_deref())
+        && let Err((refusal, rejection)) = slot.bind_user(user)
+    {
+        ctx.metrics.refused(&refusal);
+        tracing::debug!(reason = %refusal, "handshake refused: per-user limit");
+        answer_and_linger(stream, &rejection.response).await;
+        return None;
+    }
     ctx.metrics.handshake("accepted").inc();
     Some(accepted)
 }

@@ -272,7 +272,34 @@ pub fn run(config: &Config) -> Report {
     report
         .checks
         .extend(network(&NetworkFacts::collect(config)));
+    report.checks.extend(jwt_keys(config));
     report
+}
+
+/// The JWT keys, read and parsed as `surge serve` would (a key file that
+/// fails here stops the start).
+pub fn jwt_keys(config: &Config) -> Option<Check> {
+    let source = if config.jwt_secret.is_some() {
+        "SURGE_JWT_SECRET".to_owned()
+    } else if let Some(path) = &config.jwt_public_key_file {
+        format!("SURGE_JWT_PUBLIC_KEY_FILE={}", path.display())
+    } else if let Some(path) = &config.jwt_jwks_file {
+        format!("SURGE_JWT_JWKS_FILE={}", path.display())
+    } else {
+        return None;
+    };
+    Some(match crate::jwt::load(config) {
+        Ok(Some(auth)) => Check::ok(format!(
+            "JWT: {} key(s) from {source} verify tokens",
+            auth.key_count()
+        )),
+        Ok(None) => return None,
+        Err(e) => Check {
+            level: Level::Fail,
+            text: format!("JWT: {e:#}"),
+            fix: Some("point the setting at a readable PEM public key or JWKS file (docs/PROTOCOL.md, Authentication)".to_owned()),
+        },
+    })
 }
 
 /// The checks of `facts`; pure, for tests and for `run`.
@@ -575,6 +602,36 @@ fn max_connections(configured: Option<u32>, facts: &HostFacts) -> Check {
 mod tests {
     use super::*;
     use crate::host::MemorySource;
+
+    #[test]
+    fn jwt_key_files_are_read_as_serve_would() {
+        assert_eq!(jwt_keys(&Config::default()), None, "JWT off: no line");
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/fixtures/jwt/");
+        let good = Config {
+            jwt_public_key_file: Some(format!("{fixture}es256_public.pem").into()),
+            ..Config::default()
+        };
+        let check = jwt_keys(&good).expect("a line");
+        assert_eq!(check.level, Level::Ok, "{check}");
+        assert!(
+            check
+                .text
+                .contains("1 key(s) from SURGE_JWT_PUBLIC_KEY_FILE="),
+            "{check}"
+        );
+        for path in [
+            "/nonexistent/surge-key.pem".to_owned(),
+            format!("{fixture}es256_private.pem"),
+        ] {
+            let bad = Config {
+                jwt_public_key_file: Some(path.clone().into()),
+                ..Config::default()
+            };
+            let check = jwt_keys(&bad).expect("a line");
+            assert_eq!(check.level, Level::Fail, "{path}: {check}");
+            assert!(check.text.contains(&path), "names the file: {check}");
+        }
+    }
 
     fn healthy() -> HostFacts {
         HostFacts {

@@ -17,6 +17,25 @@ use surge_core::subjects::Pattern;
 /// the secret, or the PEM public key or JWKS file read and parsed. A file
 /// that cannot be read or holds no usable key stops the start.
 pub fn load(config: &Config) -> anyhow::Result<Option<JwtAuth>> {
+    Ok(keys(config)?.map(|keys| JwtAuth::new(keys, JwtSettings::from_config(config))))
+}
+
+/// Re-reads the public key or JWKS file into `auth` (on SIGHUP): tokens are
+/// verified with the new keys from then on; open connections keep what
+/// they were granted. `Ok(None)` when the keys come from no file (a secret
+/// is fixed for the life of the process); on `Err` the old keys stay.
+pub fn reload(config: &Config, auth: &JwtAuth) -> anyhow::Result<Option<usize>> {
+    if config.jwt_public_key_file.is_none() && config.jwt_jwks_file.is_none() {
+        return Ok(None);
+    }
+    if let Some(keys) = keys(config)? {
+        auth.replace_keys(keys);
+    }
+    Ok(Some(auth.key_count()))
+}
+
+/// The verification keys the configuration names, read from their file.
+fn keys(config: &Config) -> anyhow::Result<Option<VerificationKeys>> {
     let keys = if let Some(secret) = &config.jwt_secret {
         VerificationKeys::secret(secret.expose().as_bytes())
             .map_err(|e| anyhow!("SURGE_JWT_SECRET: {e}"))?
@@ -33,7 +52,7 @@ pub fn load(config: &Config) -> anyhow::Result<Option<JwtAuth>> {
     } else {
         return Ok(None);
     };
-    Ok(Some(JwtAuth::new(keys, JwtSettings::from_config(config))))
+    Ok(Some(keys))
 }
 
 /// What `surge token` mints.

@@ -11,5 +11,6 @@ pub mod feed;
 pub mod host;
 pub mod jwt;
 pub mod nats;
+pub mod reload;
 pub mod resources;
 pub mod serve;

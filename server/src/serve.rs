@@ -109,8 +109,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut gateway_config =
         GatewayConfig::from_config(&config, resolved.max_connections, resolved.shards);
-    if let Some(auth) = crate::jwt::load(&config)? {
-        gateway_config.set_jwt(Arc::new(auth));
+    let jwt = crate::jwt::load(&config)?.map(Arc::new);
+    if let Some(auth) = &jwt {
+        gateway_config.set_jwt(Arc::clone(auth));
     }
     gateway_config.guard.memory_reject_bytes = resolved.memory_reject_bytes;
     gateway_config.guard.memory_pause_bytes = resolved.memory_pause_bytes;
@@ -184,6 +185,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let sampler = tokio::spawn(sample_resources(Arc::clone(&gateway)));
+    let reloader = tokio::spawn(crate::reload::on_sighup(
+        Arc::new(config.clone()),
+        Arc::clone(&gateway),
+        jwt,
+    )?);
 
     wait_for_signal().await?;
     // Readiness turns false first, so a load balancer stops sending new
@@ -196,6 +202,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: closing connections with 1001");
     gateway.shutdown(config.shutdown_drain).await;
     sampler.abort();
+    reloader.abort();
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!("stopped");

@@ -1584,3 +1584,151 @@ fn secrets_are_redacted_in_the_print_the_json_log_line_and_config() {
         }
     }
 }
+
+/// A JWKS document holding the P-256 public keys `keys` under their kids.
+fn jwks_document(keys: &[(&str, &[u8])]) -> String {
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|(kid, pem)| {
+            let key = jsonwebtoken::DecodingKey::from_ec_pem(pem).expect("pem");
+            let jwk = jsonwebtoken::jwk::Jwk::from_decoding_key(
+                &key,
+                Some(jsonwebtoken::Algorithm::ES256),
+            )
+            .expect("jwk");
+            let mut jwk = serde_json::to_value(jwk).expect("json");
+            jwk["kid"] = json!(kid);
+            jwk
+        })
+        .collect();
+    json!({ "keys": keys }).to_string()
+}
+
+/// An ES256 token for `sub` (an hour, every `odin.` subject) under `kid`.
+fn es256_token(sub: &str, kid: &str, private_pem: &[u8]) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 3600;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        &json!({"sub": sub, "exp": exp, "channels": ["odin.>"]}),
+        &jsonwebtoken::EncodingKey::from_ec_pem(private_pem).expect("key"),
+    )
+    .expect("signs")
+}
+
+/// The value of the metric line starting with `line_start` at `admin`.
+fn metric_value(admin: SocketAddr, line_start: &str) -> Option<f64> {
+    let (_, metrics) = http(admin, "GET", "/metrics", "");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Key rotation: SIGHUP re-reads the JWKS file; tokens of the new key are
+/// accepted from then on, a connection opened with the old key stays, and
+/// a broken file leaves the keys in use unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_sighup_reloads_the_jwks_file_without_dropping_connections() {
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/fixtures/jwt/");
+    let read = |name: &str| std::fs::read(format!("{FIXTURES}{name}")).expect("fixture");
+    let (one_public, one_private) = (read("es256_public.pem"), read("es256_private.pem"));
+    let (two_public, two_private) = (
+        read("other_es256_public.pem"),
+        read("other_es256_private.pem"),
+    );
+    let dir = std::env::temp_dir().join(format!("surge-jwks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, jwks_document(&[("one", &one_public)])).expect("write");
+    let server = Server::start_with_env(
+        &[],
+        &[("SURGE_JWT_JWKS_FILE", jwks.to_str().expect("utf-8"))],
+    );
+    let url = |token: &str| format!("ws://{}/ws?token={token}", server.ws);
+    let status_of = |result: &Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("neither an upgrade nor an HTTP answer: {e}"),
+    };
+
+    let (mut old, _) =
+        tokio_tungstenite::connect_async(url(&es256_token("alice", "one", &one_private)))
+            .await
+            .expect("key one upgrades");
+    assert_eq!(jwt_next(&mut old).await["type"], "welcome");
+    old.send(Message::Text(
+        json!({"type": "subscribe", "channels": ["odin.global.trending"]})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(jwt_next(&mut old).await["type"], "subscribed");
+    let by_two = es256_token("bob", "two", &two_private);
+    assert_eq!(
+        status_of(&tokio_tungstenite::connect_async(url(&by_two)).await),
+        401
+    );
+
+    // Rotate: "two" in, "one" out.
+    std::fs::write(&jwks, jwks_document(&[("two", &two_public)])).expect("write");
+    server.signal(libc::SIGHUP);
+    let admin = server.admin;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reloaded = "surge_reloads_total{file=\"jwt_keys\",result=\"ok\"} ";
+    while tokio::task::spawn_blocking(move || metric_value(admin, reloaded))
+        .await
+        .expect("scrape")
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "the reload was never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status_of(&tokio_tungstenite::connect_async(url(&by_two)).await),
+        101
+    );
+    let by_one = es256_token("carol", "one", &one_private);
+    assert_eq!(
+        status_of(&tokio_tungstenite::connect_async(url(&by_one)).await),
+        401
+    );
+
+    // A broken file: counted as an error, and "two" still works.
+    std::fs::write(&jwks, "{ not json").expect("write");
+    server.signal(libc::SIGHUP);
+    let failed = "surge_reloads_total{file=\"jwt_keys\",result=\"error\"} ";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::task::spawn_blocking(move || metric_value(admin, failed))
+        .await
+        .expect("scrape")
+        != Some(1.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the failed reload was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status_of(&tokio_tungstenite::connect_async(url(&by_two)).await),
+        101
+    );
+
+    // The connection opened with the retired key was never dropped.
+    tokio::task::spawn_blocking(move || {
+        let body = json!({"subject": "odin.global.trending", "data": 7}).to_string();
+        assert_eq!(http(admin, "POST", "/publish", &body).0, 202);
+    })
+    .await
+    .expect("published");
+    let message = jwt_next(&mut old).await;
+    assert_eq!(message["data"], 7, "{message}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

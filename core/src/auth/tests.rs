@@ -192,6 +192,24 @@ fn a_jwks_chooses_the_key_by_kid() {
 }
 
 #[test]
+fn replaced_keys_verify_from_then_on() {
+    let set = auth(VerificationKeys::jwks(&jwks_of(&[("one", ES256_PUBLIC)])).expect("jwks"));
+    let other = EncodingKey::from_ec_pem(OTHER_ES256_PRIVATE).expect("key");
+    let by_two = sign(Algorithm::ES256, Some("two"), &claims(json!({})), &other);
+    assert_eq!(set.verify(&by_two, NOW), Err(TokenError::UnknownKey));
+    // A rotated set: "two" added, "one" retired.
+    set.replace_keys(
+        VerificationKeys::jwks(&jwks_of(&[("two", OTHER_ES256_PUBLIC)])).expect("jwks"),
+    );
+    assert_eq!(set.key_count(), 1);
+    assert!(set.verify(&by_two, NOW).is_ok());
+    assert_eq!(
+        set.verify(&es256(&claims(json!({})), Some("one")), NOW),
+        Err(TokenError::UnknownKey)
+    );
+}
+
+#[test]
 fn every_rejection_has_its_reason() {
     let hs = secret_auth();
     let cases: Vec<(&str, String, TokenError)> = vec![

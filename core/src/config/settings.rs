@@ -257,6 +257,38 @@ settings! {
         kind: Optional<Int>, rule: derived_int(1, 10_000_000),
         doc: "Live connections across all shards; unset = derived from memory and the open-file limit (printed at start), so a full gateway answers 503 instead of letting clients time out.",
     },
+    /// 0 = no limit.
+    max_connections_per_ip: u32 {
+        env: "SURGE_MAX_CONNECTIONS_PER_IP", flag: "--max-connections-per-ip",
+        // Off: behind an L4 load balancer every client has its address.
+        default: 0, default_text: "0",
+        kind: Int, rule: int(0, 10_000_000),
+        doc: "Connections (upgrading or upgraded) per source address, beyond which 429 + Retry-After; 0 = no limit, as it must be behind a load balancer that hides client addresses.",
+    },
+    /// 0 = no limit.
+    max_connections_per_user: u32 {
+        env: "SURGE_MAX_CONNECTIONS_PER_USER", flag: "--max-connections-per-user",
+        // Off: only meaningful with JWT, and apps differ in tabs per user.
+        default: 0, default_text: "0",
+        kind: Int, rule: int(0, 10_000_000),
+        doc: "Connections per JWT `sub`, beyond which the upgrade gets 429 + Retry-After; 0 = no limit.",
+    },
+    /// 0 = no limit.
+    max_handshakes_per_ip: u32 {
+        env: "SURGE_MAX_HANDSHAKES_PER_IP", flag: "--max-handshakes-per-ip",
+        // Off: a loopback benchmark opens thousands at once from one address.
+        default: 0, default_text: "0",
+        kind: Int, rule: int(0, 10_000_000),
+        doc: "Handshakes in progress (accepted, request not complete) per source address, beyond which 429; stops one address holding the slots with half-sent requests; 0 = no limit.",
+    },
+    /// 0 = no limit.
+    handshake_rate_per_ip: u32 {
+        env: "SURGE_HANDSHAKE_RATE_PER_IP", flag: "--handshake-rate-per-ip",
+        // Off: a loopback benchmark connects thousands per second from one address.
+        default: 0, default_text: "0",
+        kind: Int, rule: int(0, 10_000_000),
+        doc: "New connections per second per source address (burst: one second's worth), beyond which 429 with the wait as Retry-After; 0 = no limit.",
+    },
     /// `None`: one shard per CPU.
     shards: Option<u32> {
         env: "SURGE_SHARDS", flag: "--shards",

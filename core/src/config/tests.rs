@@ -636,6 +636,18 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ("SURGE_RETRY_AFTER", "500ms", "whole number of seconds"),
     ("SURGE_RETRY_AFTER", "2h", "whole number of seconds"),
     ("SURGE_BROKER_RATE", "10000001", "from 0 to 10000000"),
+    ("SURGE_MAX_CONNECTIONS_PER_IP", "-1", "from 0 to 10000000"),
+    (
+        "SURGE_MAX_CONNECTIONS_PER_USER",
+        "lots",
+        "from 0 to 10000000",
+    ),
+    (
+        "SURGE_MAX_HANDSHAKES_PER_IP",
+        "10000001",
+        "from 0 to 10000000",
+    ),
+    ("SURGE_HANDSHAKE_RATE_PER_IP", "1.5", "from 0 to 10000000"),
     ("SURGE_BROADCAST_RATE", "x", "from 0 to 10000000"),
     (
         "SURGE_NATS_URL",

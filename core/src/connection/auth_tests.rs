@@ -347,6 +347,55 @@ fn a_narrower_refresh_unsubscribes_what_it_no_longer_covers() {
 }
 
 #[test]
+fn a_replay_leaves_out_the_channels_a_refresh_revoked() {
+    let auth = auth(|_| {});
+    let mut c = authorised(&auth, &token("alice", 600, &["odin.token.>"]));
+    drain(&mut c, ms(0));
+    subscribe(
+        &mut c,
+        &["odin.token.BTC.trade", "odin.token.ETH.trade"],
+        ms(1),
+    );
+    for (sseq, subject) in [(1, "odin.token.BTC.trade"), (2, "odin.token.ETH.trade")] {
+        let subject = crate::subjects::Subject::parse(subject).expect("subject");
+        let m = Arc::new(crate::protocol::Published::new(
+            subject,
+            sseq,
+            crate::protocol::Priority::Medium,
+            b"1",
+        ));
+        c.deliver(&m, ms(2));
+    }
+    assert_eq!(types(&drain(&mut c, ms(2))), ["message", "message"]);
+    let narrow = json!({"type": "refresh", "token": token("alice", 900, &["odin.token.BTC.*"])});
+    send(&mut c, &narrow.to_string(), ms(3));
+    events(&mut c, ms(3));
+    drain(&mut c, ms(3));
+    send(
+        &mut c,
+        r#"{"type":"replay","from_seq":1,"to_seq":2}"#,
+        ms(4),
+    );
+    let replayed: Vec<Value> = drain(&mut c, ms(4));
+    assert_eq!(types(&replayed), ["message", "replay_done"], "{replayed:?}");
+    assert_eq!(replayed[0]["subject"], "odin.token.BTC.trade");
+    assert_eq!(replayed[0]["replayed"], true);
+    // A renewal that covers the channel again makes it replayable again.
+    let renew = json!({"type": "refresh", "token": token("alice", 900, &["odin.token.>"])});
+    send(&mut c, &renew.to_string(), ms(5));
+    drain(&mut c, ms(5));
+    send(
+        &mut c,
+        r#"{"type":"replay","from_seq":1,"to_seq":2}"#,
+        ms(6),
+    );
+    assert_eq!(
+        types(&drain(&mut c, ms(6))),
+        ["message", "message", "replay_done"]
+    );
+}
+
+#[test]
 fn a_refused_refresh_changes_nothing() {
     let auth = auth(|_| {});
     let mut c = authorised(&auth, &token("alice", 60, &["odin.token.>"]));
