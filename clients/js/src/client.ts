@@ -109,8 +109,6 @@ interface Conn {
   /** Patterns subscribed (or being subscribed) on this connection. */
   wire: Set<string>;
   resume: ResumeOp | null;
-  /** Resumes waiting for the one in flight. */
-  queue: ResumeOp[];
   /** Live messages held while a resume from the anchor is not complete. */
   held: MessageFrame[];
   replay: ReplayOp | null;
@@ -312,7 +310,6 @@ export class SurgeClient {
       expectedSeq: 1,
       wire: new Set(),
       resume: null,
-      queue: [],
       held: [],
       replay: null,
       lastRx: this.timers.now(),
@@ -749,21 +746,19 @@ export class SurgeClient {
       this.setState({ epoch });
     }
     this.emit("resumed", { channels: op.channels, lastSseq, epoch, recovered: op.recovered });
+    this.nextResume(conn);
+  }
+
+  /** The resume in flight is over: live messages held for it go out, then the next request. */
+  private nextResume(conn: Conn): void {
+    conn.resume = null;
     const held = conn.held;
     conn.held = [];
     for (const frame of held) {
       if (conn.dead) return;
       this.deliver(conn, frame, true);
     }
-    this.nextResume(conn);
-  }
-
-  private nextResume(conn: Conn): void {
-    const next = conn.queue.shift();
-    if (next !== undefined) {
-      this.startResume(conn, next);
-      return;
-    }
+    // Subscription changes made meanwhile (one resume at a time).
     this.syncNow();
   }
 

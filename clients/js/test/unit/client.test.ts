@@ -524,3 +524,55 @@ test("random failover: each retry goes to another gateway than the one that fail
   assert.ok(new Set(urls).size >= 2);
   c.close();
 });
+
+test("resume refused with broker_unavailable: live messages wait, the resume is retried, everything arrives once, in order", async () => {
+  const c = client();
+  const errors = record(c, "error");
+  const got: number[] = [];
+  c.subscribe("odin.>", (m) => got.push(m.sseq));
+  const first = await connected(c, 10);
+  first.message(1, 11, "odin.a", 1);
+  first.serverClose(1006);
+  timers.advance(10_000);
+  const second = FakeSocket.last();
+  second.open();
+  await flush();
+  const resume = second.lastRequest("resume");
+  second.receive({ type: "error", id: resume["id"], code: "broker_unavailable", message: "resume could not read the stream" });
+  assert.equal(errors[0]?.code, "broker_unavailable");
+  // The channels stay subscribed: live messages flow, and wait.
+  second.message(1, 14, "odin.a", 4);
+  second.message(2, 15, "odin.a", 5);
+  assert.deepEqual(got, [11]);
+  timers.advance(10_000);
+  const retry = second.lastRequest("resume");
+  assert.notEqual(retry["id"], resume["id"]);
+  assert.equal(retry["since_sseq"], 11);
+  second.message(3, 12, "odin.a", 2, { recovered: true });
+  second.message(4, 13, "odin.a", 3, { recovered: true });
+  second.message(5, 14, "odin.a", 4, { recovered: true });
+  second.message(6, 15, "odin.a", 5, { recovered: true });
+  second.receive({ type: "resumed", id: retry["id"], channels: ["odin.>"], last_sseq: 15, epoch: "e-1" });
+  second.message(7, 16, "odin.a", 6);
+  assert.deepEqual(got, [11, 12, 13, 14, 15, 16]);
+  c.close();
+});
+
+test("a resume refused for its only channel: the channel is reported and removed, the connection stays", async () => {
+  const c = client();
+  const refused: string[] = [];
+  const got: number[] = [];
+  c.subscribe("odin.a", (m) => got.push(m.sseq), { onError: (e) => refused.push(e.code) });
+  const first = await connected(c, 10);
+  first.serverClose(1006);
+  timers.advance(10_000);
+  const second = FakeSocket.last();
+  second.open();
+  await flush();
+  const resume = second.lastRequest("resume");
+  second.receive({ type: "error", id: resume["id"], code: "forbidden", message: "not covered" });
+  assert.deepEqual(refused, ["forbidden"]);
+  assert.deepEqual(c.patterns(), []);
+  assert.equal(c.state.status, "connected");
+  c.close();
+});
