@@ -13,7 +13,10 @@ import { Proxy, sleep, Surge, waitFor } from "./harness.js";
 let surge: Surge;
 
 before(async () => {
-  surge = await Surge.start({ env: { SURGE_PING_INTERVAL: "1s", SURGE_IDLE_TIMEOUT: "30s" } });
+  // Uncompressed, so the test proxy can read (and drop) message frames.
+  surge = await Surge.start({
+    env: { SURGE_PING_INTERVAL: "1s", SURGE_IDLE_TIMEOUT: "30s", SURGE_COMPRESSION: "false" },
+  });
 });
 
 after(async () => {

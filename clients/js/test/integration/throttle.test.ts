@@ -27,7 +27,14 @@ function record<K extends keyof ClientEvents>(c: SurgeClient, event: K): ClientE
 
 test("slow consumer: throttle notices and dropped counts reach the app, and received + dropped = published", async () => {
   const surge = await Surge.start({
-    env: { SURGE_OUTBOUND_QUEUE_BYTES: "64KiB", SURGE_ADMIN_PUBLISH_RATE: "0", SURGE_THROTTLE_FULL_EVENTS: "3" },
+    // Uncompressed: the socket buffers then fill at a known pace (deflate
+    // would let many more messages through before the queue fills).
+    env: {
+      SURGE_OUTBOUND_QUEUE_BYTES: "64KiB",
+      SURGE_ADMIN_PUBLISH_RATE: "0",
+      SURGE_THROTTLE_FULL_EVENTS: "3",
+      SURGE_COMPRESSION: "false",
+    },
   });
   const c = connect(surge.url, { WebSocket: PausableWebSocket });
   const throttles = record(c, "throttle");
