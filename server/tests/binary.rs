@@ -1732,3 +1732,88 @@ async fn jwt_sighup_reloads_the_jwks_file_without_dropping_connections() {
     assert_eq!(message["data"], 7, "{message}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// permessage-deflate end to end: a client offering it gets it in the 101
+/// and a published message as a compressed frame that inflates to the
+/// same JSON; with SURGE_COMPRESSION=false the offer is declined.
+#[test]
+fn permessage_deflate_is_negotiated_and_messages_arrive_compressed() {
+    use std::io::Read as _;
+    for enabled in [true, false] {
+        let server = Server::start_with_env(
+            &[],
+            &[("SURGE_COMPRESSION", if enabled { "true" } else { "false" })],
+        );
+        let mut s = TcpStream::connect(server.ws).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        )
+        .expect("write");
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).expect("101 head");
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert_eq!(
+            head.contains("Sec-WebSocket-Extensions: permessage-deflate"),
+            enabled,
+            "{head}"
+        );
+        let read_frame = |s: &mut TcpStream| -> (u8, Vec<u8>) {
+            let mut h = [0u8; 2];
+            s.read_exact(&mut h).expect("frame header");
+            let len = match h[1] & 0x7F {
+                126 => {
+                    let mut l = [0u8; 2];
+                    s.read_exact(&mut l).expect("length");
+                    usize::from(u16::from_be_bytes(l))
+                }
+                n => usize::from(n),
+            };
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).expect("payload");
+            (h[0], payload)
+        };
+        assert_eq!(read_frame(&mut s).0, 0x81, "welcome, plain");
+        let subscribe = br#"{"type":"subscribe","channels":["odin.token.>"]}"#;
+        s.write_all(&surge_core::frame::masked_frame(
+            0x81,
+            subscribe,
+            [1, 2, 3, 4],
+        ))
+        .expect("subscribe");
+        assert_eq!(read_frame(&mut s).0, 0x81, "subscribed, plain");
+        let data = json!({"symbol": "BTC", "price": 64123.5, "qty": 0.015, "side": "buy", "note": "x".repeat(200)});
+        let body = json!({"subject": "odin.token.BTC.trade", "data": data}).to_string();
+        assert_eq!(http(server.admin, "POST", "/publish", &body).0, 202);
+        let (b0, payload) = read_frame(&mut s);
+        let text = if enabled {
+            assert_eq!(b0, 0xC1, "FIN, RSV1 (compressed), text");
+            let mut stream = payload.clone();
+            stream.extend_from_slice(&[0, 0, 0xff, 0xff]);
+            let mut out = Vec::new();
+            let _ = flate2::read::DeflateDecoder::new(&stream[..]).read_to_end(&mut out);
+            assert!(
+                payload.len() < out.len() / 2,
+                "{} of {}",
+                payload.len(),
+                out.len()
+            );
+            out
+        } else {
+            assert_eq!(b0, 0x81);
+            payload
+        };
+        let message: Value = serde_json::from_slice(&text).expect("JSON");
+        assert_eq!(message["type"], "message");
+        assert_eq!(message["data"], data);
+    }
+}
