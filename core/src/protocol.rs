@@ -409,6 +409,10 @@ pub enum ServerMessage {
         id: Option<Value>,
         from_seq: u64,
         to_seq: u64,
+        /// `seq` values of the range left out because their channel may no
+        /// longer be read (a `refresh` revoked it): not lost, withheld.
+        #[serde(skip_serializing_if = "Vec::is_empty", default)]
+        withheld: Vec<u64>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -968,6 +972,13 @@ mod tests {
                 id: None,
                 from_seq: 40,
                 to_seq: 60,
+                withheld: Vec::new(),
+            }),
+            OutFrame::control(&ServerMessage::ReplayDone {
+                id: None,
+                from_seq: 40,
+                to_seq: 60,
+                withheld: vec![41, 45],
             }),
             OutFrame::control(&ServerMessage::Pong {
                 id: Some(Value::from("hb-1")),

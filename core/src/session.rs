@@ -923,10 +923,15 @@ impl Session {
         // A channel a refresh revoked is not read again through a replay:
         // its messages are left out (the client was told with
         // `unsubscribed`, reason `forbidden`).
+        let mut withheld = Vec::new();
         if self.config.auth.is_some() {
-            slice
-                .messages
-                .retain(|(_, m)| self.allows(&Pattern::from(m.subject.clone())));
+            slice.messages.retain(|(seq, m)| {
+                let readable = self.allows(&Pattern::from(m.subject.clone()));
+                if !readable {
+                    withheld.push(*seq);
+                }
+                readable
+            });
         }
         // Replayed frames are bounded by the replay window's bytes; the
         // queue's hard bound leaves room for one replay, not for a client
@@ -966,6 +971,7 @@ impl Session {
             id,
             from_seq,
             to_seq,
+            withheld,
         });
     }
 

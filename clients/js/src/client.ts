@@ -481,7 +481,7 @@ export class SurgeClient {
       case "replay_gap":
         return;
       case "replay_done":
-        if (conn.replay !== null && frame.id === conn.replay.id) this.finishReplay(conn);
+        if (conn.replay !== null && frame.id === conn.replay.id) this.finishReplay(conn, frame.withheld ?? []);
         return;
       case "throttle_update": {
         const notice = { level: frame.level, ratePercent: frame.rate_percent, message: frame.message };
@@ -569,15 +569,17 @@ export class SurgeClient {
     this.process(conn, frame);
   }
 
-  private finishReplay(conn: Conn): void {
+  /** `withheld`: seqs the server left out because their channel was revoked (not a loss). */
+  private finishReplay(conn: Conn, withheld: number[] = []): void {
     const replay = conn.replay;
     if (replay === null) return;
     conn.replay = null;
+    const notLost = new Set(withheld);
     let lost = 0;
     for (let seq = replay.from; seq <= replay.to; seq++) {
       const frame = replay.frames.get(seq);
       if (frame === undefined) {
-        lost += 1;
+        if (!notLost.has(seq)) lost += 1;
         continue;
       }
       this.process(conn, frame);

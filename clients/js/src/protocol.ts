@@ -38,7 +38,7 @@ export type ServerFrame =
   | { type: "subscribed"; id?: RequestId; channels: string[] }
   | { type: "unsubscribed"; id?: RequestId; channels: string[]; reason?: string }
   | { type: "replay_gap"; id?: RequestId; from_seq: number; to_seq: number; oldest_seq: number }
-  | { type: "replay_done"; id?: RequestId; from_seq: number; to_seq: number }
+  | { type: "replay_done"; id?: RequestId; from_seq: number; to_seq: number; withheld?: number[] }
   | { type: "resume_gap"; id?: RequestId; oldest_sseq: number; epoch_changed?: boolean }
   | { type: "resumed"; id?: RequestId; channels: string[]; last_sseq: number; epoch: string }
   | { type: "pong"; id?: RequestId }

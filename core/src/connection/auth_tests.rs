@@ -380,6 +380,8 @@ fn a_replay_leaves_out_the_channels_a_refresh_revoked() {
     assert_eq!(types(&replayed), ["message", "replay_done"], "{replayed:?}");
     assert_eq!(replayed[0]["subject"], "odin.token.BTC.trade");
     assert_eq!(replayed[0]["replayed"], true);
+    // The left-out seq is named, so a client does not take it for a loss.
+    assert_eq!(replayed[1]["withheld"], json!([2]));
     // A renewal that covers the channel again makes it replayable again.
     let renew = json!({"type": "refresh", "token": token("alice", 900, &["odin.token.>"])});
     send(&mut c, &renew.to_string(), ms(5));

@@ -133,6 +133,22 @@ test("a replay that cannot return everything surfaces a gap with the count lost"
   c.close();
 });
 
+test("seqs the server withheld from a replay (a revoked channel) are not counted as lost", async () => {
+  const c = client();
+  const gaps = record(c, "gap");
+  const got: number[] = [];
+  c.subscribe("odin.>", (m) => got.push(m.seq));
+  const ws = await connected(c, 0);
+  ws.message(1, 1, "odin.a", 1);
+  ws.message(4, 4, "odin.a", 4);
+  const replay = ws.lastRequest("replay");
+  ws.message(2, 2, "odin.a", 2, { replayed: true });
+  ws.receive({ type: "replay_done", id: replay["id"], from_seq: 2, to_seq: 3, withheld: [3] });
+  assert.deepEqual(got, [1, 2, 4]);
+  assert.deepEqual(gaps, []);
+  c.close();
+});
+
 test("a duplicate seq on a live connection is dropped", async () => {
   const c = client();
   const got: number[] = [];
