@@ -16,6 +16,7 @@
 //! - [`fixture`]: the seed's check-then-acquire admission, kept only to
 //!   show the race it causes.
 
+pub mod balancer;
 pub mod calibrate;
 pub mod client;
 pub mod fixture;
@@ -25,6 +26,7 @@ pub mod publisher;
 pub mod real;
 pub mod scenario;
 pub mod scenarios;
+pub mod stream;
 pub mod subscriber;
 pub mod world;
 

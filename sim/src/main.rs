@@ -36,7 +36,7 @@ enum Command {
 #[derive(Args, Clone)]
 struct RunArgs {
     /// backlog_burst, slot_race, handshake_timeout, capacity_ceiling,
-    /// slow_consumers, broker_outage or reconnect_storm.
+    /// slow_consumers, broker_outage, reconnect_storm or multi_gateway.
     scenario: Scenario,
     #[command(flatten)]
     params: ParamArgs,
@@ -176,6 +176,12 @@ struct ParamArgs {
     /// reconnect_storm: every client must be back within this.
     #[arg(long)]
     recover_within: Option<Dur>,
+    /// multi_gateway: gateways behind the balancer.
+    #[arg(long)]
+    gateways: Option<u32>,
+    /// multi_gateway: gateways the rolling restart goes through, in turn.
+    #[arg(long)]
+    restarts: Option<u32>,
 }
 
 impl ParamArgs {
@@ -211,7 +217,9 @@ impl ParamArgs {
             resume_fraction,
             backoff,
             backoff_cap,
-            recover_within
+            recover_within,
+            gateways,
+            restarts
         );
         p
     }

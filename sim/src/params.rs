@@ -179,6 +179,10 @@ pub struct Params {
     pub backoff: Dur,
     pub backoff_cap: Dur,
     pub recover_within: Dur,
+    /// multi_gateway: gateways behind the balancer, and how many of them
+    /// the rolling restart goes through.
+    pub gateways: u32,
+    pub restarts: u32,
 }
 
 impl Params {
@@ -228,6 +232,8 @@ impl Params {
             backoff: ms(250),
             backoff_cap: s(8),
             recover_within: s(30),
+            gateways: 4,
+            restarts: 2,
         };
         match scenario {
             S::BacklogBurst => {
@@ -295,6 +301,16 @@ impl Params {
                 p.publish_rate = 50.0;
                 p.fault_at = s(4);
                 p.fault_for = s(6);
+                p.service_per_conn = us(0);
+            }
+            S::MultiGateway => {
+                p.clients = 2000;
+                p.rate = 1000.0;
+                p.hosts = 10;
+                p.messages = 60;
+                p.publish_rate = 4.0;
+                p.fault_at = s(2);
+                p.fault_for = s(3);
                 p.service_per_conn = us(0);
             }
             S::ReconnectStorm => {

@@ -31,6 +31,12 @@ pub struct SubscriberLog {
     /// Frames that broke the `seq` rule.
     pub seq_errors: u32,
     pub duplicates: u32,
+    /// The stream epoch of the last `resumed`.
+    pub epoch: Option<String>,
+    /// `error` frames, by code.
+    pub errors: Vec<String>,
+    /// Every `message` frame that was not a replay (live or recovered).
+    pub frames: u64,
 }
 
 impl SubscriberLog {
@@ -57,6 +63,8 @@ pub enum Start {
     Resume {
         channels: Vec<String>,
         since_sseq: u64,
+        /// The epoch `since_sseq` counts in, when the client knows it.
+        epoch: Option<String>,
     },
 }
 
@@ -79,7 +87,15 @@ pub async fn session(
         Start::Resume {
             channels,
             since_sseq,
+            epoch: None,
         } => serde_json::json!({"type": "resume", "channels": channels, "since_sseq": since_sseq}),
+        Start::Resume {
+            channels,
+            since_sseq,
+            epoch: Some(epoch),
+        } => {
+            serde_json::json!({"type": "resume", "channels": channels, "since_sseq": since_sseq, "epoch": epoch})
+        }
     };
     if ws
         .send(Message::Text(Utf8Bytes::from(request.to_string())))
@@ -148,6 +164,7 @@ fn on_text(
                     ));
                 }
                 *last_seq = seq;
+                log.frames += 1;
                 let count = log.received.entry(sseq).or_insert(0);
                 *count += 1;
                 if *count == 2 {
@@ -163,7 +180,16 @@ fn on_text(
             log.throttle_updates += 1;
             log.max_level = log.max_level.max(level);
         }
-        Some("resumed") => log.resumed += 1,
+        Some("resumed") => {
+            log.resumed += 1;
+            if let Some(epoch) = v["epoch"].as_str() {
+                log.epoch = Some(epoch.to_owned());
+            }
+        }
+        Some("error") => {
+            let code = v["code"].as_str().unwrap_or("").to_owned();
+            log.errors.push(code);
+        }
         Some("resume_gap") => log.resume_gaps += 1,
         _ => {}
     }
