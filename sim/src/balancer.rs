@@ -30,9 +30,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::net::{AcceptPath, KernelParams, SimTransport};
 use crate::world::hosts::WS_PORT;
 
-/// The balancer's host name; clients connect to it on [`WS_PORT`].
-pub const BALANCER: &str = "lb";
-
 /// HAProxy's answer when no server is available.
 const NO_SERVER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 

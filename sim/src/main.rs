@@ -182,6 +182,9 @@ struct ParamArgs {
     /// multi_gateway: gateways the rolling restart goes through, in turn.
     #[arg(long)]
     restarts: Option<u32>,
+    /// multi_gateway: simulated time per step (links deliver at step boundaries).
+    #[arg(long)]
+    tick: Option<Dur>,
 }
 
 impl ParamArgs {
@@ -219,7 +222,8 @@ impl ParamArgs {
             backoff_cap,
             recover_within,
             gateways,
-            restarts
+            restarts,
+            tick
         );
         p
     }

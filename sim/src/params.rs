@@ -183,6 +183,9 @@ pub struct Params {
     /// the rolling restart goes through.
     pub gateways: u32,
     pub restarts: u32,
+    /// multi_gateway: simulated time per step (turmoil's tick; links
+    /// deliver at tick boundaries).
+    pub tick: Dur,
 }
 
 impl Params {
@@ -234,6 +237,7 @@ impl Params {
             recover_within: s(30),
             gateways: 4,
             restarts: 2,
+            tick: ms(1),
         };
         match scenario {
             S::BacklogBurst => {

@@ -43,7 +43,7 @@ use surge_core::subjects::Subject;
 use surge_runtime::Broker;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::balancer::{BALANCER, Backends, Checks};
+use crate::balancer::{Backends, Checks};
 use crate::client::FailureKind;
 use crate::params::Params;
 use crate::publisher::SUBJECTS;
@@ -55,8 +55,8 @@ use crate::subscriber::{self, SessionEnd, Start, SubscriberLog};
 use crate::world::hosts::{WS_PORT, sleep_until_sim};
 use crate::world::state::RunState;
 use crate::world::{
-    BrokerFactory, ClientTask, DrainControl, GatewaySlot, GatewaySpec, build_sim, check_gateway,
-    install_clients, install_gateway_host, open_websocket_at,
+    BrokerFactory, ClientTask, DrainControl, GatewaySlot, GatewaySpec, check_gateway,
+    install_clients, install_gateway_host, open_websocket_at, sim_builder,
 };
 
 /// The balancer's health checks: every 500 ms, two failures take a
@@ -66,6 +66,14 @@ const CHECKS: Checks = Checks {
     fall: 2,
     rise: 2,
 };
+
+/// Clients per balancer host (see `run`).
+const CLIENTS_PER_BALANCER: usize = 40_000;
+
+/// A balancer's host name.
+pub fn balancer_name(k: usize) -> String {
+    format!("lb{k}")
+}
 
 /// A gateway's host name.
 pub fn gateway_name(i: usize) -> String {
@@ -167,6 +175,7 @@ pub fn run(p: &Params) -> Report {
     common_flags(&mut report, p);
     report.flag("gateways", p.gateways);
     report.flag("restarts", p.restarts);
+    report.flag("tick", p.tick);
     report.flag("messages", p.messages);
     report.flag("publish-rate", p.publish_rate);
     report.flag("critical-every", p.critical_every);
@@ -192,11 +201,19 @@ pub fn run(p: &Params) -> Report {
     let faults_end = faults.rolling_at
         + (CHECKS.notice() + Duration::from_secs(4)).saturating_mul(faults.rolling.len() as u32);
     let deadline = due(p.messages).max(faults_end) + p.recover_within.0;
-    let mut sim = build_sim(
+    // turmoil gives each host its own ephemeral ports (Linux: per
+    // destination), so one balancer host holds at most ~64,000 spliced
+    // connections: large runs get several balancers, as DNS round-robin
+    // over a few HAProxy instances would.
+    let balancers = (p.clients as usize).div_ceil(CLIENTS_PER_BALANCER).max(1);
+    let mut sim = sim_builder(
         p,
         deadline + Duration::from_secs(120),
         p.clients as usize * 2 + 64 * gateways,
-    );
+        p.tick.0,
+    )
+    .ephemeral_ports(1024..=65535)
+    .build();
 
     // The shared stream and the gateways.
     let stream = SharedStream::new(gateways, format!("stream-{}", p.seed));
@@ -231,13 +248,14 @@ pub fn run(p: &Params) -> Report {
         );
     }
 
-    // The balancer.
+    // The balancers, each with its own health checks (as independent
+    // HAProxy instances have).
     let names: Vec<String> = (0..gateways).map(gateway_name).collect();
-    let backends = Backends::new(&names);
-    {
-        let backends = Rc::clone(&backends);
+    let lbs: Vec<Rc<Backends>> = (0..balancers).map(|_| Backends::new(&names)).collect();
+    for (k, backends) in lbs.iter().enumerate() {
+        let backends = Rc::clone(backends);
         let kernel = spec.kernel.clone();
-        sim.host(BALANCER, move || {
+        sim.host(balancer_name(k), move || {
             let backends = Rc::clone(&backends);
             let kernel = kernel.clone();
             async move {
@@ -269,7 +287,8 @@ pub fn run(p: &Params) -> Report {
             let start = arrivals[i as usize];
             Box::pin(async move {
                 sleep_until_sim(start).await;
-                let lb = SocketAddr::new(turmoil::lookup(BALANCER), WS_PORT);
+                let lb_name = balancer_name(i as usize % balancers);
+                let lb = SocketAddr::new(turmoil::lookup(lb_name.as_str()), WS_PORT);
                 let channels = vec!["odin.>".to_string()];
                 let log = RefCell::new(SubscriberLog::default());
                 let mut jitter = rng(seed, 2_000_000 + i);
@@ -281,7 +300,7 @@ pub fn run(p: &Params) -> Report {
                     if tried_at >= deadline {
                         break;
                     }
-                    match open_websocket_at(&kernel, lb, BALANCER, i, timeout).await {
+                    match open_websocket_at(&kernel, lb, &lb_name, i, timeout).await {
                         Ok((mut ws, _)) => {
                             j.opened += 1;
                             let epoch = read_welcome_epoch(&mut ws).await;
@@ -296,9 +315,17 @@ pub fn run(p: &Params) -> Report {
                                     || l.errors.len() > errors_before
                                     || crate::net::sim_now() >= deadline
                             };
-                            let end =
-                                subscriber::session(&mut ws, i, &start, None, &log, &run, &stop)
-                                    .await;
+                            let end = subscriber::session_polling(
+                                &mut ws,
+                                i,
+                                &start,
+                                None,
+                                &log,
+                                &run,
+                                &stop,
+                                Duration::from_secs(1),
+                            )
+                            .await;
                             drop(ws);
                             run.event(&format!(
                                 "client {i} session {} ended {end:?} at sseq {}",
@@ -399,7 +426,7 @@ pub fn run(p: &Params) -> Report {
             published += 1;
         }
         state.apply(
-            &mut sim, now, &faults, &stream, &slots, &controls, &backends, &windows, &run,
+            &mut sim, now, &faults, &stream, &slots, &controls, &lbs, &windows, &run,
         );
         if now >= next_check {
             next_check = now + check_every;
@@ -417,7 +444,9 @@ pub fn run(p: &Params) -> Report {
     total.set(u64::from(published));
     // Once the clients are gone: stop the balancer's probes, then every
     // gateway must let go of every slot.
-    backends.stop();
+    for lb in &lbs {
+        lb.stop();
+    }
     let mut leaked = 0u64;
     if result.is_ok() {
         let until = sim.elapsed() + Duration::from_secs(10);
@@ -494,12 +523,13 @@ pub fn run(p: &Params) -> Report {
             "… {incomplete} clients in all are missing messages"
         ));
     }
-    let per_gateway: Vec<String> = backends
-        .backends
-        .borrow()
-        .iter()
-        .map(|b| format!("{}={}", b.name, b.total))
+    let per_gateway: Vec<String> = (0..gateways)
+        .map(|g| {
+            let total: u64 = lbs.iter().map(|lb| lb.backends.borrow()[g].total).sum();
+            format!("{}={total}", gateway_name(g))
+        })
         .collect();
+    let no_server: u64 = lbs.iter().map(|lb| *lb.no_server.borrow()).sum();
     report.line(format!(
         "gateways: {gateways} behind the balancer, one shared stream (epoch {})",
         stream.epoch()
@@ -533,9 +563,8 @@ pub fn run(p: &Params) -> Report {
         p.clients
     ));
     report.line(format!(
-        "balancer: connections per gateway {}, answered 503 with no gateway up {}",
+        "balancers: {balancers}, connections per gateway {}, answered 503 with no gateway up {no_server}",
         per_gateway.join(" "),
-        backends.no_server.borrow()
     ));
     report.line(format!(
         "gateways: peak slots in use {}, leaked at end {leaked}",
@@ -608,7 +637,7 @@ impl FaultState {
         stream: &SharedStream,
         slots: &[GatewaySlot],
         controls: &[Rc<DrainControl>],
-        backends: &Backends,
+        lbs: &[Rc<Backends>],
         windows: &FaultWindows,
         run: &RunState,
     ) {
@@ -650,7 +679,7 @@ impl FaultState {
         }
         if let Some((g, asked, window)) = self.bounced {
             // The next restart waits until the balancer sees this one up.
-            if backends.is_up(g) && slots[g].get().is_some() {
+            if lbs.iter().all(|lb| lb.is_up(g)) && slots[g].get().is_some() {
                 self.bounced = None;
                 windows.close(window, now);
                 self.restarted.push(now.saturating_sub(asked));

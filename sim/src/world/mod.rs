@@ -313,6 +313,17 @@ pub fn build_sim_with_tick<'a>(
     tcp_capacity: usize,
     tick: Duration,
 ) -> turmoil::Sim<'a> {
+    sim_builder(p, duration, tcp_capacity, tick).build()
+}
+
+/// The builder [`build_sim_with_tick`] uses, for a scenario that needs
+/// more of turmoil's settings (such as a wider ephemeral port range).
+pub fn sim_builder(
+    p: &Params,
+    duration: Duration,
+    tcp_capacity: usize,
+    tick: Duration,
+) -> turmoil::Builder {
     let mut b = turmoil::Builder::new();
     b.rng_seed(p.seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
@@ -322,7 +333,7 @@ pub fn build_sim_with_tick<'a>(
         .max_message_latency(p.latency.0 + p.jitter.0)
         .fail_rate(p.loss)
         .tcp_capacity(tcp_capacity);
-    b.build()
+    b
 }
 
 /// Steps a simulation, checking invariants every `check_every` of
