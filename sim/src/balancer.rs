@@ -18,6 +18,11 @@
 //!
 //! Everything the balancer decides is recorded in [`Backends`], which the
 //! driver reads between steps.
+//!
+//! In routing mode ([`Backends::lease`]) the balancer makes the same
+//! choice with the same checks, but the client then connects to the chosen
+//! gateway itself, as with direct server return: the bytes skip the
+//! balancer's host, which halves the simulated traffic of a large run.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -131,7 +136,24 @@ impl Backends {
         }
     }
 
-    fn dial_failed(&self, i: usize) {
+    /// Picks a backend for a client that will connect to it directly
+    /// (the balancer's routing mode) and counts the connection on it.
+    pub fn lease(&self, tried: &[usize]) -> Option<usize> {
+        let i = self.pick(tried)?;
+        let mut b = self.backends.borrow_mut();
+        b[i].active += 1;
+        b[i].total += 1;
+        Some(i)
+    }
+
+    /// A leased connection ended.
+    pub fn release(&self, i: usize) {
+        let mut b = self.backends.borrow_mut();
+        b[i].active = b[i].active.saturating_sub(1);
+    }
+
+    /// The backend refused a dial: out until its checks pass again.
+    pub fn dial_failed(&self, i: usize) {
         let mut backends = self.backends.borrow_mut();
         backends[i].failed_dials += 1;
         backends[i].up = false;

@@ -30,6 +30,6 @@ pub mod stream;
 pub mod subscriber;
 pub mod world;
 
-pub use params::{Dur, OutageMode, Params, Profile};
+pub use params::{BalancerMode, Dur, OutageMode, Params, Profile};
 pub use scenario::name::Scenario;
 pub use scenario::report::Report;

@@ -41,11 +41,13 @@ use rand::Rng;
 use surge_core::protocol::Priority;
 use surge_core::subjects::Subject;
 use surge_runtime::Broker;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::balancer::{Backends, Checks};
-use crate::client::FailureKind;
-use crate::params::Params;
+use crate::client::{FailureKind, UpgradeFailure};
+use crate::net::SimStream;
+use crate::params::{BalancerMode, Params};
 use crate::publisher::SUBJECTS;
 use crate::scenario::name::Scenario;
 use crate::scenario::report::{Report, percentiles};
@@ -176,6 +178,7 @@ pub fn run(p: &Params) -> Report {
     report.flag("gateways", p.gateways);
     report.flag("restarts", p.restarts);
     report.flag("tick", p.tick);
+    report.flag("balancer", p.balancer.as_str());
     report.flag("messages", p.messages);
     report.flag("publish-rate", p.publish_rate);
     report.flag("critical-every", p.critical_every);
@@ -273,12 +276,15 @@ pub fn run(p: &Params) -> Report {
     ));
     let kernel = spec.kernel.clone();
     let (timeout, base, cap, seed) = (p.timeout.0, p.backoff.0, p.backoff_cap.0, p.seed);
+    let mode = p.balancer;
     let task = {
+        let lbs = lbs.clone();
         let run = Rc::clone(&run);
         let journeys = Rc::clone(&journeys);
         let windows = Rc::clone(&windows);
         let total = Rc::clone(&total);
         Rc::new(move |i: u64| -> ClientTask {
+            let lb = Rc::clone(&lbs[i as usize % lbs.len()]);
             let run = Rc::clone(&run);
             let journeys = Rc::clone(&journeys);
             let windows = Rc::clone(&windows);
@@ -288,7 +294,7 @@ pub fn run(p: &Params) -> Report {
             Box::pin(async move {
                 sleep_until_sim(start).await;
                 let lb_name = balancer_name(i as usize % balancers);
-                let lb = SocketAddr::new(turmoil::lookup(lb_name.as_str()), WS_PORT);
+                let lb_addr = SocketAddr::new(turmoil::lookup(lb_name.as_str()), WS_PORT);
                 let channels = vec!["odin.>".to_string()];
                 let log = RefCell::new(SubscriberLog::default());
                 let mut jitter = rng(seed, 2_000_000 + i);
@@ -300,8 +306,16 @@ pub fn run(p: &Params) -> Report {
                     if tried_at >= deadline {
                         break;
                     }
-                    match open_websocket_at(&kernel, lb, &lb_name, i, timeout).await {
-                        Ok((mut ws, _)) => {
+                    let opened = match mode {
+                        BalancerMode::Splice => {
+                            open_websocket_at(&kernel, lb_addr, &lb_name, i, timeout)
+                                .await
+                                .map(|(ws, _)| (ws, None))
+                        }
+                        BalancerMode::Route => routed(&kernel, &lb, i, timeout).await,
+                    };
+                    match opened {
+                        Ok((mut ws, lease)) => {
                             j.opened += 1;
                             let epoch = read_welcome_epoch(&mut ws).await;
                             let start = Start::Resume {
@@ -327,6 +341,9 @@ pub fn run(p: &Params) -> Report {
                             )
                             .await;
                             drop(ws);
+                            if let Some(g) = lease {
+                                lb.release(g);
+                            }
                             run.event(&format!(
                                 "client {i} session {} ended {end:?} at sseq {}",
                                 j.opened,
@@ -594,10 +611,44 @@ pub fn run(p: &Params) -> Report {
     report
 }
 
+/// Opens a WebSocket to the gateway the balancer routes to, trying the
+/// next one when a gateway refuses the connection (the balancer's
+/// redispatch); with no gateway up, the balancer's 503.
+async fn routed(
+    kernel: &crate::net::KernelParams,
+    lb: &Backends,
+    i: u64,
+    timeout: Duration,
+) -> Result<(WebSocketStream<SimStream>, Option<usize>), UpgradeFailure> {
+    let mut tried = Vec::new();
+    loop {
+        let Some(g) = lb.lease(&tried) else {
+            *lb.no_server.borrow_mut() += 1;
+            return Err(UpgradeFailure {
+                kind: FailureKind::Overloaded,
+                status: Some(503),
+                retry_after: Some(1),
+            });
+        };
+        tried.push(g);
+        let name = gateway_name(g);
+        let addr = SocketAddr::new(turmoil::lookup(name.as_str()), WS_PORT);
+        match open_websocket_at(kernel, addr, &name, i, timeout).await {
+            Ok((ws, _)) => return Ok((ws, Some(g))),
+            Err(f) => {
+                lb.release(g);
+                if f.status.is_none() && f.kind == FailureKind::Refused {
+                    lb.dial_failed(g);
+                    continue;
+                }
+                return Err(f);
+            }
+        }
+    }
+}
+
 /// Reads the welcome frame and returns the stream epoch it names.
-async fn read_welcome_epoch(
-    ws: &mut tokio_tungstenite::WebSocketStream<crate::net::SimStream>,
-) -> Option<String> {
+async fn read_welcome_epoch(ws: &mut WebSocketStream<SimStream>) -> Option<String> {
     let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
         .ok()??
