@@ -28,6 +28,7 @@ pub mod scenario;
 pub mod scenarios;
 pub mod stream;
 pub mod subscriber;
+pub mod swarm;
 pub mod world;
 
 pub use params::{BalancerMode, Dur, OutageMode, Params, Profile};

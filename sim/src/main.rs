@@ -50,9 +50,15 @@ struct RunArgs {
 
 #[derive(Args, Clone)]
 struct SoakArgs {
-    /// The scenario to soak (see `surge-sim list`).
+    /// The scenario to soak (see `surge-sim list`); not with --swarm.
+    #[arg(long, required_unless_present = "swarm", conflicts_with = "swarm")]
+    scenario: Option<Scenario>,
+    /// Each seed draws its scenario, parameters and faults; runs on every core; stops at the first broken invariant.
     #[arg(long)]
-    scenario: Scenario,
+    swarm: bool,
+    /// Swarm threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
     /// How many seeds to try.
     #[arg(long, default_value_t = 100)]
     seeds: u64,
@@ -266,10 +272,13 @@ fn run(args: &RunArgs) -> ExitCode {
 }
 
 fn soak(args: &SoakArgs) -> ExitCode {
+    let Some(scenario) = args.scenario else {
+        return swarm(args);
+    };
     let started = Instant::now();
     for seed in args.first..args.first.saturating_add(args.seeds) {
-        let params = args.params.resolve(args.scenario, seed);
-        let report = args.scenario.run(&params);
+        let params = args.params.resolve(scenario, seed);
+        let report = scenario.run(&params);
         if !report.passed() {
             print!("{}", report.render());
             println!(
@@ -286,10 +295,54 @@ fn soak(args: &SoakArgs) -> ExitCode {
     }
     println!(
         "soak: {} seeds of {} held every invariant",
-        args.seeds, args.scenario
+        args.seeds, scenario
     );
     eprintln!("wall time: {:.1} s", started.elapsed().as_secs_f64());
     ExitCode::SUCCESS
+}
+
+fn swarm(args: &SoakArgs) -> ExitCode {
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let progress = |seed: u64, report: &surge_sim::Report| {
+        println!(
+            "seed {seed}: {} {}, trace {:016x} ({:.2} s)",
+            report.scenario,
+            if report.passed() { "ok" } else { "FAILED" },
+            report.trace_hash,
+            report.wall.as_secs_f64()
+        );
+    };
+    let outcome = surge_sim::swarm::run(args.first, args.seeds, threads, &progress);
+    let per: Vec<String> = outcome
+        .per_scenario
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{s}={n}"))
+        .collect();
+    println!("swarm: scenarios drawn: {}", per.join(" "));
+    println!(
+        "swarm: {} seeds in {:.1} s on {} threads: {:.0} seeds per hour",
+        outcome.ran,
+        outcome.wall.as_secs_f64(),
+        outcome.threads,
+        outcome.seeds_per_hour()
+    );
+    match outcome.failure {
+        Some(report) => {
+            print!("{}", report.render());
+            println!(
+                "swarm: seed {} broke an invariant; it alone: cargo run -p surge-sim -- soak --swarm --first {} --seeds 1",
+                report.params.seed, report.params.seed
+            );
+            ExitCode::FAILURE
+        }
+        None => {
+            println!("swarm: every seed held every invariant");
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 fn calibrate_cmd(args: &CalibrateArgs) -> ExitCode {
