@@ -39,7 +39,7 @@ pub fn draw(seed: u64) -> (Scenario, Params) {
     p.hosts = r.random_range(2..=8);
     match scenario {
         Scenario::BacklogBurst | Scenario::HandshakeTimeout | Scenario::CapacityCeiling => {
-            p.clients = r.random_range(100..=600);
+            p.clients = r.random_range(100..=400);
             p.rate = f64::from(r.random_range(100..=3000u32));
             if scenario == Scenario::CapacityCeiling {
                 p.capacity = r.random_range(50..=p.clients);
@@ -60,7 +60,7 @@ pub fn draw(seed: u64) -> (Scenario, Params) {
             p.clients = r.random_range(20..=80);
             p.slow_fraction = f64::from(r.random_range(0..=50u32)) / 100.0;
             p.slow_read = ms(r.random_range(5..=50));
-            p.messages = r.random_range(200..=800);
+            p.messages = r.random_range(100..=400);
             p.publish_rate = f64::from(r.random_range(50..=200u32));
         }
         Scenario::BrokerOutage => {
@@ -82,16 +82,20 @@ pub fn draw(seed: u64) -> (Scenario, Params) {
             p.resume_fraction = f64::from(r.random_range(0..=50u32)) / 100.0;
         }
         Scenario::ReconnectStorm => {
-            p.clients = r.random_range(100..=600);
+            p.clients = r.random_range(100..=400);
             p.rate = f64::from(r.random_range(200..=2000u32));
             p.fault_at = ms(r.random_range(1000..=4000));
             p.fault_for = ms(r.random_range(200..=3000));
             p.backoff = ms(r.random_range(50..=500));
+            // Everyone holds on until the bound has passed: a tighter
+            // bound (still above the backoff cap) is a shorter run.
+            p.backoff_cap = ms(r.random_range(1000..=4000));
+            p.recover_within = ms(r.random_range(6000..=12_000));
         }
         Scenario::MultiGateway => {
             p.gateways = r.random_range(2..=6);
             p.restarts = r.random_range(0..=p.gateways.min(3));
-            p.clients = r.random_range(50..=300);
+            p.clients = r.random_range(50..=200);
             p.rate = f64::from(r.random_range(200..=2000u32));
             p.messages = r.random_range(10..=40);
             p.publish_rate = f64::from(r.random_range(2..=8u32));

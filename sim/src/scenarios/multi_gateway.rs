@@ -324,8 +324,10 @@ pub fn run(p: &Params) -> Report {
                                 epoch: log.borrow().epoch.clone().or(epoch),
                             };
                             let errors_before = log.borrow().errors.len();
+                            // Everyone stays until the last fault is over, so
+                            // every fault finds clients to move.
                             let stop = |l: &SubscriberLog| {
-                                (done(l) && l.resumed > 0)
+                                (done(l) && l.resumed > 0 && crate::net::sim_now() >= faults_end)
                                     || l.errors.len() > errors_before
                                     || crate::net::sim_now() >= deadline
                             };
