@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use surge_sim::calibrate::{self, CalibrationSpec};
+use surge_sim::swarm::SeedRun;
 use surge_sim::{BalancerMode, Dur, OutageMode, Params, Profile, Scenario};
 
 #[derive(Parser)]
@@ -59,6 +60,9 @@ struct SoakArgs {
     /// Swarm threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Swarm: run every seed in this process instead of a child process each (faster to start, but a run inside a long-lived process may not replay exactly).
+    #[arg(long)]
+    in_process: bool,
     /// How many seeds to try.
     #[arg(long, default_value_t = 100)]
     seeds: u64,
@@ -305,16 +309,64 @@ fn swarm(args: &SoakArgs) -> ExitCode {
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let progress = |seed: u64, report: &surge_sim::Report| {
+    let progress = |seed: u64, run: &SeedRun| {
         println!(
             "seed {seed}: {} {}, trace {:016x} ({:.2} s)",
-            report.scenario,
-            if report.passed() { "ok" } else { "FAILED" },
-            report.trace_hash,
-            report.wall.as_secs_f64()
+            run.scenario,
+            if run.passed { "ok" } else { "FAILED" },
+            run.trace_hash,
+            run.wall.as_secs_f64()
         );
     };
-    let outcome = surge_sim::swarm::run(args.first, args.seeds, threads, &progress);
+    let exe = std::env::current_exe().ok();
+    let child = |seed: u64| -> SeedRun {
+        let started = Instant::now();
+        let (scenario, _) = surge_sim::swarm::draw(seed);
+        let seed_arg = seed.to_string();
+        let output = exe.as_ref().and_then(|exe| {
+            std::process::Command::new(exe)
+                .args(["soak", "--swarm", "--in-process", "--threads", "1"])
+                .args(["--first", &seed_arg, "--seeds", "1"])
+                .output()
+                .ok()
+        });
+        let Some(output) = output else {
+            return SeedRun {
+                scenario,
+                passed: false,
+                trace_hash: 0,
+                wall: started.elapsed(),
+                text: "could not start a child process".into(),
+            };
+        };
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let mine = format!("seed {seed}: ");
+        let line = text.lines().find(|l| l.starts_with(&mine)).unwrap_or("");
+        let trace_hash = line
+            .split("trace ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+        SeedRun {
+            scenario,
+            passed: output.status.success(),
+            trace_hash,
+            wall: started.elapsed(),
+            text,
+        }
+    };
+    let outcome = if args.in_process {
+        surge_sim::swarm::run(
+            args.first,
+            args.seeds,
+            threads,
+            &SeedRun::in_process,
+            &progress,
+        )
+    } else {
+        surge_sim::swarm::run(args.first, args.seeds, threads, &child, &progress)
+    };
     let per: Vec<String> = outcome
         .per_scenario
         .iter()
@@ -330,11 +382,10 @@ fn swarm(args: &SoakArgs) -> ExitCode {
         outcome.seeds_per_hour()
     );
     match outcome.failure {
-        Some(report) => {
-            print!("{}", report.render());
+        Some((seed, run)) => {
+            print!("{}", run.text);
             println!(
-                "swarm: seed {} broke an invariant; it alone: cargo run -p surge-sim -- soak --swarm --first {} --seeds 1",
-                report.params.seed, report.params.seed
+                "swarm: seed {seed} broke an invariant; it alone: cargo run -p surge-sim -- soak --swarm --first {seed} --seeds 1"
             );
             ExitCode::FAILURE
         }

@@ -8,7 +8,12 @@
 //! replay command of a failing seed reproduces it on its own. Seeds are
 //! spread over threads (a turmoil simulation is not `Send`, so each
 //! thread builds and runs its own, one at a time); the swarm stops at the
-//! first broken invariant.
+//! first broken invariant. By default the command runs each seed in a
+//! child process of its own, because a run is reproducible from a fresh
+//! process: two runs in one process can differ in a few timings (tokio's
+//! task ids are process-wide, and a crashed host's tasks are dropped in
+//! an order that depends on them), and a failure found mid-swarm must
+//! replay exactly.
 //!
 //! Draws stay within what each scenario promises: surge's profile only
 //! (the seed profile's scenarios fail by design), loss only where a lost
@@ -112,6 +117,32 @@ pub fn draw(seed: u64) -> (Scenario, Params) {
     (scenario, p)
 }
 
+/// One seed's run, as the swarm sees it.
+#[derive(Debug, Clone)]
+pub struct SeedRun {
+    pub scenario: Scenario,
+    pub passed: bool,
+    pub trace_hash: u64,
+    pub wall: Duration,
+    /// The report (or, from a child process, its whole output).
+    pub text: String,
+}
+
+impl SeedRun {
+    /// Runs seed `seed` in this process.
+    pub fn in_process(seed: u64) -> SeedRun {
+        let (scenario, params) = draw(seed);
+        let report: Report = scenario.run(&params);
+        SeedRun {
+            scenario,
+            passed: report.passed(),
+            trace_hash: report.trace_hash,
+            wall: report.wall,
+            text: report.render(),
+        }
+    }
+}
+
 /// How a swarm went.
 #[derive(Debug)]
 pub struct SwarmOutcome {
@@ -119,8 +150,8 @@ pub struct SwarmOutcome {
     pub ran: u64,
     /// Seeds per scenario, in `Scenario::ALL` order.
     pub per_scenario: Vec<(Scenario, u64)>,
-    /// The first failing seed's report, if any.
-    pub failure: Option<Report>,
+    /// The lowest failing seed and its run, if any.
+    pub failure: Option<(u64, SeedRun)>,
     pub wall: Duration,
     pub threads: usize,
 }
@@ -136,14 +167,15 @@ impl SwarmOutcome {
     }
 }
 
-/// Runs seeds `first..first + seeds` on `threads` threads until one breaks
-/// an invariant; `progress` is called after every seed (from the thread
-/// that ran it) with the seed and its report.
+/// Runs seeds `first..first + seeds` with `exec` on `threads` threads
+/// until one breaks an invariant; `progress` is called after every seed
+/// (from the thread that ran it).
 pub fn run(
     first: u64,
     seeds: u64,
     threads: usize,
-    progress: &(dyn Fn(u64, &Report) + Sync),
+    exec: &(dyn Fn(u64) -> SeedRun + Sync),
+    progress: &(dyn Fn(u64, &SeedRun) + Sync),
 ) -> SwarmOutcome {
     let started = Instant::now();
     let next = AtomicU64::new(first);
@@ -151,7 +183,7 @@ pub fn run(
     let stop = AtomicBool::new(false);
     let ran = AtomicU64::new(0);
     let counts: Vec<AtomicU64> = Scenario::ALL.iter().map(|_| AtomicU64::new(0)).collect();
-    let failure: Mutex<Option<Report>> = Mutex::new(None);
+    let failure: Mutex<Option<(u64, SeedRun)>> = Mutex::new(None);
     let threads = threads.max(1);
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -161,20 +193,19 @@ pub fn run(
                     if seed >= end {
                         break;
                     }
-                    let (scenario, params) = draw(seed);
-                    let report = scenario.run(&params);
+                    let result = exec(seed);
                     ran.fetch_add(1, Ordering::Relaxed);
-                    if let Some(i) = Scenario::ALL.iter().position(|s| *s == scenario) {
+                    if let Some(i) = Scenario::ALL.iter().position(|s| *s == result.scenario) {
                         counts[i].fetch_add(1, Ordering::Relaxed);
                     }
-                    progress(seed, &report);
-                    if !report.passed() {
+                    progress(seed, &result);
+                    if !result.passed {
                         stop.store(true, Ordering::Relaxed);
                         let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
                         // The lowest failing seed wins, whichever thread
                         // finished first.
-                        if f.as_ref().is_none_or(|r| r.params.seed > seed) {
-                            *f = Some(report);
+                        if f.as_ref().is_none_or(|(s, _)| *s > seed) {
+                            *f = Some((seed, result));
                         }
                     }
                 }
