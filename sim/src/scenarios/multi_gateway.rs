@@ -429,11 +429,12 @@ pub fn run(p: &Params) -> Report {
         run.clock.set(now);
         while next_message < p.messages && now >= due(next_message) {
             let subject = SUBJECTS[next_message as usize % SUBJECTS.len()];
-            let priority = if p.critical_every > 0 && (next_message + 1) % p.critical_every == 0 {
-                Priority::Critical
-            } else {
-                Priority::Medium
-            };
+            let priority =
+                if p.critical_every > 0 && (next_message + 1).is_multiple_of(p.critical_every) {
+                    Priority::Critical
+                } else {
+                    Priority::Medium
+                };
             let Ok(subject) = Subject::parse(subject) else {
                 break;
             };

@@ -475,6 +475,9 @@ impl<'a> Driver<'a> {
     }
 }
 
+/// What clients reported about their connections, keyed by (shard, serial).
+pub type ClientConns = BTreeMap<(u32, u64), ClientConn>;
+
 /// What one check of one gateway found.
 #[derive(Debug, Default)]
 pub struct GatewayCheck {
@@ -495,7 +498,7 @@ pub struct GatewayCheck {
 pub fn check_gateway(
     running: &Running,
     spec: &GatewaySpec,
-    clients: Option<(&BTreeMap<(u32, u64), ClientConn>, Duration)>,
+    clients: Option<(&ClientConns, Duration)>,
     now: Duration,
 ) -> GatewayCheck {
     let gw = &running.gateway;
