@@ -76,6 +76,38 @@ impl FromStr for OutageMode {
     }
 }
 
+/// How multi_gateway's balancer carries a client's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancerMode {
+    /// The balancer accepts it and splices it to the backend (HAProxy in
+    /// TCP mode).
+    Splice,
+    /// The balancer picks the backend; the client connects to it directly.
+    Route,
+}
+
+impl BalancerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalancerMode::Splice => "splice",
+            BalancerMode::Route => "route",
+        }
+    }
+}
+
+impl FromStr for BalancerMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "splice" => Ok(BalancerMode::Splice),
+            "route" => Ok(BalancerMode::Route),
+            other => Err(format!(
+                "unknown balancer mode {other:?}: use splice or route"
+            )),
+        }
+    }
+}
+
 /// A duration written as `250ms`, `5s`, `40us`, `900ns` or `2m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
@@ -179,9 +211,50 @@ pub struct Params {
     pub backoff: Dur,
     pub backoff_cap: Dur,
     pub recover_within: Dur,
+    /// multi_gateway: gateways behind the balancer, and how many of them
+    /// the rolling restart goes through.
+    pub gateways: u32,
+    pub restarts: u32,
+    /// multi_gateway: simulated time per step (turmoil's tick; links
+    /// deliver at tick boundaries).
+    pub tick: Dur,
+    /// multi_gateway: whether the balancer splices or routes.
+    pub balancer: BalancerMode,
 }
 
 impl Params {
+    /// Defaults that depend on the number of clients, for the parameters
+    /// not given on the command line (`given` says which were). So far
+    /// only multi_gateway has any: past 20,000 clients the arrivals are
+    /// compressed into five seconds, the step is 5 ms, the balancer routes
+    /// instead of splicing and 20 messages are published, which keeps a
+    /// run of 100,000 clients within a minute of wall time.
+    pub fn scale(&mut self, scenario: Scenario, given: &dyn Fn(&str) -> bool) {
+        if scenario != Scenario::MultiGateway {
+            return;
+        }
+        if !given("rate") {
+            self.rate = self.rate.max(f64::from(self.clients) / 5.0);
+        }
+        if self.clients > 20_000 {
+            if !given("tick") {
+                self.tick = Dur(Duration::from_millis(5));
+            }
+            if !given("balancer") {
+                self.balancer = BalancerMode::Route;
+            }
+            if !given("messages") {
+                self.messages = 20;
+            }
+            if !given("publish-rate") {
+                self.publish_rate = 2.0;
+            }
+            if !given("hosts") {
+                self.hosts = 20;
+            }
+        }
+    }
+
     /// The defaults of `scenario` under `profile`.
     pub fn defaults(scenario: Scenario, profile: Profile, seed: u64) -> Params {
         use Scenario as S;
@@ -228,6 +301,10 @@ impl Params {
             backoff: ms(250),
             backoff_cap: s(8),
             recover_within: s(30),
+            gateways: 4,
+            restarts: 2,
+            tick: ms(1),
+            balancer: BalancerMode::Splice,
         };
         match scenario {
             S::BacklogBurst => {
@@ -295,6 +372,16 @@ impl Params {
                 p.publish_rate = 50.0;
                 p.fault_at = s(4);
                 p.fault_for = s(6);
+                p.service_per_conn = us(0);
+            }
+            S::MultiGateway => {
+                p.clients = 2000;
+                p.rate = 1000.0;
+                p.hosts = 10;
+                p.messages = 60;
+                p.publish_rate = 4.0;
+                p.fault_at = s(2);
+                p.fault_for = s(3);
                 p.service_per_conn = us(0);
             }
             S::ReconnectStorm => {

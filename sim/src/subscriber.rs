@@ -31,6 +31,12 @@ pub struct SubscriberLog {
     /// Frames that broke the `seq` rule.
     pub seq_errors: u32,
     pub duplicates: u32,
+    /// The stream epoch of the last `resumed`.
+    pub epoch: Option<String>,
+    /// `error` frames, by code.
+    pub errors: Vec<String>,
+    /// Every `message` frame that was not a replay (live or recovered).
+    pub frames: u64,
 }
 
 impl SubscriberLog {
@@ -57,6 +63,8 @@ pub enum Start {
     Resume {
         channels: Vec<String>,
         since_sseq: u64,
+        /// The epoch `since_sseq` counts in, when the client knows it.
+        epoch: Option<String>,
     },
 }
 
@@ -71,6 +79,33 @@ pub async fn session(
     run: &RunState,
     stop: &dyn Fn(&SubscriberLog) -> bool,
 ) -> SessionEnd {
+    session_polling(
+        ws,
+        client,
+        start,
+        read_pause,
+        log,
+        run,
+        stop,
+        Duration::from_millis(100),
+    )
+    .await
+}
+
+/// [`session`], asking `stop` after every frame and at least every `poll`
+/// (a longer `poll` wakes an idle client less often: what lets a hundred
+/// thousand simulated clients idle cheaply).
+#[allow(clippy::too_many_arguments)]
+pub async fn session_polling(
+    ws: &mut WebSocketStream<SimStream>,
+    client: u64,
+    start: &Start,
+    read_pause: Option<Duration>,
+    log: &RefCell<SubscriberLog>,
+    run: &RunState,
+    stop: &dyn Fn(&SubscriberLog) -> bool,
+    poll: Duration,
+) -> SessionEnd {
     log.borrow_mut().connections += 1;
     let request = match start {
         Start::Subscribe(channels) => {
@@ -79,7 +114,15 @@ pub async fn session(
         Start::Resume {
             channels,
             since_sseq,
+            epoch: None,
         } => serde_json::json!({"type": "resume", "channels": channels, "since_sseq": since_sseq}),
+        Start::Resume {
+            channels,
+            since_sseq,
+            epoch: Some(epoch),
+        } => {
+            serde_json::json!({"type": "resume", "channels": channels, "since_sseq": since_sseq, "epoch": epoch})
+        }
     };
     if ws
         .send(Message::Text(Utf8Bytes::from(request.to_string())))
@@ -94,7 +137,7 @@ pub async fn session(
             let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
             return SessionEnd::Stopped;
         }
-        let frame = match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+        let frame = match tokio::time::timeout(poll, ws.next()).await {
             Err(_) => continue,
             Ok(None) => return SessionEnd::Broken,
             Ok(Some(Err(_))) => return SessionEnd::Broken,
@@ -148,6 +191,7 @@ fn on_text(
                     ));
                 }
                 *last_seq = seq;
+                log.frames += 1;
                 let count = log.received.entry(sseq).or_insert(0);
                 *count += 1;
                 if *count == 2 {
@@ -163,7 +207,16 @@ fn on_text(
             log.throttle_updates += 1;
             log.max_level = log.max_level.max(level);
         }
-        Some("resumed") => log.resumed += 1,
+        Some("resumed") => {
+            log.resumed += 1;
+            if let Some(epoch) = v["epoch"].as_str() {
+                log.epoch = Some(epoch.to_owned());
+            }
+        }
+        Some("error") => {
+            let code = v["code"].as_str().unwrap_or("").to_owned();
+            log.errors.push(code);
+        }
         Some("resume_gap") => log.resume_gaps += 1,
         _ => {}
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use surge_sim::{Dur, OutageMode, Params, Profile, Report, Scenario};
+use surge_sim::{BalancerMode, Dur, OutageMode, Params, Profile, Report, Scenario};
 
 fn params(scenario: Scenario, profile: Profile, seed: u64) -> Params {
     Params::defaults(scenario, profile, seed)
@@ -294,4 +294,85 @@ fn reconnect_storm_brings_everyone_back() {
         assert_eq!(figure(&report, "not_back"), 0.0);
         assert_eq!(figure(&report, "back"), 500.0);
     }
+}
+
+/// A small multi_gateway run: `gateways` gateways, every fault.
+fn small_multi(seed: u64, balancer: BalancerMode) -> Params {
+    let mut p = params(Scenario::MultiGateway, Profile::Surge, seed);
+    p.clients = 150;
+    p.gateways = 4;
+    p.restarts = 2;
+    p.messages = 30;
+    p.publish_rate = 2.0;
+    p.balancer = balancer;
+    p
+}
+
+#[test]
+fn multi_gateway_moves_every_client_without_loss_or_duplicate() {
+    for (seed, balancer) in [(3, BalancerMode::Splice), (4, BalancerMode::Route)] {
+        let p = small_multi(seed, balancer);
+        let report = run(Scenario::MultiGateway, &p);
+        assert_passed(&report);
+        assert_eq!(figure(&report, "published"), 30.0);
+        assert_eq!(figure(&report, "lost"), 0.0);
+        assert_eq!(figure(&report, "duplicated"), 0.0);
+        assert_eq!(figure(&report, "leaked"), 0.0);
+        assert_eq!(figure(&report, "restarts"), 2.0, "{}", report.render());
+        // The crash and the rolling restart moved clients.
+        assert!(figure(&report, "reconnects") > 0.0, "{}", report.render());
+        // Everyone got every message, live or recovered.
+        assert_eq!(figure(&report, "received"), 150.0 * 30.0);
+    }
+}
+
+/// A replay is a new process: `surge-sim run` twice with the same seed
+/// prints the same report and trace hash, another seed another trace.
+/// (Two runs inside one process do not yet agree for this scenario:
+/// something carried from one run to the next changes a few timings.)
+#[test]
+fn multi_gateway_replays_byte_for_byte() {
+    let sim = env!("CARGO_BIN_EXE_surge-sim");
+    let out = |seed: &str| {
+        let o = std::process::Command::new(sim)
+            .args([
+                "run",
+                "multi_gateway",
+                "--seed",
+                seed,
+                "--clients",
+                "120",
+                "--gateways",
+                "3",
+            ])
+            .output()
+            .expect("surge-sim runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let a = out("12");
+    assert_eq!(a, out("12"), "multi_gateway did not replay");
+    let trace = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("trace: "))
+            .map(str::to_owned)
+            .expect("a trace line")
+    };
+    assert_ne!(trace(&out("13")), trace(&a));
+}
+
+#[test]
+fn swarm_draws_are_a_function_of_the_seed() {
+    for seed in 1..50 {
+        let (s1, p1) = surge_sim::swarm::draw(seed);
+        let (s2, p2) = surge_sim::swarm::draw(seed);
+        assert_eq!(s1, s2);
+        assert_eq!(p1, p2);
+        assert_eq!(p1.seed, seed);
+        assert_eq!(p1.profile, Profile::Surge);
+    }
+    // Every scenario comes up within a few hundred seeds.
+    let drawn: std::collections::BTreeSet<Scenario> =
+        (1..300).map(|s| surge_sim::swarm::draw(s).0).collect();
+    assert_eq!(drawn.len(), Scenario::ALL.len());
 }

@@ -13,8 +13,8 @@ use crate::params::Params;
 use crate::scenario::name::Scenario;
 use crate::scenario::report::Report;
 use crate::scenarios::{
-    backlog_burst, broker_outage, capacity_ceiling, handshake_timeout, reconnect_storm, slot_race,
-    slow_consumers,
+    backlog_burst, broker_outage, capacity_ceiling, handshake_timeout, multi_gateway,
+    reconnect_storm, slot_race, slow_consumers,
 };
 
 impl Scenario {
@@ -29,6 +29,7 @@ impl Scenario {
             Scenario::SlowConsumers => slow_consumers::run(p),
             Scenario::BrokerOutage => broker_outage::run(p),
             Scenario::ReconnectStorm => reconnect_storm::run(p),
+            Scenario::MultiGateway => multi_gateway::run(p),
         };
         report.wall = started.elapsed();
         report

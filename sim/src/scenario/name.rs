@@ -1,4 +1,4 @@
-//! Which scenario: the seven the simulator knows, their names on the
+//! Which scenario: the eight the simulator knows, their names on the
 //! command line and what each one shows. Below the parameters (whose
 //! defaults depend on the scenario) and the report (which names its
 //! scenario); running one is the registry's job (`Scenario::run`, in the
@@ -17,10 +17,11 @@ pub enum Scenario {
     SlowConsumers,
     BrokerOutage,
     ReconnectStorm,
+    MultiGateway,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::BacklogBurst,
         Scenario::SlotRace,
         Scenario::HandshakeTimeout,
@@ -28,6 +29,7 @@ impl Scenario {
         Scenario::SlowConsumers,
         Scenario::BrokerOutage,
         Scenario::ReconnectStorm,
+        Scenario::MultiGateway,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +41,7 @@ impl Scenario {
             Scenario::SlowConsumers => "slow_consumers",
             Scenario::BrokerOutage => "broker_outage",
             Scenario::ReconnectStorm => "reconnect_storm",
+            Scenario::MultiGateway => "multi_gateway",
         }
     }
 
@@ -65,6 +68,9 @@ impl Scenario {
             }
             Scenario::ReconnectStorm => {
                 "the gateway restarts: clients reconnect with jittered backoff, all are back within the bound, no slot leaks"
+            }
+            Scenario::MultiGateway => {
+                "several gateways behind a balancer on one shared stream: one crashes, one is cut off from the stream, some restart in turn; every client moves and resumes with every message exactly once, every refusal is an HTTP answer, no slot leaks"
             }
         }
     }

@@ -100,6 +100,7 @@ pub fn run(p: &Params) -> Report {
                         next = Start::Resume {
                             channels: channels.clone(),
                             since_sseq: log.borrow().last_sseq(),
+                            epoch: None,
                         };
                     }
                     let Ok((mut ws, _)) = open_websocket(&kernel, i, timeout).await else {

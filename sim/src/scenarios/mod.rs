@@ -6,6 +6,7 @@ pub mod backlog_burst;
 pub mod broker_outage;
 pub mod capacity_ceiling;
 pub mod handshake_timeout;
+pub mod multi_gateway;
 pub mod reconnect_storm;
 pub mod slot_race;
 pub mod slow_consumers;

@@ -14,6 +14,7 @@ pub mod hosts;
 pub mod state;
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -22,14 +23,14 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use surge_runtime::embedded::{EmbeddedBroker, Retention};
-use surge_runtime::{Broker, Gateway, GatewayConfig};
+use surge_runtime::{Broker, Clock, Gateway, GatewayConfig, Hub};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::client::{self, FailureKind, UpgradeFailure};
 use crate::net::{AcceptPath, KernelParams, NetShared, SimStream, SimTransport, UpgradePath};
 use crate::params::Params;
 use crate::world::hosts::{GATEWAY, WS_PORT, gateway_addr};
-use crate::world::state::RunState;
+use crate::world::state::{ClientConn, RunState};
 
 /// How the gateway host is set up; `install_gateway` runs it again on
 /// every restart.
@@ -118,6 +119,22 @@ impl GatewaySlot {
 
 type Setup = Rc<dyn Fn(Arc<Gateway>)>;
 
+/// Builds a gateway's broker at each (re)start: the hub to feed, the
+/// gateway's clock and the start's generation (1 for the first start).
+pub type BrokerFactory = Rc<dyn Fn(Hub, Clock, u32) -> Arc<dyn Broker>>;
+
+/// A rolling restart's request to one gateway host, and its answer.
+#[derive(Debug, Default)]
+pub struct DrainControl {
+    /// Set by the driver: drain now (readiness false, wait `delay`, close
+    /// every connection with 1001, wait up to `drain` for them).
+    pub requested: Cell<bool>,
+    /// Set by the host once its gateway has shut down.
+    pub stopped: Cell<bool>,
+    pub delay: Cell<Duration>,
+    pub drain: Cell<Duration>,
+}
+
 /// Registers the gateway host. `on_start` runs inside the host after every
 /// (re)start, for scenario-specific services next to the gateway.
 pub fn install_gateway(
@@ -127,11 +144,37 @@ pub fn install_gateway(
     run: Rc<RunState>,
     on_start: Option<Setup>,
 ) {
-    sim.host(GATEWAY, move || {
+    let retention = spec.retention;
+    let broker: BrokerFactory = Rc::new(move |hub, clock, generation| {
+        // Deterministic, and new at every start like a real restart's.
+        let epoch = format!("sim-{generation}");
+        Arc::new(EmbeddedBroker::new(hub, retention, clock, epoch)) as Arc<dyn Broker>
+    });
+    install_gateway_host(sim, GATEWAY, spec, slot, run, broker, on_start, None);
+}
+
+/// Registers a gateway host named `name` whose broker `broker` builds;
+/// with `control`, the host drains and stops when the driver asks.
+#[allow(clippy::too_many_arguments)]
+pub fn install_gateway_host(
+    sim: &mut turmoil::Sim<'_>,
+    name: &str,
+    spec: GatewaySpec,
+    slot: GatewaySlot,
+    run: Rc<RunState>,
+    broker: BrokerFactory,
+    on_start: Option<Setup>,
+    control: Option<Rc<DrainControl>>,
+) {
+    let host = name.to_owned();
+    sim.host(name, move || {
         let spec = spec.clone();
         let slot = slot.clone();
         let run = Rc::clone(&run);
         let on_start = on_start.clone();
+        let broker = Rc::clone(&broker);
+        let control = control.clone();
+        let host = host.clone();
         async move {
             let transport = SimTransport::new(
                 spec.kernel.clone(),
@@ -139,17 +182,18 @@ pub fn install_gateway(
                 spec.upgrade.clone(),
             );
             let net = transport.shared();
-            let retention = spec.retention;
-            // Deterministic, and new at every start like a real restart's.
-            let epoch = format!("sim-{}", slot.starts.get() + 1);
+            let generation = slot.starts.get() + 1;
             let gateway = Gateway::start(&transport, spec.config.clone(), move |hub, clock| {
-                Arc::new(EmbeddedBroker::new(hub, retention, clock, epoch)) as Arc<dyn Broker>
+                broker(hub, clock, generation)
             })
             .await?;
             let gateway = Arc::new(gateway);
-            let generation = slot.starts.get() + 1;
             slot.starts.set(generation);
-            run.event(&format!("gateway start generation={generation}"));
+            if host == GATEWAY {
+                run.event(&format!("gateway start generation={generation}"));
+            } else {
+                run.event(&format!("gateway {host} start generation={generation}"));
+            }
             *slot.running.borrow_mut() = Some(Running {
                 gateway: Arc::clone(&gateway),
                 net,
@@ -160,6 +204,19 @@ pub fn install_gateway(
             }
             if let Some(f) = on_start {
                 f(Arc::clone(&gateway));
+            }
+            if let Some(control) = control {
+                control.stopped.set(false);
+                while !control.requested.get() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                run.event(&format!("gateway {host} drains"));
+                gateway.begin_drain();
+                tokio::time::sleep(control.delay.get()).await;
+                gateway.shutdown(control.drain.get()).await;
+                slot.clear();
+                control.stopped.set(true);
+                run.event(&format!("gateway {host} stopped"));
             }
             std::future::pending::<()>().await;
             Ok(())
@@ -207,20 +264,29 @@ pub async fn open_websocket(
     index: u64,
     timeout: Duration,
 ) -> Result<(WebSocketStream<SimStream>, Duration), UpgradeFailure> {
+    open_websocket_at(kernel, gateway_addr(), GATEWAY, index, timeout).await
+}
+
+/// [`open_websocket`] to `addr`, naming `authority` in the request.
+pub async fn open_websocket_at(
+    kernel: &KernelParams,
+    addr: SocketAddr,
+    authority: &str,
+    index: u64,
+    timeout: Duration,
+) -> Result<(WebSocketStream<SimStream>, Duration), UpgradeFailure> {
     let started = crate::net::sim_now();
     let mut connected = false;
     let attempt = tokio::time::timeout(timeout, async {
-        let stream = crate::net::connect(kernel, gateway_addr())
-            .await
-            .map_err(|e| {
-                UpgradeFailure::of(match e.kind() {
-                    std::io::ErrorKind::ConnectionRefused => FailureKind::Refused,
-                    std::io::ErrorKind::TimedOut => FailureKind::ConnectTimeout,
-                    _ => FailureKind::Reset,
-                })
-            })?;
+        let stream = crate::net::connect(kernel, addr).await.map_err(|e| {
+            UpgradeFailure::of(match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => FailureKind::Refused,
+                std::io::ErrorKind::TimedOut => FailureKind::ConnectTimeout,
+                _ => FailureKind::Reset,
+            })
+        })?;
         connected = true;
-        client::upgrade(stream, index, GATEWAY).await
+        client::upgrade(stream, index, authority).await
     })
     .await;
     let took = crate::net::sim_now().saturating_sub(started);
@@ -247,6 +313,17 @@ pub fn build_sim_with_tick<'a>(
     tcp_capacity: usize,
     tick: Duration,
 ) -> turmoil::Sim<'a> {
+    sim_builder(p, duration, tcp_capacity, tick).build()
+}
+
+/// The builder [`build_sim_with_tick`] uses, for a scenario that needs
+/// more of turmoil's settings (such as a wider ephemeral port range).
+pub fn sim_builder(
+    p: &Params,
+    duration: Duration,
+    tcp_capacity: usize,
+    tick: Duration,
+) -> turmoil::Builder {
     let mut b = turmoil::Builder::new();
     b.rng_seed(p.seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
@@ -256,7 +333,7 @@ pub fn build_sim_with_tick<'a>(
         .max_message_latency(p.latency.0 + p.jitter.0)
         .fail_rate(p.loss)
         .tcp_capacity(tcp_capacity);
-    b.build()
+    b
 }
 
 /// Steps a simulation, checking invariants every `check_every` of
@@ -376,94 +453,134 @@ impl<'a> Driver<'a> {
             self.run.conns.borrow_mut().clear();
         }
         let now = self.now();
-        let gw = &running.gateway;
-        let health = gw.health();
-        let caps = self.spec.shard_capacities();
-        let conns = gw.connections();
-        let mut registered = vec![0u32; caps.len()];
-        let hard = self.spec.config.session.hard_queue_bytes();
-        let client_conns = self.run.conns.borrow();
-        let mut problems = Vec::new();
-        for c in &conns {
-            if let Some(n) = registered.get_mut(c.id.shard.0 as usize) {
-                *n += 1;
-            }
-            self.peak_queued = self.peak_queued.max(c.queued_bytes);
-            if c.queued_bytes > hard {
-                problems.push(format!(
-                    "connection {} queues {} bytes, over its bound of {hard}",
-                    c.id, c.queued_bytes
-                ));
-            }
-            if let Some(cc) = client_conns.get(&(c.id.shard.0, c.id.serial))
-                && let Some(closed) = cc.closed_at
-                && now.saturating_sub(closed) > self.leak_grace
-            {
-                problems.push(format!(
-                    "slot of connection {} (client {}) outlived it: closed by the client at {:.3}s",
-                    c.id,
-                    cc.client,
-                    closed.as_secs_f64()
-                ));
-            }
-        }
-        drop(client_conns);
-        let mut used_total = 0u64;
-        let mut live_total = 0u64;
-        for (i, shard) in health.shards.iter().enumerate() {
-            let cap = caps.get(i).copied().unwrap_or(0);
-            let used = cap.saturating_sub(shard.available);
-            used_total += u64::from(used);
-            live_total += u64::from(shard.connections);
-            if shard.connections > used {
-                problems.push(format!(
-                    "shard {i}: {} live connections but only {used} slots in use",
-                    shard.connections
-                ));
-            }
-            if used > cap {
-                problems.push(format!(
-                    "shard {i}: {used} slots in use over capacity {cap}"
-                ));
-            }
-            if registered.get(i).copied().unwrap_or(0) != shard.connections {
-                problems.push(format!(
-                    "shard {i}: slot table says {} live, {} connections registered",
-                    shard.connections,
-                    registered.get(i).copied().unwrap_or(0)
-                ));
-            }
-        }
-        if used_total != gw.slots_used() {
-            problems.push(format!(
-                "per-shard slots add up to {used_total}, the gateway counts {}",
-                gw.slots_used()
-            ));
-        }
-        if health.connections.current != live_total {
-            problems.push(format!(
-                "health reports {} connections, shards {live_total}",
-                health.connections.current
-            ));
-        }
-        let held = running.net.held();
-        if used_total > held {
-            problems.push(format!(
-                "{used_total} slots in use but the process holds only {held} sockets: a slot outlived its connection"
-            ));
-        }
-        self.peak_used = self.peak_used.max(used_total);
-        self.peak_live = self.peak_live.max(live_total);
-        for p in problems {
+        let seen = {
+            let client_conns = self.run.conns.borrow();
+            check_gateway(
+                &running,
+                &self.spec,
+                Some((&client_conns, self.leak_grace)),
+                now,
+            )
+        };
+        self.peak_queued = self.peak_queued.max(seen.peak_queued);
+        self.peak_used = self.peak_used.max(seen.used);
+        self.peak_live = self.peak_live.max(seen.live);
+        for p in seen.problems {
             self.run.violation(p);
         }
         self.run
             .trace
             .borrow_mut()
-            .record(now, &format!("check used={used_total} live={live_total}"));
+            .record(now, &format!("check used={} live={}", seen.used, seen.live));
     }
 }
 
+/// What clients reported about their connections, keyed by (shard, serial).
+pub type ClientConns = BTreeMap<(u32, u64), ClientConn>;
+
+/// What one check of one gateway found.
+#[derive(Debug, Default)]
+pub struct GatewayCheck {
+    /// Slots in use and live connections over all shards.
+    pub used: u64,
+    pub live: u64,
+    /// Most bytes queued on one connection.
+    pub peak_queued: usize,
+    /// Broken invariants, one line each.
+    pub problems: Vec<String>,
+}
+
+/// The invariants of one running gateway at one instant: every shard
+/// within its capacity, its slot table agreeing with its registered
+/// connections, health and the sockets the process holds; no queue over
+/// its bound; and, when the clients' own record is given, no slot
+/// outliving a connection its client closed more than `grace` ago.
+pub fn check_gateway(
+    running: &Running,
+    spec: &GatewaySpec,
+    clients: Option<(&ClientConns, Duration)>,
+    now: Duration,
+) -> GatewayCheck {
+    let gw = &running.gateway;
+    let health = gw.health();
+    let caps = spec.shard_capacities();
+    let conns = gw.connections();
+    let mut registered = vec![0u32; caps.len()];
+    let hard = spec.config.session.hard_queue_bytes();
+    let mut out = GatewayCheck::default();
+    let problems = &mut out.problems;
+    for c in &conns {
+        if let Some(n) = registered.get_mut(c.id.shard.0 as usize) {
+            *n += 1;
+        }
+        out.peak_queued = out.peak_queued.max(c.queued_bytes);
+        if c.queued_bytes > hard {
+            problems.push(format!(
+                "connection {} queues {} bytes, over its bound of {hard}",
+                c.id, c.queued_bytes
+            ));
+        }
+        if let Some((client_conns, grace)) = clients
+            && let Some(cc) = client_conns.get(&(c.id.shard.0, c.id.serial))
+            && let Some(closed) = cc.closed_at
+            && now.saturating_sub(closed) > grace
+        {
+            problems.push(format!(
+                "slot of connection {} (client {}) outlived it: closed by the client at {:.3}s",
+                c.id,
+                cc.client,
+                closed.as_secs_f64()
+            ));
+        }
+    }
+    let mut used_total = 0u64;
+    let mut live_total = 0u64;
+    for (i, shard) in health.shards.iter().enumerate() {
+        let cap = caps.get(i).copied().unwrap_or(0);
+        let used = cap.saturating_sub(shard.available);
+        used_total += u64::from(used);
+        live_total += u64::from(shard.connections);
+        if shard.connections > used {
+            problems.push(format!(
+                "shard {i}: {} live connections but only {used} slots in use",
+                shard.connections
+            ));
+        }
+        if used > cap {
+            problems.push(format!(
+                "shard {i}: {used} slots in use over capacity {cap}"
+            ));
+        }
+        if registered.get(i).copied().unwrap_or(0) != shard.connections {
+            problems.push(format!(
+                "shard {i}: slot table says {} live, {} connections registered",
+                shard.connections,
+                registered.get(i).copied().unwrap_or(0)
+            ));
+        }
+    }
+    if used_total != gw.slots_used() {
+        problems.push(format!(
+            "per-shard slots add up to {used_total}, the gateway counts {}",
+            gw.slots_used()
+        ));
+    }
+    if health.connections.current != live_total {
+        problems.push(format!(
+            "health reports {} connections, shards {live_total}",
+            health.connections.current
+        ));
+    }
+    let held = running.net.held();
+    if used_total > held {
+        problems.push(format!(
+            "{used_total} slots in use but the process holds only {held} sockets: a slot outlived its connection"
+        ));
+    }
+    out.used = used_total;
+    out.live = live_total;
+    out
+}
 /// Resolves a host name inside the simulation (for fault injection).
 pub fn host_ip(sim: &turmoil::Sim<'_>, name: &str) -> IpAddr {
     sim.lookup(name)
