@@ -107,6 +107,22 @@ pub fn client_key(index: u64) -> String {
 
 /// A 64-bit mixing function (SplitMix64's finaliser): turns consecutive
 /// integers into well-spread ones, for keys and per-client seeds.
+/// The reconnect delay of the simulated clients, and of surge's browser
+/// client (clients/js/src/backoff.ts): capped exponential backoff with full
+/// jitter, `random(0, min(cap, base x 2^min(attempt, 16)))`, `unit` being
+/// the random draw in [0, 1). Full jitter spreads a crowd of reconnects
+/// over the whole window instead of bunching them at its upper half.
+pub fn reconnect_delay(
+    base: std::time::Duration,
+    cap: std::time::Duration,
+    attempt: u32,
+    unit: f64,
+) -> std::time::Duration {
+    base.saturating_mul(1u32 << attempt.min(16))
+        .min(cap)
+        .mul_f64(unit.clamp(0.0, 1.0))
+}
+
 pub fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -1,16 +1,16 @@
 /**
- * Reconnect backoff: capped exponential with equal jitter, the formula and
+ * Reconnect backoff: capped exponential with full jitter, the formula and
  * defaults of the reconnecting clients of surge's simulator
  * (`surge-sim run reconnect_storm`, flags `--backoff` and `--backoff-cap`),
  * so that the simulator's reconnect storms predict what this client does.
  *
  *   ceiling(n) = min(capMs, baseMs * 2^min(n, 16))
- *   delay(n)   = ceiling(n) / 2 + random() * ceiling(n) / 2
+ *   delay(n)   = random() * ceiling(n)
  *
  * `n` counts the attempts since the last connection that reached `welcome`
  * (0 for the first retry). With the defaults (250 ms, 8 s) the delays are
- * 125–250 ms, 250–500 ms, 0.5–1 s, 1–2 s, 2–4 s, then 4–8 s for every
- * further attempt.
+ * drawn below 250 ms, 500 ms, 1 s, 2 s, 4 s, then 8 s for every further
+ * attempt.
  */
 export interface BackoffOptions {
   /** First ceiling, in ms (the simulator's `--backoff`, default 250 ms). */
@@ -24,15 +24,15 @@ export const DEFAULT_BACKOFF: Readonly<BackoffOptions> = Object.freeze({
   capMs: 8_000,
 });
 
-/** The largest delay attempt `n` can wait (before jitter halves part of it). */
+/** The largest delay attempt `n` can wait (the jitter draws below it). */
 export function backoffCeiling(attempt: number, options: BackoffOptions = DEFAULT_BACKOFF): number {
   const n = Math.min(Math.max(0, Math.floor(attempt)), 16);
   return Math.min(options.capMs, options.baseMs * 2 ** n);
 }
 
 /**
- * The delay before retry number `attempt`, with `random` in [0, 1): half
- * of the ceiling fixed, half random (equal jitter).
+ * The delay before retry number `attempt`, with `random` in [0, 1):
+ * anywhere between 0 and the ceiling (full jitter).
  */
 export function backoffDelay(
   attempt: number,
@@ -40,9 +40,8 @@ export function backoffDelay(
   random: () => number = Math.random,
 ): number {
   const ceiling = backoffCeiling(attempt, options);
-  const half = ceiling / 2;
   const r = Math.min(Math.max(random(), 0), 1);
-  return half + half * r;
+  return ceiling * r;
 }
 
 /**

@@ -30,7 +30,7 @@ export interface ClientOptions {
   WebSocket?: WebSocketConstructor;
   /** Which gateway the next attempt goes to after a failure: the next in the list (`ordered`, default) or another at random. */
   failover?: "ordered" | "random";
-  /** Reconnect backoff: default 250 ms doubling to 8 s, equal jitter (the simulator's). */
+  /** Reconnect backoff: default 250 ms doubling to 8 s, full jitter (the simulator's). */
   backoff?: Partial<BackoffOptions>;
   /** An attempt that has not received `welcome` by then is abandoned (default 5 s, the simulator's client timeout). */
   connectTimeoutMs?: number;

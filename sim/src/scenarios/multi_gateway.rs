@@ -18,7 +18,7 @@
 //!    it up.
 //!
 //! A client whose connection ends reconnects through the balancer with
-//! reconnect_storm's backoff (equal jitter, doubling from `backoff` up to
+//! reconnect_storm's backoff (full jitter, doubling from `backoff` up to
 //! `backoff_cap`) and resumes with its channels, the last `sseq` it saw
 //! and the epoch. A resume refused with `broker_unavailable` is retried
 //! the same way.
@@ -383,12 +383,10 @@ pub fn run(p: &Params) -> Report {
                             }
                         }
                     }
-                    // Equal jitter: half of the delay fixed, half random.
-                    let delay = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-                    let half = delay / 2;
-                    let extra = half.mul_f64(jitter.random::<f64>());
+                    let delay =
+                        crate::client::reconnect_delay(base, cap, attempt, jitter.random::<f64>());
                     attempt += 1;
-                    tokio::time::sleep(half + extra).await;
+                    tokio::time::sleep(delay).await;
                 }
                 j.finished = true;
                 j.log = log.into_inner();

@@ -1,8 +1,9 @@
 //! `reconnect_storm`: N clients are connected when the gateway host
 //! crashes at `fault_at`; it restarts `fault_for` later (turmoil crash,
 //! then bounce: a fresh process, slot tables and all). Every client
-//! reconnects with jittered exponential backoff (equal jitter: half the
-//! delay fixed, half random, doubling from `backoff` up to `backoff_cap`).
+//! reconnects with jittered exponential backoff (full jitter: a delay drawn
+//! between 0 and a ceiling doubling from `backoff` up to `backoff_cap`;
+//! see `client::reconnect_delay`).
 //!
 //! Checked: every client is back within `recover_within` of the restart;
 //! the restarted gateway's slot accounting holds at every check; no slot
@@ -112,12 +113,10 @@ pub fn run(p: &Params) -> Report {
                             run.event(&format!("client {i} attempt failed {}", f.kind));
                         }
                     }
-                    // Equal jitter: half of the delay fixed, half random.
-                    let delay = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-                    let half = delay / 2;
-                    let extra = half.mul_f64(jitter.random::<f64>());
+                    let delay =
+                        crate::client::reconnect_delay(base, cap, attempt, jitter.random::<f64>());
                     attempt += 1;
-                    tokio::time::sleep(half + extra).await;
+                    tokio::time::sleep(delay).await;
                 }
             })
         }) as Rc<dyn Fn(u64) -> ClientTask>

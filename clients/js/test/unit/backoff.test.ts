@@ -13,20 +13,20 @@ test("the ceiling doubles from the base and stops at the cap", () => {
   assert.equal(backoffCeiling(10_000, { baseMs: 1, capMs: 1e12 }), 2 ** 16);
 });
 
-test("equal jitter: half the ceiling fixed, half random", () => {
+test("full jitter: anywhere from 0 up to the ceiling", () => {
   for (let n = 0; n < 8; n++) {
     const c = backoffCeiling(n);
-    assert.equal(backoffDelay(n, DEFAULT_BACKOFF, () => 0), c / 2, `attempt ${n} with random 0`);
-    assert.equal(backoffDelay(n, DEFAULT_BACKOFF, () => 0.5), (3 * c) / 4, `attempt ${n} with random 0.5`);
+    assert.equal(backoffDelay(n, DEFAULT_BACKOFF, () => 0), 0, `attempt ${n} with random 0`);
+    assert.equal(backoffDelay(n, DEFAULT_BACKOFF, () => 0.5), c / 2, `attempt ${n} with random 0.5`);
     assert.ok(backoffDelay(n, DEFAULT_BACKOFF, () => 0.999999) < c + 1e-9);
   }
-  // The simulator's formula, written out for one draw: delay = min(cap, base * 2^n) / 2 * (1 + r).
-  assert.equal(backoffDelay(3, { baseMs: 100, capMs: 10_000 }, () => 0.25), (800 / 2) * 1.25);
+  // The simulator's formula (sim/src/client.rs reconnect_delay), written out for one draw.
+  assert.equal(backoffDelay(3, { baseMs: 100, capMs: 10_000 }, () => 0.25), 800 * 0.25);
 });
 
 test("a custom base and cap are used", () => {
-  assert.equal(backoffDelay(0, { baseMs: 10, capMs: 15 }, () => 0), 5);
-  assert.equal(backoffDelay(5, { baseMs: 10, capMs: 15 }, () => 0), 7.5);
+  assert.equal(backoffDelay(0, { baseMs: 10, capMs: 15 }, () => 0.5), 5);
+  assert.equal(backoffDelay(5, { baseMs: 10, capMs: 15 }, () => 0.5), 7.5);
 });
 
 test("retry hints in a close reason", () => {

@@ -19,7 +19,7 @@ beforeEach(() => {
 });
 
 function client(options: ClientOptions = {}, urls: string | string[] = "ws://gw-a/ws"): SurgeClient {
-  return connect(urls, { WebSocket: FakeSocket, timers, random: () => 0, ...options });
+  return connect(urls, { WebSocket: FakeSocket, timers, random: () => 0.5, ...options });
 }
 
 function record<K extends keyof ClientEvents>(c: SurgeClient, event: K): ClientEvents[K][] {
