@@ -18,6 +18,7 @@ mod shard;
 mod slot;
 mod sync;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 mod upgrade;
 

@@ -81,6 +81,9 @@ pub struct Metrics {
     fd_exhaustion_answers: Counter,
     /// The listener's own count, already added to `fd_exhaustion_answers`.
     fd_exhaustion_seen: std::sync::atomic::AtomicU64,
+    pub tls_refusals_unanswered: Counter,
+    tls_reloads: Family<Outcome, Counter>,
+    pub tls_certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -283,6 +286,24 @@ impl Metrics {
             "Clients answered 503 with the spare descriptor because the file limit was reached",
             fd_exhaustion_answers.clone(),
         );
+        let tls_refusals_unanswered = Counter::default();
+        r.register(
+            "tls_refusals_unanswered",
+            "Refused clients of the TLS listener closed without a handshake (too many refusal handshakes in flight)",
+            tls_refusals_unanswered.clone(),
+        );
+        let tls_reloads = Family::<Outcome, Counter>::default();
+        r.register(
+            "tls_reloads",
+            "Certificate reloads on SIGHUP by outcome (ok, or error: the old certificate stays)",
+            tls_reloads.clone(),
+        );
+        let tls_certificate_expiry = Gauge::default();
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the served certificate expires (0 without TLS)",
+            tls_certificate_expiry.clone(),
+        );
         Metrics {
             registry: r,
             handshakes,
@@ -318,6 +339,9 @@ impl Metrics {
             accept_errors,
             fd_exhaustion_answers,
             fd_exhaustion_seen: std::sync::atomic::AtomicU64::new(0),
+            tls_refusals_unanswered,
+            tls_reloads,
+            tls_certificate_expiry,
         }
     }
 
@@ -354,6 +378,15 @@ impl Metrics {
 
     pub fn handshake(&self, outcome: &str) -> Counter {
         self.handshakes
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
+            })
+            .clone()
+    }
+
+    /// A certificate reload: `ok`, or `error` when the old one stays.
+    pub fn tls_reload(&self, outcome: &str) -> Counter {
+        self.tls_reloads
             .get_or_create(&Outcome {
                 outcome: outcome.into(),
             })

@@ -1,5 +1,6 @@
-//! A connection from accept to upgrade, in a task of its own: the
-//! handshake through core's state machine under its deadline, a rejection
+//! A connection from accept to upgrade, in a task of its own: the TLS
+//! handshake when the listener has TLS, then the WebSocket handshake
+//! through core's state machine, both under one deadline; a rejection
 //! written and closed, or the upgraded socket handed to its shard (which
 //! drives it from then on; see `shard`). The slot reserved at accept is
 //! released exactly once, by [`SlotGuard`]'s `Drop` if no path released it
@@ -20,14 +21,15 @@ use crate::context::Context;
 use crate::linger::answer_and_linger;
 use crate::shard::{Handoff, Inbox};
 use crate::slot::{SlotGuard, SlotState};
+use crate::tls::{TlsConfig, TlsSession, Upgraded};
 
-/// Runs one accepted connection's handshake and hands the upgraded socket
-/// to its shard.
+/// Runs one accepted connection's handshakes (TLS when the listener has
+/// it, then WebSocket) and hands the upgraded socket to its shard.
 pub(crate) async fn run<S>(
     mut stream: S,
     mut slot: SlotGuard,
     ctx: Arc<Context>,
-    shard: mpsc::UnboundedSender<Inbox<S>>,
+    shard: mpsc::UnboundedSender<Inbox<Upgraded<S>>>,
     accepted: surge_core::Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -38,8 +40,26 @@ pub(crate) async fn run<S>(
     let id = r.id();
     let span = tracing::info_span!("conn", id = %id, shard = id.shard.0);
     async move {
-        let Some(upgraded) = upgrade(&mut stream, &mut slot, &ctx, accepted).await else {
-            return;
+        let (stream, upgraded) = match ctx.tls.clone() {
+            None => {
+                let Some(upgraded) = upgrade(&mut stream, &mut slot, &ctx, accepted).await else {
+                    return;
+                };
+                let stream = Upgraded { stream, tls: None };
+                (stream, upgraded)
+            }
+            Some(tls) => {
+                let Some(mut secured) = tls_handshake(stream, &tls, &mut slot, &ctx, accepted).await
+                else {
+                    return;
+                };
+                let Some(upgraded) = upgrade(&mut secured, &mut slot, &ctx, accepted).await else {
+                    return;
+                };
+                let (stream, conn) = secured.into_inner();
+                let tls = Some(Box::new(TlsSession::new(conn)));
+                (Upgraded { stream, tls }, upgraded)
+            }
         };
         let handoff = Handoff {
             stream,
@@ -55,6 +75,43 @@ pub(crate) async fn run<S>(
     }
     .instrument(span)
     .await
+}
+
+/// The TLS handshake, within the handshake deadline counted from the
+/// accept (the WebSocket handshake then gets what is left of it). A client
+/// that sends nothing, half a ClientHello or no acceptable one is closed
+/// and its slot released.
+async fn tls_handshake<S>(
+    stream: S,
+    tls: &TlsConfig,
+    slot: &mut SlotGuard,
+    ctx: &Context,
+    accepted: surge_core::Instant,
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let deadline = ctx
+        .clock
+        .to_tokio(accepted + ctx.handshake_config.timeout);
+    let mut shutdown = ctx.shutdown.clone();
+    let outcome = tokio::select! {
+        biased;
+        _ = shutdown.changed() => None,
+        done = tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)) => Some(done),
+    };
+    let (cause, label) = match outcome {
+        Some(Ok(Ok(secured))) => return Some(secured),
+        Some(Ok(Err(e))) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            (AbortCause::Rejected, "tls_failed")
+        }
+        Some(Err(_elapsed)) => (AbortCause::TimedOut, "tls_timeout"),
+        None => (AbortCause::Io, "io"),
+    };
+    slot.abort(cause);
+    ctx.metrics.handshake(label).inc();
+    None
 }
 
 /// Runs the handshake. On success returns the accepted upgrade: its 101

@@ -13,3 +13,4 @@ pub mod jwt;
 pub mod nats;
 pub mod resources;
 pub mod serve;
+pub mod tls;

@@ -112,10 +112,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(auth) = crate::jwt::load(&config)? {
         gateway_config.set_jwt(Arc::new(auth));
     }
+    // The files are read before anything listens: a bad certificate or key
+    // stops the start (exit 2) naming the file.
+    let tls = crate::tls::load(&config)?;
+    gateway_config.tls = tls.as_ref().map(|(tls, _)| tls.clone());
     gateway_config.guard.memory_reject_bytes = resolved.memory_reject_bytes;
     gateway_config.guard.memory_pause_bytes = resolved.memory_pause_bytes;
     let retry_after = u32::try_from(config.retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
-    let transport = TcpTransport::new(SocketTuning::preset(config.socket_preset), retry_after);
+    let mut transport = TcpTransport::new(SocketTuning::preset(config.socket_preset), retry_after);
+    if tls.is_some() {
+        transport = transport.without_plain_answers();
+    }
     let retention = Retention {
         max_age: config.js_max_age,
         max_messages: config.js_max_msgs,
@@ -136,8 +143,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot listen on {} (SURGE_LISTEN)", config.listen))?;
     let gateway = Arc::new(gateway);
+    let reloader = match tls {
+        Some((tls, info)) => {
+            gateway.metrics().tls_certificate_expiry.set(info.not_after);
+            let config = Arc::new(config.clone());
+            let reload = crate::tls::reload_on_sighup(config, tls, Arc::clone(&gateway))?;
+            Some(tokio::spawn(reload))
+        }
+        None => None,
+    };
     let listening = format!(
-        "surge listening on ws://{}{} (admin http://{}), broker: {}",
+        "surge listening on {}://{}{} (admin http://{}), broker: {}",
+        if reloader.is_some() { "wss" } else { "ws" },
         gateway.local_addr(),
         config.ws_path,
         config.admin_listen,
@@ -196,6 +213,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: closing connections with 1001");
     gateway.shutdown(config.shutdown_drain).await;
     sampler.abort();
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!("stopped");
