@@ -49,7 +49,8 @@ pub(crate) async fn run<S>(
                 (stream, upgraded)
             }
             Some(tls) => {
-                let Some(mut secured) = tls_handshake(stream, &tls, &mut slot, &ctx, accepted).await
+                let Some(mut secured) =
+                    tls_handshake(stream, &tls, &mut slot, &ctx, accepted).await
                 else {
                     return;
                 };
@@ -91,9 +92,7 @@ async fn tls_handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let deadline = ctx
-        .clock
-        .to_tokio(accepted + ctx.handshake_config.timeout);
+    let deadline = ctx.clock.to_tokio(accepted + ctx.handshake_config.timeout);
     let mut shutdown = ctx.shutdown.clone();
     let outcome = tokio::select! {
         biased;

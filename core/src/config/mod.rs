@@ -575,7 +575,9 @@ impl Config {
                 )),
                 (false, true) => out.push(self.error(
                     TLS_KEY,
-                    format!("needs {TLS_CERT} as well: TLS takes a certificate and its private key"),
+                    format!(
+                        "needs {TLS_CERT} as well: TLS takes a certificate and its private key"
+                    ),
                 )),
                 _ => {}
             }

@@ -31,7 +31,10 @@ pub enum PemError {
 impl PemError {
     /// Whether the key file (rather than the certificate file) is at fault.
     pub fn in_key_file(&self) -> bool {
-        matches!(self, PemError::NoKey | PemError::Key(_) | PemError::Mismatch)
+        matches!(
+            self,
+            PemError::NoKey | PemError::Key(_) | PemError::Mismatch
+        )
     }
 }
 

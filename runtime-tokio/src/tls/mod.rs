@@ -19,5 +19,5 @@ pub use certs::{CertStore, PemError, TlsConfig, certified_key};
 #[cfg(test)]
 pub(crate) use poller::TlsSocket;
 pub(crate) use poller::{TlsPoller, TlsSession, Upgraded};
-pub(crate) use refusal::{RefusalHandshakes, answer as answer_refusal};
 pub use refusal::{REFUSAL_DEADLINE, REFUSAL_HANDSHAKES};
+pub(crate) use refusal::{RefusalHandshakes, answer as answer_refusal};
