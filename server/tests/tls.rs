@@ -505,3 +505,44 @@ fn unusable_tls_files_stop_the_start_naming_the_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `surge doctor`'s line about the TLS certificate, given the two files.
+fn doctor_tls_line(cert: &str, key: &str) -> String {
+    let out = Command::new(SURGE)
+        .args(["doctor", "--tls-cert", cert, "--tls-key", key])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env_clear()
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("runs");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("TLS certificate"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{report}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn doctor_checks_the_certificate_files() {
+    let dir = dir("doctor");
+    let (good, other) = (cert(1), cert(2));
+    let (c, k) = install(&dir, &good);
+    let line = doctor_tls_line(&c, &k);
+    assert!(
+        line.starts_with(
+            "OK   TLS certificate CN=surge test 1 (serial 01): key matches; valid until 4096-01-01"
+        ),
+        "{line}"
+    );
+    let other_key = dir.join("other-key.pem");
+    std::fs::write(&other_key, &other.key_pem).expect("write");
+    let line = doctor_tls_line(&c, &other_key.display().to_string());
+    assert!(
+        line.starts_with("FAIL TLS certificate: SURGE_TLS_KEY="),
+        "{line}"
+    );
+    assert!(line.contains("does not match the certificate"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
