@@ -121,6 +121,11 @@ impl TlsConfig {
         &self.certs
     }
 
+    /// rustls' configuration, shared by every handshake.
+    pub fn server_config(&self) -> &Arc<ServerConfig> {
+        &self.server
+    }
+
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server))
     }
