@@ -21,7 +21,7 @@ use crate::context::Context;
 use crate::linger::answer_and_linger;
 use crate::shard::{Handoff, Inbox};
 use crate::slot::{SlotGuard, SlotState};
-use crate::tls::{TlsConfig, TlsSession, Upgraded};
+use crate::tls::{TlsConfig, TlsStream, Upgraded, accept};
 
 /// Runs one accepted connection's handshakes (TLS when the listener has
 /// it, then WebSocket) and hands the upgraded socket to its shard.
@@ -57,8 +57,8 @@ pub(crate) async fn run<S>(
                 let Some(upgraded) = upgrade(&mut secured, &mut slot, &ctx, accepted).await else {
                     return;
                 };
-                let (stream, conn) = secured.into_inner();
-                let tls = Some(Box::new(TlsSession::new(conn)));
+                let (stream, session) = secured.into_parts();
+                let tls = Some(Box::new(session));
                 (Upgraded { stream, tls }, upgraded)
             }
         };
@@ -88,7 +88,7 @@ async fn tls_handshake<S>(
     slot: &mut SlotGuard,
     ctx: &Context,
     accepted: surge_core::Instant,
-) -> Option<tokio_rustls::server::TlsStream<S>>
+) -> Option<TlsStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -97,7 +97,7 @@ where
     let outcome = tokio::select! {
         biased;
         _ = shutdown.changed() => None,
-        done = tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)) => Some(done),
+        done = tokio::time::timeout_at(deadline, accept(stream, Arc::clone(tls.server_config()))) => Some(done),
     };
     let (cause, label) = match outcome {
         Some(Ok(Ok(secured))) => return Some(secured),

@@ -125,10 +125,6 @@ impl TlsConfig {
     pub fn server_config(&self) -> &Arc<ServerConfig> {
         &self.server
     }
-
-    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server))
-    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,20 @@
 //! TLS between a shard and its sockets: [`TlsPoller`] wraps the shard's
 //! poller, so the link and core's `Connection` read and write plaintext
 //! whether or not the socket speaks TLS. A plain socket passes straight
-//! through; a TLS socket's ciphertext goes through its rustls
-//! `ServerConnection`.
+//! through; a TLS socket's bytes go through its [`TlsSession`].
 //!
-//! Reads: the socket's bytes land in the shard's shared read buffer, are
-//! copied into rustls and decrypted, and the plaintext is handed back in
-//! the same buffer. Writes: plaintext goes into rustls only once the TLS
-//! bytes of earlier writes have left (so core keeps what the socket
-//! refuses and its write timeout still sees a stalled client); whatever a
-//! full socket leaves in rustls is flushed on the next pump, with
-//! writability asked for meanwhile ([`Poller::holds_output`]).
+//! Reads: the socket's bytes land in the shard's shared read buffer, go to
+//! the session, and the plaintext comes back in the same buffer. Writes:
+//! plaintext is encrypted into the poller's scratch buffer and written; the
+//! session keeps only what a full socket refused, and takes no new
+//! plaintext until that has left (so core keeps what the socket refuses
+//! and its write timeout still sees a stalled client); writability is
+//! asked for meanwhile ([`Poller::holds_output`]).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::task::{Context, Poll};
 
-use rustls::ServerConnection;
-
+use super::session::TlsSession;
 use crate::poller::Poller;
 
 /// What an upgrade task hands its shard: the socket, and its TLS session
@@ -24,33 +22,6 @@ use crate::poller::Poller;
 pub(crate) struct Upgraded<S> {
     pub stream: S,
     pub tls: Option<Box<TlsSession>>,
-}
-
-/// One connection's TLS state after the handshake.
-pub(crate) struct TlsSession {
-    conn: ServerConnection,
-    /// A close_notify waits in `conn`: shut the socket down once it left.
-    shutdown_after_flush: bool,
-}
-
-impl TlsSession {
-    pub fn new(conn: ServerConnection) -> Self {
-        TlsSession {
-            conn,
-            shutdown_after_flush: false,
-        }
-    }
-
-    /// Copies ciphertext into rustls and decrypts what forms whole records.
-    fn feed(&mut self, mut ciphertext: &[u8]) -> io::Result<()> {
-        while !ciphertext.is_empty() {
-            self.conn.read_tls(&mut ciphertext)?;
-            self.conn
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        }
-        Ok(())
-    }
 }
 
 /// A shard's socket: the poller's own, plus TLS when the listener has it.
@@ -62,9 +33,11 @@ pub(crate) struct TlsSocket<K> {
 /// Wraps a shard's poller with TLS for the sockets that have it.
 pub(crate) struct TlsPoller<P> {
     inner: P,
-    /// Tokens whose TLS session already holds plaintext when adopted: the
+    /// Tokens whose session already holds plaintext when adopted: the
     /// socket itself may never be reported readable for it.
     buffered: Vec<usize>,
+    /// Where records are encrypted before they are written.
+    scratch: Vec<u8>,
 }
 
 impl<P> TlsPoller<P> {
@@ -72,53 +45,46 @@ impl<P> TlsPoller<P> {
         TlsPoller {
             inner,
             buffered: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 }
 
-/// The inner poller's socket as an `io::Write` for rustls' `write_tls`.
-struct SocketWriter<'a, P: Poller> {
-    poller: &'a mut P,
-    socket: &'a mut P::Socket,
-}
-
-impl<P: Poller> Write for SocketWriter<'_, P> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.poller.write(self.socket, buf)? {
-            Some(n) => Ok(n),
-            None => Err(io::ErrorKind::WouldBlock.into()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Writes the TLS bytes rustls holds until none is left (`true`) or the
+/// Writes what the session holds until none is left (`true`) or the
 /// socket is full (`false`); then sends a FIN if a close_notify asked for it.
 fn flush_tls<P: Poller>(
     poller: &mut P,
     socket: &mut P::Socket,
     tls: &mut TlsSession,
 ) -> io::Result<bool> {
-    while tls.conn.wants_write() {
-        let mut out = SocketWriter {
-            poller: &mut *poller,
-            socket: &mut *socket,
-        };
-        match tls.conn.write_tls(&mut out) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
+    while !tls.outgoing().is_empty() {
+        match poller.write(socket, tls.outgoing())? {
+            Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Some(n) => tls.sent(n),
+            None => return Ok(false),
         }
     }
-    if tls.shutdown_after_flush {
-        tls.shutdown_after_flush = false;
+    if tls.take_shutdown() {
         poller.shutdown(socket);
     }
     Ok(true)
+}
+
+/// Writes `bytes` until the socket is full; returns how many went.
+fn write_some<P: Poller>(
+    poller: &mut P,
+    socket: &mut P::Socket,
+    bytes: &[u8],
+) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match poller.write(socket, &bytes[written..])? {
+            Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Some(n) => written += n,
+            None => break,
+        }
+    }
+    Ok(written)
 }
 
 impl<P: Poller> Poller for TlsPoller<P> {
@@ -127,17 +93,13 @@ impl<P: Poller> Poller for TlsPoller<P> {
 
     fn adopt(&mut self, stream: Self::Stream, token: usize) -> io::Result<Self::Socket> {
         let socket = self.inner.adopt(stream.stream, token)?;
-        let mut tls = stream.tls;
-        if let Some(session) = tls.as_deref_mut() {
-            let state = session
-                .conn
-                .process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            if state.plaintext_bytes_to_read() > 0 {
-                self.buffered.push(token);
-            }
+        if stream.tls.as_deref().is_some_and(TlsSession::has_plaintext) {
+            self.buffered.push(token);
         }
-        Ok(TlsSocket { socket, tls })
+        Ok(TlsSocket {
+            socket,
+            tls: stream.tls,
+        })
     }
 
     fn read(&mut self, socket: &mut Self::Socket, buf: &mut [u8]) -> io::Result<Option<usize>> {
@@ -145,12 +107,10 @@ impl<P: Poller> Poller for TlsPoller<P> {
             return self.inner.read(&mut socket.socket, buf);
         };
         loop {
-            // Plaintext already decrypted comes first; Ok(0) is the
+            // Plaintext already decrypted comes first; Some(0) is the
             // client's close_notify.
-            match tls.conn.reader().read(buf) {
-                Ok(n) => return Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            if let Some(n) = tls.read_plaintext(buf) {
+                return Ok(Some(n));
             }
             let n = match self.inner.read(&mut socket.socket, buf)? {
                 None => return Ok(None),
@@ -159,7 +119,7 @@ impl<P: Poller> Poller for TlsPoller<P> {
                 Some(0) => return Ok(Some(0)),
                 Some(n) => n,
             };
-            if let Err(e) = tls.feed(&buf[..n]) {
+            if let Err(e) = tls.receive(&buf[..n]) {
                 // rustls queued an alert saying why; best effort.
                 let _ = flush_tls(&mut self.inner, &mut socket.socket, tls);
                 return Err(e);
@@ -176,12 +136,13 @@ impl<P: Poller> Poller for TlsPoller<P> {
         if !flush_tls(&mut self.inner, &mut socket.socket, tls)? {
             return Ok(None);
         }
-        let n = tls.conn.writer().write(buf)?;
-        if n == 0 {
+        self.scratch.clear();
+        if !tls.encrypt(buf, &mut self.scratch)? {
             return Ok(None);
         }
-        flush_tls(&mut self.inner, &mut socket.socket, tls)?;
-        Ok(Some(n))
+        let sent = write_some(&mut self.inner, &mut socket.socket, &self.scratch)?;
+        tls.keep_unsent(&self.scratch[sent..]);
+        Ok(Some(buf.len()))
     }
 
     fn flush(&mut self, socket: &mut Self::Socket) -> io::Result<()> {
@@ -193,7 +154,7 @@ impl<P: Poller> Poller for TlsPoller<P> {
 
     fn holds_output(&self, socket: &Self::Socket) -> bool {
         match socket.tls.as_deref() {
-            Some(tls) => tls.conn.wants_write() || tls.shutdown_after_flush,
+            Some(tls) => !tls.outgoing().is_empty() || tls.shutdown_pending(),
             None => self.inner.holds_output(&socket.socket),
         }
     }
@@ -212,8 +173,11 @@ impl<P: Poller> Poller for TlsPoller<P> {
             return self.inner.shutdown(&mut socket.socket);
         };
         // close_notify, then the FIN once it has left.
-        tls.conn.send_close_notify();
-        tls.shutdown_after_flush = true;
+        tls.close_notify();
+        if !tls.shutdown_pending() {
+            // No session to close (it never finished): FIN at once.
+            return self.inner.shutdown(&mut socket.socket);
+        }
         let _ = flush_tls(&mut self.inner, &mut socket.socket, tls);
     }
 

@@ -62,7 +62,8 @@ pub(crate) async fn answer<S>(stream: S, tls: TlsConfig, response: Arc<[u8]>, pe
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let accepted = tokio::time::timeout(REFUSAL_DEADLINE, tls.acceptor().accept(stream)).await;
+    let handshake = super::stream::accept(stream, Arc::clone(tls.server_config()));
+    let accepted = tokio::time::timeout(REFUSAL_DEADLINE, handshake).await;
     if let Ok(Ok(mut stream)) = accepted {
         answer_and_linger(&mut stream, &response).await;
     }
