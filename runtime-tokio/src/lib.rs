@@ -14,6 +14,7 @@ pub mod gateway;
 mod linger;
 pub mod metrics;
 pub mod poller;
+mod read_buffer;
 mod shard;
 mod slot;
 mod sync;

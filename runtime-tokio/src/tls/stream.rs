@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::session::TlsSession;
+use crate::read_buffer::read_into;
 
-/// Ciphertext read per socket read while a task owns the connection.
+/// Ciphertext read per socket read once the handshake is done.
 const READ_CHUNK: usize = 4096;
 
 pub(crate) struct TlsStream<S> {
@@ -34,17 +35,18 @@ where
         tls: TlsSession::new(config)?,
         closing: false,
     };
-    let mut buf = [0u8; READ_CHUNK];
     while stream.tls.is_handshaking() {
         stream.send_all().await?;
-        let n = stream.io.read(&mut buf).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        if let Err(e) = stream.tls.receive(&buf[..n]) {
-            // rustls queued an alert saying why; best effort.
-            let _ = stream.send_all().await;
-            return Err(e);
+        // The thread's shared buffer: a waiting handshake holds none.
+        let tls = &mut stream.tls;
+        match read_into(&mut stream.io, |ciphertext| tls.receive(ciphertext)).await? {
+            None => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                // rustls queued an alert saying why; best effort.
+                let _ = stream.send_all().await;
+                return Err(e);
+            }
         }
     }
     // The last flight (TLS 1.3 session tickets) goes out now.
