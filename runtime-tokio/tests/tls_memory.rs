@@ -1,8 +1,10 @@
 //! Where an idle TLS connection's bytes go: a rustls server session with
 //! surge's configuration, driven in memory against a rustls client, with
-//! every heap allocation of this test binary counted. Run with
-//! `--nocapture` to see the breakdown; the budget below keeps it from
-//! growing unnoticed.
+//! every heap allocation of this test binary counted. surge drives the
+//! unbuffered API (`UnbufferedServerConnection`); the buffered
+//! `ServerConnection` is measured beside it, as the reason why. Run with
+//! `--nocapture` to see the breakdown; the budgets keep both from growing
+//! unnoticed.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
@@ -132,9 +134,8 @@ fn session(
     server
 }
 
-/// The same with rustls' unbuffered API, where the caller owns the buffers:
-/// what a session would hold if surge drove it that way (not what surge
-/// does today; measured to know what moving to it would save).
+/// The same with rustls' unbuffered API, where the caller owns the
+/// buffers, as surge's `TlsSession` drives it.
 fn unbuffered_session(
     tls: &TlsConfig,
     roots: &RootCertStore,
@@ -242,7 +243,7 @@ fn an_idle_tls_session_holds_a_bounded_number_of_bytes() {
             "{name} unbuffered: UnbufferedServerConnection {} B inline; heap {unbuffered} B idle after one exchange",
             std::mem::size_of::<UnbufferedServerConnection>()
         );
-        // The way to the 4 KiB goal: no rustls-owned read buffer.
+        // What surge keeps: no rustls-owned read buffer.
         let unbuffered_total = std::mem::size_of::<UnbufferedServerConnection>() + unbuffered;
         assert!(
             unbuffered_total < 4 * 1024,
