@@ -108,7 +108,15 @@ impl TlsSession {
         loop {
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
-            let again = match state.map_err(invalid)? {
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.incoming.drain(..discard);
+                    self.queue_alert();
+                    return Err(invalid(e));
+                }
+            };
+            let again = match state {
                 ConnectionState::EncodeTlsData(mut record) => {
                     append(&mut self.outgoing, |buf| {
                         record.encode(buf).map_err(encode_error)
@@ -143,6 +151,17 @@ impl TlsSession {
             if !again {
                 return Ok(());
             }
+        }
+    }
+
+    /// After an error rustls has queued the alert that says why; encode it
+    /// so the socket writer sends it (best effort).
+    fn queue_alert(&mut self) {
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+        if let Ok(ConnectionState::EncodeTlsData(mut record)) = state {
+            let _ = append(&mut self.outgoing, |buf| {
+                record.encode(buf).map_err(encode_error)
+            });
         }
     }
 
@@ -284,6 +303,18 @@ mod tests {
             session.sent(out.len());
             to_client(&out, client);
         }
+    }
+
+    #[test]
+    fn a_client_that_is_not_speaking_tls_gets_an_alert() {
+        let (mut session, _client) = pair(&rustls::version::TLS13);
+        assert!(
+            session
+                .receive(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+                .is_err()
+        );
+        // An alert record: content type 21.
+        assert_eq!(session.outgoing().first(), Some(&21));
     }
 
     #[test]
