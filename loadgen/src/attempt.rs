@@ -15,17 +15,17 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::dial::dial;
 use crate::record::FailKind;
 use crate::target::Target;
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Read buffer per client connection. tungstenite ≥ 0.25 allocates 128 KiB
 /// up front by default, which would make 10,000 idle clients cost 1.3 GB
@@ -119,10 +119,32 @@ pub async fn open(
         let stream = dial(source, addr)
             .await
             .map_err(|e| Failure::new(classify_io(&e), e.to_string()))?;
-        let (ws, _resp) =
-            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+        let (ws, _resp) = match (target.tls, crate::tls::client()) {
+            (false, _) => {
+                tokio_tungstenite::client_async_with_config(
+                    request,
+                    MaybeTlsStream::Plain(stream),
+                    Some(ws_config()),
+                )
                 .await
-                .map_err(|e| classify_ws(&e))?;
+            }
+            (true, Some(tls)) => {
+                tokio_tungstenite::client_async_tls_with_config(
+                    request,
+                    stream,
+                    Some(ws_config()),
+                    Some(Connector::Rustls(tls)),
+                )
+                .await
+            }
+            (true, None) => {
+                return Err(Failure::new(
+                    FailKind::Other,
+                    "a wss:// URL needs --ca FILE or --insecure".to_owned(),
+                ));
+            }
+        }
+        .map_err(|e| classify_ws(&e))?;
         Ok::<_, Failure>(ws)
     };
     match tokio::time::timeout(timeout, work).await {

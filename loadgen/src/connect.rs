@@ -31,6 +31,7 @@ use crate::record::{
 };
 use crate::server::{self, Health};
 use crate::target::{Target, parse_ws_url};
+use crate::tls::TlsOptions;
 
 /// Ephemeral ports per source address on this kind of host (32768–60999).
 pub const PORTS_PER_SOURCE: u64 = 28_000;
@@ -58,6 +59,8 @@ pub struct ConnectConfig {
     pub admin: Option<String>,
     /// Runtime threads per worker process.
     pub threads: usize,
+    /// How wss:// servers are trusted.
+    pub tls: TlsOptions,
 }
 
 impl ConnectConfig {
@@ -74,6 +77,7 @@ impl ConnectConfig {
             workers: 0,
             admin: None,
             threads: limits::cpu_count(),
+            tls: TlsOptions::default(),
         }
     }
 }

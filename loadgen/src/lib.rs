@@ -30,6 +30,7 @@ pub mod record;
 pub mod report;
 pub mod server;
 pub mod target;
+pub mod tls;
 
 pub use churn::{ChurnConfig, ChurnReport};
 pub use connect::{ConnectConfig, ConnectReport};

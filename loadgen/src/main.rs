@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use surge_load::connect::{ConnectConfig, WorkerSpec};
+use surge_load::tls::TlsOptions;
 use surge_load::{churn, connect, fanout, limits, report};
 
 #[derive(Parser)]
@@ -67,6 +68,24 @@ struct Common {
     /// Write result.json and chart.svg here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// For a wss:// URL: PEM file of the certificates to trust.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// For a wss:// URL: trust any certificate (a self-signed gateway on loopback).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl Common {
+    /// Sets up TLS for wss:// URLs; returns what worker processes need.
+    fn tls(&self) -> anyhow::Result<TlsOptions> {
+        let options = TlsOptions {
+            ca: self.ca.clone(),
+            insecure: self.insecure,
+        };
+        surge_load::tls::install(&options)?;
+        Ok(options)
+    }
 }
 
 #[derive(Args)]
@@ -171,9 +190,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Worker { spec } => {
             let spec: WorkerSpec = serde_json::from_str(&spec).context("worker --spec")?;
+            surge_load::tls::install(&spec.config.tls)?;
             runtime(spec.config.threads)?.block_on(connect::run_worker(spec))
         }
         Command::Connect(a) => {
+            let tls = a.common.tls()?;
             let threads = a.common.threads.unwrap_or_else(limits::cpu_count);
             let cfg = ConnectConfig {
                 url: a.common.url,
@@ -186,6 +207,7 @@ fn main() -> anyhow::Result<()> {
                 workers: a.workers,
                 admin: a.admin,
                 threads,
+                tls,
             };
             let r = runtime(threads)?.block_on(connect::run(&cfg))?;
             print!("{}", report::connect_summary(&r));
@@ -197,6 +219,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fanout(a) => {
+            a.common.tls()?;
             let threads = a.common.threads.unwrap_or_else(limits::cpu_count);
             let rates = match (&a.ramp, a.rate) {
                 (Some(r), _) => fanout::parse_ramp(r)?,
@@ -231,6 +254,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Churn(a) => {
+            a.common.tls()?;
             let threads = a.common.threads.unwrap_or_else(limits::cpu_count);
             let cfg = churn::ChurnConfig {
                 url: a.common.url,

@@ -34,17 +34,24 @@ pub struct Target {
     pub authority: String,
     /// Path and query, at least `/`.
     pub path: String,
+    /// `wss://`: the upgrade goes over TLS.
+    pub tls: bool,
 }
 
 impl Target {
     /// The URL tungstenite is handed for the upgrade request.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}{}", self.authority, self.path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{}", self.authority, self.path)
     }
 }
 
-/// Parses a `ws://host[:port][/path]` URL (port 80 by default).
+/// Parses a `ws://host[:port][/path]` URL (port 80 by default) or a
+/// `wss://` one (port 443 by default).
 pub fn parse_ws_url(url: &str) -> Result<Target, TargetError> {
+    if url.trim().starts_with("wss://") {
+        return parse(url, "wss://", 443).map(|t| Target { tls: true, ..t });
+    }
     parse(url, "ws://", 80)
 }
 
@@ -100,6 +107,7 @@ fn parse(url: &str, scheme: &'static str, default_port: u16) -> Result<Target, T
         addr: SocketAddrV4::new(ip, port),
         authority: authority.to_string(),
         path,
+        tls: false,
     })
 }
 
@@ -130,6 +138,11 @@ mod tests {
         assert_eq!(t.path, "/");
         let t = parse_ws_url("ws://127.0.0.1:1?x=1").unwrap();
         assert_eq!(t.path, "/?x=1");
+        let t = parse_ws_url("wss://127.0.0.1/ws").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.addr, "127.0.0.1:443".parse().unwrap());
+        assert_eq!(t.ws_url(), "wss://127.0.0.1/ws");
+        assert!(!parse_ws_url("ws://127.0.0.1/ws").unwrap().tls);
     }
 
     #[test]
@@ -151,8 +164,12 @@ mod tests {
     #[test]
     fn bad_scheme_and_port_are_refused() {
         assert!(matches!(
-            parse_ws_url("wss://127.0.0.1/"),
+            parse_ws_url("https://127.0.0.1/"),
             Err(TargetError::Scheme { .. })
+        ));
+        assert!(matches!(
+            parse_ws_url("wss://10.0.0.1/"),
+            Err(TargetError::NotLoopback { .. })
         ));
         assert!(matches!(
             parse_http_url("ws://127.0.0.1/"),

@@ -13,6 +13,7 @@ use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::sync::lock;
+use crate::tls::TlsConfig;
 
 /// What handshake tasks and shards share.
 pub(crate) struct Context {
@@ -23,6 +24,8 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     pub shutdown: watch::Receiver<bool>,
     pub ready_requires_broker: bool,
+    /// The public listener's TLS, when it has it.
+    pub tls: Option<TlsConfig>,
     pub(crate) broker: OnceLock<Arc<dyn Broker>>,
 }
 

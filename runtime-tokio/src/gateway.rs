@@ -25,6 +25,7 @@ pub use crate::shard::ConnectionState;
 use crate::shard::{self, Inbox, ShardView};
 use crate::slot::SlotGuard;
 use crate::sync::lock;
+use crate::tls::{RefusalHandshakes, TlsConfig, TlsPoller, Upgraded, answer_refusal};
 use crate::transport::{Listener, SocketOptionReport, Transport};
 use crate::upgrade;
 
@@ -47,6 +48,8 @@ pub struct GatewayConfig {
     pub write_timeout: Duration,
     /// Not ready while the broker is disconnected.
     pub ready_requires_broker: bool,
+    /// TLS on the public listener (`wss://`); `None` for plain `ws://`.
+    pub tls: Option<TlsConfig>,
 }
 
 impl GatewayConfig {
@@ -116,6 +119,8 @@ impl GatewayConfig {
             shard_queue: 1024,
             write_timeout: config.idle_timeout,
             ready_requires_broker: config.ready_requires_broker,
+            // Certificates are read by the server.
+            tls: None,
         }
     }
 
@@ -220,6 +225,7 @@ impl Gateway {
             metrics: Arc::clone(&metrics),
             shutdown: shutdown_rx,
             ready_requires_broker: config.ready_requires_broker,
+            tls: config.tls.clone(),
             broker: OnceLock::new(),
         });
         let mut tasks = Vec::new();
@@ -229,7 +235,8 @@ impl Gateway {
         for _ in 0..config.shards.max(1) {
             let (tx, rx) = mpsc::channel(config.shard_queue.max(1));
             senders.push(tx);
-            let (cell, task) = shard::start(transport.poller()?, Arc::clone(&ctx), rx);
+            let poller = TlsPoller::new(transport.poller()?);
+            let (cell, task) = shard::start(poller, Arc::clone(&ctx), rx);
             inboxes.push(cell.inbox());
             let cell: Arc<dyn ShardView> = cell;
             shards.push(Arc::downgrade(&cell));
@@ -443,11 +450,12 @@ impl Gateway {
 async fn accept_loop<L: Listener>(
     mut listener: L,
     ctx: Arc<Context>,
-    shards: Vec<mpsc::UnboundedSender<Inbox<L::Stream>>>,
+    shards: Vec<mpsc::UnboundedSender<Inbox<Upgraded<L::Stream>>>>,
     retry_after: Duration,
 ) {
     let secs = u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
     let overloaded: Arc<[u8]> = overloaded_response(secs).response.into();
+    let tls_refusals = RefusalHandshakes::default();
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -487,9 +495,24 @@ async fn accept_loop<L: Listener>(
                 } else {
                     Arc::clone(&overloaded)
                 };
-                tokio::spawn(async move {
-                    crate::linger::answer_and_linger(&mut stream, &response).await;
-                });
+                // On TLS the answer needs a handshake first: a bounded number
+                // get one, the rest are closed at once (see `tls::refusal`).
+                match &ctx.tls {
+                    None => {
+                        tokio::spawn(async move {
+                            crate::linger::answer_and_linger(&mut stream, &response).await;
+                        });
+                    }
+                    Some(tls) => match tls_refusals.try_acquire() {
+                        Some(permit) => {
+                            tokio::spawn(answer_refusal(stream, tls.clone(), response, permit));
+                        }
+                        None => {
+                            ctx.metrics.tls_refusals_unanswered.inc();
+                            drop(stream);
+                        }
+                    },
+                }
             }
         }
     }

@@ -14,10 +14,12 @@ pub mod gateway;
 mod linger;
 pub mod metrics;
 pub mod poller;
+mod read_buffer;
 mod shard;
 mod slot;
 mod sync;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 mod upgrade;
 

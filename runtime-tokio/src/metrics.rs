@@ -88,6 +88,8 @@ pub struct Metrics {
     reloads: Family<Reload, Counter>,
     /// The listener's own count, already added to `fd_exhaustion_answers`.
     fd_exhaustion_seen: std::sync::atomic::AtomicU64,
+    pub tls_refusals_unanswered: Counter,
+    pub tls_certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -296,6 +298,18 @@ impl Metrics {
             "Files re-read on SIGHUP, by file (jwt_keys, tls_cert) and result (ok, error: the old contents stay in use)",
             reloads.clone(),
         );
+        let tls_refusals_unanswered = Counter::default();
+        r.register(
+            "tls_refusals_unanswered",
+            "Refused clients of the TLS listener closed without a handshake (too many refusal handshakes in flight)",
+            tls_refusals_unanswered.clone(),
+        );
+        let tls_certificate_expiry = Gauge::default();
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the served certificate expires (0 without TLS)",
+            tls_certificate_expiry.clone(),
+        );
         Metrics {
             registry: r,
             handshakes,
@@ -332,6 +346,8 @@ impl Metrics {
             fd_exhaustion_answers,
             reloads,
             fd_exhaustion_seen: std::sync::atomic::AtomicU64::new(0),
+            tls_refusals_unanswered,
+            tls_certificate_expiry,
         }
     }
 

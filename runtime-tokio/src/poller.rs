@@ -50,6 +50,20 @@ pub trait Poller: Send + 'static {
         Ok(())
     }
 
+    /// Writes what the poller itself holds for the socket (a TLS layer's
+    /// records that a full socket refused); called before every pump.
+    fn flush(&mut self, socket: &mut Self::Socket) -> io::Result<()> {
+        let _ = socket;
+        Ok(())
+    }
+
+    /// Whether the poller holds bytes for the socket that wait for it to
+    /// become writable (see [`Poller::flush`]).
+    fn holds_output(&self, socket: &Self::Socket) -> bool {
+        let _ = socket;
+        false
+    }
+
     /// Sends FIN (best effort); reading stays possible.
     fn shutdown(&mut self, socket: &mut Self::Socket);
 

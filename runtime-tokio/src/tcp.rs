@@ -99,6 +99,16 @@ impl TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// For a TLS listener: a client accepted past the file-descriptor
+    /// limit is closed without an answer, since a plaintext 503 would only
+    /// fail its TLS handshake (and a TLS one needs descriptors it lacks).
+    pub fn without_plain_answers(mut self) -> Self {
+        self.overload_response = Arc::new(Vec::new());
+        self
+    }
+}
+
 /// `net.core.somaxconn`, which silently caps any backlog.
 pub fn somaxconn() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")

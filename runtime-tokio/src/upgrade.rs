@@ -1,33 +1,33 @@
-//! A connection from accept to upgrade, in a task of its own: the
-//! handshake through core's state machine under its deadline, a rejection
+//! A connection from accept to upgrade, in a task of its own: the TLS
+//! handshake when the listener has TLS, then the WebSocket handshake
+//! through core's state machine, both under one deadline; a rejection
 //! written and closed, or the upgraded socket handed to its shard (which
 //! drives it from then on; see `shard`). The slot reserved at accept is
 //! released exactly once, by [`SlotGuard`]'s `Drop` if no path released it
 //! explicitly.
 
-use std::cell::RefCell;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 
 use surge_core::admission::AbortCause;
 use surge_core::handshake::{Accepted, Handshake, Outcome, Progress, probe_response};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::context::Context;
 use crate::linger::answer_and_linger;
+use crate::read_buffer::read_into;
 use crate::shard::{Handoff, Inbox};
 use crate::slot::{SlotGuard, SlotState};
+use crate::tls::{TlsConfig, TlsStream, Upgraded, accept};
 
-/// Runs one accepted connection's handshake and hands the upgraded socket
-/// to its shard.
+/// Runs one accepted connection's handshakes (TLS when the listener has
+/// it, then WebSocket) and hands the upgraded socket to its shard.
 pub(crate) async fn run<S>(
     mut stream: S,
     mut slot: SlotGuard,
     ctx: Arc<Context>,
-    shard: mpsc::UnboundedSender<Inbox<S>>,
+    shard: mpsc::UnboundedSender<Inbox<Upgraded<S>>>,
     accepted: surge_core::Instant,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -38,8 +38,27 @@ pub(crate) async fn run<S>(
     let id = r.id();
     let span = tracing::info_span!("conn", id = %id, shard = id.shard.0);
     async move {
-        let Some(upgraded) = upgrade(&mut stream, &mut slot, &ctx, accepted).await else {
-            return;
+        let (stream, upgraded) = match ctx.tls.clone() {
+            None => {
+                let Some(upgraded) = upgrade(&mut stream, &mut slot, &ctx, accepted).await else {
+                    return;
+                };
+                let stream = Upgraded { stream, tls: None };
+                (stream, upgraded)
+            }
+            Some(tls) => {
+                let Some(mut secured) =
+                    tls_handshake(stream, &tls, &mut slot, &ctx, accepted).await
+                else {
+                    return;
+                };
+                let Some(upgraded) = upgrade(&mut secured, &mut slot, &ctx, accepted).await else {
+                    return;
+                };
+                let (stream, session) = secured.into_parts();
+                let tls = Some(Box::new(session));
+                (Upgraded { stream, tls }, upgraded)
+            }
         };
         let deflate = upgraded.deflate();
         let handoff = Handoff {
@@ -57,6 +76,41 @@ pub(crate) async fn run<S>(
     }
     .instrument(span)
     .await
+}
+
+/// The TLS handshake, within the handshake deadline counted from the
+/// accept (the WebSocket handshake then gets what is left of it). A client
+/// that sends nothing, half a ClientHello or no acceptable one is closed
+/// and its slot released.
+async fn tls_handshake<S>(
+    stream: S,
+    tls: &TlsConfig,
+    slot: &mut SlotGuard,
+    ctx: &Context,
+    accepted: surge_core::Instant,
+) -> Option<TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let deadline = ctx.clock.to_tokio(accepted + ctx.handshake_config.timeout);
+    let mut shutdown = ctx.shutdown.clone();
+    let outcome = tokio::select! {
+        biased;
+        _ = shutdown.changed() => None,
+        done = tokio::time::timeout_at(deadline, accept(stream, Arc::clone(tls.server_config()))) => Some(done),
+    };
+    let (cause, label) = match outcome {
+        Some(Ok(Ok(secured))) => return Some(secured),
+        Some(Ok(Err(e))) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            (AbortCause::Rejected, "tls_failed")
+        }
+        Some(Err(_elapsed)) => (AbortCause::TimedOut, "tls_timeout"),
+        None => (AbortCause::Io, "io"),
+    };
+    slot.abort(cause);
+    ctx.metrics.handshake(label).inc();
+    None
 }
 
 /// Runs the handshake. On success returns the accepted upgrade: its 101
@@ -146,35 +200,4 @@ async fn handshake<S: AsyncRead + Unpin>(
             }
         }
     }
-}
-
-thread_local! {
-    /// The read buffer every connection on this thread shares: bytes are
-    /// handed to core (handshake or frame decoder) before the read returns,
-    /// so a waiting connection carries no read buffer of its own.
-    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
-}
-
-/// Reads what the socket has into the thread's shared buffer and passes the
-/// bytes to `consume` within the same poll. `Ok(None)` is end of stream.
-async fn read_into<S, T>(
-    stream: &mut S,
-    mut consume: impl FnMut(&[u8]) -> T,
-) -> std::io::Result<Option<T>>
-where
-    S: AsyncRead + Unpin,
-{
-    std::future::poll_fn(|cx| {
-        READ_BUFFER.with(|cell| {
-            let mut buffer = cell.borrow_mut();
-            let mut read = ReadBuf::new(&mut buffer[..]);
-            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Ok(None)),
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(consume(read.filled())))),
-            }
-        })
-    })
-    .await
 }

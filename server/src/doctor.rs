@@ -26,6 +26,7 @@ use surge_core::config::Config;
 use crate::host::{
     self, BYTES_PER_CONNECTION_ESTIMATE, FD_RESERVE, FdLimits, MemoryLimit, format_bytes,
 };
+use crate::tls::CertInfo;
 
 /// `LimitNOFILE` of `deploy/surge.service`.
 pub const RECOMMENDED_NOFILE: u64 = 1_048_576;
@@ -273,6 +274,13 @@ pub fn run(config: &Config) -> Report {
         .checks
         .extend(network(&NetworkFacts::collect(config)));
     report.checks.extend(jwt_keys(config));
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let read = crate::tls::read(cert, key).map(|loaded| loaded.info);
+        report.checks.push(tls_certificate(&read, now));
+    }
     report
 }
 
@@ -300,6 +308,60 @@ pub fn jwt_keys(config: &Config) -> Option<Check> {
             fix: Some("point the setting at a readable PEM public key or JWKS file (docs/PROTOCOL.md, Authentication)".to_owned()),
         },
     })
+}
+
+/// A certificate closer to its expiry than this many days is a warning.
+pub const TLS_EXPIRY_WARN_DAYS: i64 = 14;
+
+const TLS_RENEW: &str = "renew it, write the new files over SURGE_TLS_CERT and SURGE_TLS_KEY, and send surge SIGHUP (`kill -HUP <pid>`): open connections stay";
+
+/// The public listener's certificate files (read, parsed, the key matched
+/// to the certificate) against the time `now` (Unix seconds); pure.
+pub fn tls_certificate(read: &Result<CertInfo, String>, now: i64) -> Check {
+    let info = match read {
+        Ok(info) => info,
+        Err(e) => {
+            return Check {
+                level: Level::Fail,
+                text: format!("TLS certificate: {e}"),
+                fix: Some(
+                    "point SURGE_TLS_CERT at a readable PEM certificate chain (leaf first) and SURGE_TLS_KEY at its private key"
+                        .to_owned(),
+                ),
+            };
+        }
+    };
+    let who = format!("TLS certificate {} (serial {})", info.subject, info.serial);
+    let days = info.days_left(now);
+    if info.not_after < now {
+        Check {
+            level: Level::Fail,
+            text: format!(
+                "{who} expired on {}: clients refuse the handshake",
+                info.expires
+            ),
+            fix: Some(TLS_RENEW.to_owned()),
+        }
+    } else if info.not_before > now {
+        Check {
+            level: Level::Fail,
+            text: format!("{who} is not valid yet: clients refuse the handshake"),
+            fix: Some("check this host's clock, or use a certificate valid now".to_owned()),
+        }
+    } else if days < TLS_EXPIRY_WARN_DAYS {
+        Check::warn(
+            format!(
+                "{who}: key matches; expires on {}, in {days} days",
+                info.expires
+            ),
+            TLS_RENEW,
+        )
+    } else {
+        Check::ok(format!(
+            "{who}: key matches; valid until {} ({days} days left)",
+            info.expires
+        ))
+    }
 }
 
 /// The checks of `facts`; pure, for tests and for `run`.
@@ -889,6 +951,54 @@ mod tests {
         assert!(facts.nats[0].outcome.is_err(), "{facts:?}");
         // The busy listener accepts TCP connections: reachable.
         assert_eq!(facts.nats[1].outcome, Ok(()));
+    }
+
+    #[test]
+    fn the_tls_certificate_fails_when_unusable_or_expired_and_warns_near_expiry() {
+        let day = 86_400;
+        let info = CertInfo {
+            subject: "CN=surge.example".to_owned(),
+            serial: "2a".to_owned(),
+            not_before: 0,
+            not_after: 100 * day,
+            expires: "1970-04-11".to_owned(),
+        };
+        let at = |now: i64| tls_certificate(&Ok(info.clone()), now);
+        let ok = at(50 * day);
+        assert_eq!(ok.level, Level::Ok);
+        assert_eq!(
+            ok.to_string(),
+            "OK   TLS certificate CN=surge.example (serial 2a): key matches; valid until 1970-04-11 (50 days left)"
+        );
+        let soon = at(90 * day);
+        assert_eq!(soon.level, Level::Warn);
+        assert!(
+            soon.to_string()
+                .contains("expires on 1970-04-11, in 10 days; fix: renew it"),
+            "{soon}"
+        );
+        assert_eq!(at((100 - TLS_EXPIRY_WARN_DAYS) * day).level, Level::Ok);
+        let expired = at(100 * day + 1);
+        assert_eq!(expired.level, Level::Fail);
+        assert!(
+            expired.to_string().contains("expired on 1970-04-11"),
+            "{expired}"
+        );
+        assert_eq!(at(-1).level, Level::Fail);
+        let unreadable = tls_certificate(
+            &Err(
+                "cannot read SURGE_TLS_CERT=/nope: No such file or directory (os error 2)"
+                    .to_owned(),
+            ),
+            0,
+        );
+        assert_eq!(unreadable.level, Level::Fail);
+        assert!(
+            unreadable
+                .to_string()
+                .starts_with("FAIL TLS certificate: cannot read SURGE_TLS_CERT=/nope"),
+            "{unreadable}"
+        );
     }
 
     /// `key = value` lines of a sysctl.d file, comments skipped.

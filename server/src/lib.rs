@@ -15,3 +15,4 @@ pub mod plan;
 pub mod reload;
 pub mod resources;
 pub mod serve;
+pub mod tls;

@@ -113,10 +113,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(auth) = &jwt {
         gateway_config.set_jwt(Arc::clone(auth));
     }
+    // The files are read before anything listens: a bad certificate or key
+    // stops the start (exit 2) naming the file.
+    let tls = crate::tls::load(&config)?;
+    gateway_config.tls = tls.as_ref().map(|(tls, _)| tls.clone());
     gateway_config.guard.memory_reject_bytes = resolved.memory_reject_bytes;
     gateway_config.guard.memory_pause_bytes = resolved.memory_pause_bytes;
     let retry_after = u32::try_from(config.retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
-    let transport = TcpTransport::new(SocketTuning::preset(config.socket_preset), retry_after);
+    let mut transport = TcpTransport::new(SocketTuning::preset(config.socket_preset), retry_after);
+    if tls.is_some() {
+        transport = transport.without_plain_answers();
+    }
     let retention = Retention {
         max_age: config.js_max_age,
         max_messages: config.js_max_msgs,
@@ -137,8 +144,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot listen on {} (SURGE_LISTEN)", config.listen))?;
     let gateway = Arc::new(gateway);
+    let tls = tls.map(|(tls, info)| {
+        gateway.metrics().tls_certificate_expiry.set(info.not_after);
+        tls
+    });
     let listening = format!(
-        "surge listening on ws://{}{} (admin http://{}), broker: {}",
+        "surge listening on {}://{}{} (admin http://{}), broker: {}",
+        if tls.is_some() { "wss" } else { "ws" },
         gateway.local_addr(),
         config.ws_path,
         config.admin_listen,
@@ -189,6 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(config.clone()),
         Arc::clone(&gateway),
         jwt,
+        tls,
     )?);
 
     wait_for_signal().await?;

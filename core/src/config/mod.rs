@@ -288,6 +288,8 @@ const JWT_JWKS_FILE: &str = "SURGE_JWT_JWKS_FILE";
 const JWT_ISSUER: &str = "SURGE_JWT_ISSUER";
 const JWT_AUDIENCE: &str = "SURGE_JWT_AUDIENCE";
 const ANONYMOUS_CHANNELS: &str = "SURGE_ANONYMOUS_CHANNELS";
+const TLS_CERT: &str = "SURGE_TLS_CERT";
+const TLS_KEY: &str = "SURGE_TLS_KEY";
 
 impl Config {
     /// Builds the configuration from its sources. For each setting the value
@@ -563,7 +565,29 @@ impl Config {
             }
         }
         self.jwt_problems(&usable, &mut out);
+        // A certificate without its key (or the reverse) cannot serve TLS,
+        // and serving plain ws:// instead would surprise the operator.
+        if usable(&[TLS_CERT, TLS_KEY]) {
+            match (self.tls_cert.is_some(), self.tls_key.is_some()) {
+                (true, false) => out.push(self.error(
+                    TLS_CERT,
+                    format!("needs {TLS_KEY} as well: TLS takes a certificate and its private key"),
+                )),
+                (false, true) => out.push(self.error(
+                    TLS_KEY,
+                    format!(
+                        "needs {TLS_CERT} as well: TLS takes a certificate and its private key"
+                    ),
+                )),
+                _ => {}
+            }
+        }
         out
+    }
+
+    /// Whether the public listener speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
     }
 
     /// JWT: one source of keys; no static tokens beside it; the settings

@@ -249,6 +249,21 @@ settings! {
         kind: Text, rule: Spec::WsPath,
         doc: "HTTP path of the WebSocket upgrade; requests for any other path get 404.",
     },
+    /// Read by the server at start and on SIGHUP.
+    tls_cert: Option<PathBuf> {
+        env: "SURGE_TLS_CERT", flag: "--tls-cert",
+        // Plain ws:// unless the operator has a certificate.
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::FilePath,
+        doc: "PEM certificate chain (leaf first) of the public listener, which then speaks TLS 1.2 and 1.3 (wss://); needs SURGE_TLS_KEY; re-read on SIGHUP; the admin listener stays plain HTTP.",
+    },
+    /// Read by the server at start and on SIGHUP.
+    tls_key: Option<PathBuf> {
+        env: "SURGE_TLS_KEY", flag: "--tls-key",
+        default: None, default_text: UNSET,
+        kind: Optional<Text>, rule: Spec::FilePath,
+        doc: "PEM private key (PKCS#8, PKCS#1 or SEC1) of SURGE_TLS_CERT's certificate; needs SURGE_TLS_CERT; re-read on SIGHUP.",
+    },
     /// `None`: the server derives it from memory and the open-file limit.
     max_connections: Option<u32> {
         env: "SURGE_MAX_CONNECTIONS", flag: "--max-connections",

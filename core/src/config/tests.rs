@@ -734,6 +734,9 @@ const CROSS_FIELD_ONLY: &[&str] = &[
     "SURGE_JWT_JWKS_FILE",
     "SURGE_JWT_ISSUER",
     "SURGE_JWT_AUDIENCE",
+    // Any path is a path; the pair's rule is in `tls_needs_both_files`.
+    "SURGE_TLS_CERT",
+    "SURGE_TLS_KEY",
 ];
 
 #[test]
@@ -1088,6 +1091,26 @@ fn jwt_rules() {
     // Each key source alone is fine.
     load(&[env(&[JWT_SECRET])]);
     load(&[env(&[("SURGE_JWT_PUBLIC_KEY_FILE", "/etc/surge/jwt.pem")])]);
+}
+
+#[test]
+fn tls_needs_both_files() {
+    assert_eq!(
+        only_error(&[env(&[("SURGE_TLS_CERT", "/etc/surge/cert.pem")])]),
+        "SURGE_TLS_CERT=/etc/surge/cert.pem (from environment): needs SURGE_TLS_KEY as well: TLS takes a certificate and its private key"
+    );
+    assert_eq!(
+        only_error(&[flags(&[("SURGE_TLS_KEY", "/etc/surge/key.pem")])]),
+        "--tls-key=/etc/surge/key.pem (from command line): needs SURGE_TLS_CERT as well: TLS takes a certificate and its private key"
+    );
+    let both = load(&[env(&[
+        ("SURGE_TLS_CERT", "/etc/surge/cert.pem"),
+        ("SURGE_TLS_KEY", "/etc/surge/key.pem"),
+    ])]);
+    assert!(both.tls_enabled());
+    assert_eq!(both.tls_cert, Some(PathBuf::from("/etc/surge/cert.pem")));
+    assert_eq!(both.tls_key, Some(PathBuf::from("/etc/surge/key.pem")));
+    assert!(!Config::default().tls_enabled());
 }
 
 #[test]

@@ -135,6 +135,10 @@ impl<K> Link<K> {
     /// Applies what the connection asks for and writes until the socket
     /// refuses or nothing is left.
     pub fn pump<P: Poller<Socket = K>>(&mut self, parts: &mut Parts<'_, P>, now: Instant) -> Flow {
+        if let Err(e) = parts.poller.flush(&mut self.socket) {
+            tracing::debug!(error = %e, "flush failed");
+            self.conn.handle_io_error();
+        }
         loop {
             let mut acted = false;
             while let Some(event) = self.conn.poll_event(now) {
@@ -148,7 +152,7 @@ impl<K> Link<K> {
                 break;
             }
         }
-        let wants = self.conn.wants_write();
+        let wants = self.conn.wants_write() || parts.poller.holds_output(&self.socket);
         if wants != self.write_armed {
             // Writability only while something waits for it: otherwise
             // every ACK would report the socket.

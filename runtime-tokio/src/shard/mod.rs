@@ -552,14 +552,19 @@ struct Tally {
 
 #[cfg(test)]
 mod tests {
+    use crate::tls::TlsSocket;
+
     /// An idle connection is its `Link` and nothing else in user space
     /// (the target is 0.5 KiB of RSS per idle connection, measured by
     /// `bench/run`); this keeps the state from growing back unnoticed.
+    /// The socket is the TLS poller's: a plain connection pays 16 bytes
+    /// for the TLS session it does not have (a pointer, and the padding
+    /// next to the 4-byte descriptor).
     #[test]
     fn an_idle_connection_state_stays_within_its_budget() {
-        let link = std::mem::size_of::<super::Link<std::net::TcpStream>>();
+        let link = std::mem::size_of::<super::Link<TlsSocket<std::net::TcpStream>>>();
         let session = std::mem::size_of::<surge_core::session::Session>();
-        assert!(link <= 360, "Link is {link} bytes (budget 360)");
+        assert!(link <= 376, "Link is {link} bytes (budget 376)");
         assert!(session <= 280, "Session is {session} bytes (budget 280)");
     }
 }
