@@ -21,7 +21,7 @@ pub mod tcp;
 pub mod transport;
 mod upgrade;
 
-pub use broker::{Broker, BrokerError, Fetched, Hub};
+pub use broker::{Broker, BrokerError, Fetched, Hub, Position};
 pub use clock::Clock;
 pub use gateway::{Gateway, GatewayConfig, Health};
 pub use transport::{Listener, Transport};

@@ -18,11 +18,16 @@ use crate::resources::ProcessSampler;
 
 /// How often the resource guard gets a new CPU / memory sample.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Open descriptors are counted every this many samples: a directory read
+/// of one entry per connection is too much for every second.
+const FDS_EVERY_SAMPLES: u64 = 5;
 
 /// Limits resolved from the configuration and the host.
 #[derive(Debug, Clone, Copy)]
 pub struct Resolved {
     pub max_connections: u32,
+    /// The open-file limit (soft) after raising it.
+    pub open_file_limit: u64,
     pub shards: u32,
     /// Memory thresholds of the resource guard (reject, pause).
     pub memory_reject_bytes: Option<u64>,
@@ -93,6 +98,7 @@ pub fn resolve_limits(config: &Config) -> anyhow::Result<Resolved> {
     );
     Ok(Resolved {
         max_connections,
+        open_file_limit: after.soft,
         shards,
         memory_reject_bytes,
         memory_pause_bytes,
@@ -137,6 +143,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot listen on {} (SURGE_LISTEN)", config.listen))?;
     let gateway = Arc::new(gateway);
+    gateway
+        .metrics()
+        .max_fds
+        .set(i64::try_from(resolved.open_file_limit).unwrap_or(i64::MAX));
     let listening = format!(
         "surge listening on ws://{}{} (admin http://{}), broker: {}",
         gateway.local_addr(),
@@ -212,8 +222,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn sample_resources(gateway: Arc<Gateway>) {
     let mut sampler = ProcessSampler::new();
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    let mut samples = 0u64;
     loop {
         tick.tick().await;
+        if samples.is_multiple_of(FDS_EVERY_SAMPLES)
+            && let Some(fds) = crate::resources::open_fds()
+        {
+            gateway
+                .metrics()
+                .open_fds
+                .set(i64::try_from(fds).unwrap_or(i64::MAX));
+        }
+        samples += 1;
         if let Some((cpu_percent, memory_bytes)) = sampler.sample() {
             gateway.observe(ResourceSample {
                 cpu_percent,
