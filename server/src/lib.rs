@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod dashboard;
 pub mod doctor;
 pub mod feed;
 pub mod host;
@@ -14,3 +15,4 @@ pub mod nats;
 pub mod reload;
 pub mod resources;
 pub mod serve;
+pub mod token;

@@ -167,6 +167,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.admin_listen
             )
         })?;
+    let (live, dashboard_task) = crate::dashboard::Live::start(Arc::clone(&gateway));
+    let dashboard =
+        crate::dashboard::Dashboard::new(live, config.admin_token.clone().map(Arc::new))
+            .context("cannot draw the dashboard's session key")?;
     let state = AdminState {
         gateway: Arc::clone(&gateway),
         config: Arc::new(config.to_json()),
@@ -180,6 +184,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         token: config.admin_token.clone().map(Arc::new),
         publish_limit: admin::publish_limiter(config.admin_publish_rate, gateway.clock().now()),
+        dashboard,
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(async move {
@@ -213,6 +218,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     gateway.shutdown(config.shutdown_drain).await;
     sampler.abort();
     reloader.abort();
+    dashboard_task.abort();
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!("stopped");
