@@ -59,8 +59,11 @@ function chart(name, points, format) {
   const box = $(`[data-chart="${name}"]`);
   if (!box) return;
   const W = 320, H = 70, top = 12, bottom = H - 2;
-  const now = Date.now();
-  const t0 = now - HISTORY_MS;
+  // The last 5 minutes once there are 5 minutes of points; until then the
+  // points there are, over at least one minute.
+  const now = points.length ? points[points.length - 1].t : Date.now();
+  const span = Math.min(HISTORY_MS, Math.max(60 * 1000, points.length ? now - points[0].t : 0));
+  const t0 = now - span;
   let max = 0;
   for (const p of points) for (const v of p.v) if (v !== null && v > max) max = v;
   const scale = max > 0 ? max : 1;
@@ -79,7 +82,7 @@ function chart(name, points, format) {
     for (const p of points) {
       const v = p.v[i];
       if (v === null || v === undefined || p.t < t0) continue;
-      const x = ((p.t - t0) / HISTORY_MS) * W;
+      const x = ((p.t - t0) / span) * W;
       const y = bottom - (v / scale) * (bottom - top);
       coords.push(`${x.toFixed(1)},${y.toFixed(1)}`);
     }
@@ -93,7 +96,7 @@ function chart(name, points, format) {
   const label = document.createElementNS(ns, "text");
   label.setAttribute("class", "label");
   label.setAttribute("x", "2"); label.setAttribute("y", "10");
-  label.textContent = `${box.dataset.title || name} · max ${format(max)}`;
+  label.textContent = `${box.dataset.title || name} · last ${Math.round(span / 1000)} s · max ${format(max)}`;
   svg.appendChild(label);
   box.replaceChildren(svg);
 }
