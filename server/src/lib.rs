@@ -5,6 +5,7 @@
 //! binary and the tests share one copy.
 
 pub mod admin;
+pub mod admin_url;
 pub mod cli;
 pub mod dashboard;
 pub mod doctor;
@@ -16,3 +17,4 @@ pub mod reload;
 pub mod resources;
 pub mod serve;
 pub mod token;
+pub mod top;

@@ -1732,3 +1732,112 @@ async fn jwt_sighup_reloads_the_jwks_file_without_dropping_connections() {
     assert_eq!(message["data"], 7, "{message}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `surge top --once` against a running gateway with an admin token: one
+/// plain-text frame with the gateway's numbers (a connection held, a
+/// refused handshake), and a clear refusal without the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_once_prints_the_running_gateways_numbers_and_needs_the_admin_token() {
+    let server = Server::start_with_env(&[], &[("SURGE_ADMIN_TOKEN", "top-test-token")]);
+    let (_ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
+        .await
+        .expect("upgrade");
+    match tokio_tungstenite::connect_async(format!("ws://{}/nowhere", server.ws)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
+        other => panic!("expected 404, got {other:?}"),
+    }
+    let admin = format!("http://{}", server.admin);
+    let out = run(&["top", "--once", "--admin", &admin], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("SURGE_ADMIN_TOKEN"),
+        "{stderr}"
+    );
+
+    let out = run(
+        &[
+            "top",
+            "--once",
+            "--admin",
+            &admin,
+            "--admin-token",
+            "top-test-token",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "READY",
+        "connections 1/1000 (0.1 %)",
+        "admitted 0/s (total 1)",
+        "#0 ",
+        "#1 ",
+        "404 not_found 0 (total 1)",
+        "broker      embedded connected",
+        "dropped/s throttled 0",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains('\x1b'), "plain text: {stdout:?}");
+}
+
+/// `surge top` on a terminal (a pseudo-terminal made by util-linux
+/// `script`): it draws on the alternate screen, and `q` or Ctrl-C ends it
+/// with status 0 and the terminal given back.
+#[test]
+fn top_on_a_terminal_quits_on_q_and_on_ctrl_c_and_restores_the_screen() {
+    let server = Server::start(&[]);
+    for key in ["q", "\u{3}"] {
+        let command = format!("{SURGE} top --admin http://{}", server.admin);
+        let mut child = Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TERM", "xterm")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("util-linux script runs");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let mut screen = Vec::new();
+            let _ = stdout.read_to_end(&mut screen);
+            String::from_utf8_lossy(&screen).into_owned()
+        });
+        // Two frames drawn, then the key.
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(key.as_bytes()).expect("key");
+        stdin.flush().expect("flush");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "surge top did not quit on {key:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(stdin);
+        let screen = reader.join().expect("reader");
+        assert!(status.success(), "{key:?}: {status}\n{screen}");
+        assert!(screen.contains("connections 0/1000"), "{screen:?}");
+        assert!(
+            screen.contains("\x1b[?1049h"),
+            "entered the alternate screen"
+        );
+        assert!(
+            screen.trim_end().ends_with("\x1b[?1049l"),
+            "left the alternate screen last: {screen:?}"
+        );
+    }
+}
