@@ -8,7 +8,8 @@
 // Needs: target/debug/surge and target/debug/surge-load (or SURGE_BIN /
 // SURGE_LOAD_BIN), nats-server, chromium. scripts/test-dashboard builds and
 // installs them. Every process it starts listens on loopback and is stopped
-// at the end; the load is bounded (20 subscribers for 6 s, one burst of 90).
+// at the end; the load is bounded (20 subscribers for 6 s, one burst of 90
+// held 8 s).
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
@@ -194,10 +195,10 @@ test("the dashboard in Chromium: live numbers, refusals, the broker turning red"
   assert.ok(number(await text("broker.last_sseq")) > 0, "sseq received from NATS");
   assert.ok(number(await text("handshake.count")) >= 0);
 
-  // A refused burst: 90 at once against 60 slots.
+  // A refused burst: 90 at once against 60 slots, held for 8 s.
   await until("the fan-out's connections gone", async () => number(await text("connections.current")) === 0);
-  await run(SURGE_LOAD, [
-    "connect", "--url", `ws://127.0.0.1:${wsPort}/ws`, "-n", "90", "--hold", "3s",
+  const burst = run(SURGE_LOAD, [
+    "connect", "--url", `ws://127.0.0.1:${wsPort}/ws`, "-n", "90", "--hold", "8s",
     "--workers", "1", "--sources", "1", "--threads", "1",
   ], 60000);
   const refused = await until("503 full in the refusal panel", async () => {
@@ -206,16 +207,19 @@ test("the dashboard in Chromium: live numbers, refusals, the broker turning red"
   });
   assert.ok(refused <= 90 - MAX_CONNECTIONS + 5, `refused ${refused}`);
   assert.equal(await page.locator('#refusals tr[data-cause="full"] td').first().textContent(), "503");
+  assert.equal(number(await text("connections.current")), MAX_CONNECTIONS, "full while held");
 
-  // NATS killed: the broker panel turns red.
+  // NATS killed (the burst's connections still held): the broker panel
+  // turns red.
   nats.kill("SIGKILL");
   await page.waitForSelector('#panel-broker.bad[data-state="disconnected"]', { timeout: 15000 });
   const border = await page.locator("#panel-broker").evaluate((el) => getComputedStyle(el).borderTopColor);
   assert.equal(border, "rgb(248, 81, 73)", "red");
   assert.match(await page.locator("#problems").textContent(), /broker disconnected/);
 
-  // Let the charts draw a few more points, then the picture.
-  await sleep(1500);
+  // The picture, while the burst is held; then the burst ends.
+  await sleep(1000);
   await page.screenshot({ path: join(OUT, "dashboard.png"), fullPage: true });
+  await burst;
   assert.deepEqual(problems, [], "no console error, page error or failed request");
 });
