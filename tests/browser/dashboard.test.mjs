@@ -139,6 +139,19 @@ test("the dashboard in Chromium: live numbers, refusals, the broker turning red"
   const form = await fetch(`${admin}/dashboard`);
   assert.equal(form.status, 401, "the token form, not the page");
   assert.match(await form.text(), /name="token"/);
+  // The form's POST: a wrong token gets the form again, the right one a
+  // redirect with the session cookie.
+  const login = (token) => fetch(`${admin}/dashboard/login`, {
+    method: "POST", redirect: "manual", body: new URLSearchParams({ token }),
+  });
+  assert.equal((await login("wrong")).status, 401);
+  const loggedIn = await login(TOKEN);
+  assert.equal(loggedIn.status, 303);
+  assert.match(loggedIn.headers.get("set-cookie"), /^surge_dashboard=[0-9a-f]{64}; Path=\/dashboard; HttpOnly; SameSite=Strict$/);
+  const viaForm = loggedIn.headers.get("set-cookie").split(";")[0];
+  const page0 = await fetch(`${admin}/dashboard`, { headers: { cookie: viaForm } });
+  assert.equal(page0.status, 200);
+  assert.match(page0.headers.get("content-security-policy"), /default-src 'none'/);
 
   mkdirSync(OUT, { recursive: true });
   // A fresh profile directory each run (playwright passes it as
