@@ -274,6 +274,22 @@ impl RejectReason {
         }
     }
 
+    /// Every value [`Self::metric_label`] returns (see
+    /// `Refusal::METRIC_LABELS` for why they are listed).
+    pub const METRIC_LABELS: [&'static str; 11] = [
+        "malformed",
+        "method",
+        "version",
+        "head_too_large",
+        "not_found",
+        "origin",
+        "unauthorized",
+        "invalid_token",
+        "overloaded",
+        "client_limit",
+        "timeout",
+    ];
+
     /// The value of the `reason` label on rejection metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {

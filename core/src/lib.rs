@@ -12,6 +12,7 @@ pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod dashboard;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;

@@ -61,6 +61,21 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops or resumes consumption (resource guard); messages stay in
     /// the stream meanwhile. Brokers that push synchronously ignore it.
     fn set_paused(&self, _paused: bool) {}
+
+    /// Where live consumption stands in the stream, for the lag shown by
+    /// the dashboard and `surge_broker_*_sseq`. Unknown by default.
+    fn position(&self) -> Position {
+        Position::default()
+    }
+}
+
+/// Where live consumption stands: the last stream sequence handed to the
+/// hub, and the stream's own last sequence as last read. The difference is
+/// what the stream holds that this gateway has not received yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub last_received: Option<u64>,
+    pub stream_last: Option<u64>,
 }
 
 /// Carries each live message to every shard, in the order received.

@@ -15,7 +15,7 @@ use surge_core::Instant;
 use surge_core::protocol::{Priority, Published};
 use surge_core::subjects::{Pattern, Subject};
 
-use crate::broker::{BoxFuture, Broker, BrokerError, Fetched, Hub};
+use crate::broker::{BoxFuture, Broker, BrokerError, Fetched, Hub, Position};
 use crate::clock::Clock;
 
 /// Retention limits of the log.
@@ -59,6 +59,8 @@ pub struct EmbeddedBroker {
     order: tokio::sync::Mutex<()>,
     /// Sequences start at 1 in every process: this names the run.
     epoch: String,
+    /// The last sequence the hub has taken (it waits on full shards).
+    dispatched: std::sync::atomic::AtomicU64,
 }
 
 /// An epoch for a broker starting now: the wall-clock start in
@@ -91,6 +93,7 @@ impl EmbeddedBroker {
             clock,
             order: tokio::sync::Mutex::new(()),
             epoch,
+            dispatched: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -114,6 +117,8 @@ impl EmbeddedBroker {
         };
         let sseq = message.sseq;
         self.hub.dispatch(message).await;
+        self.dispatched
+            .store(sseq, std::sync::atomic::Ordering::Relaxed);
         sseq
     }
 
@@ -164,5 +169,12 @@ impl Broker for EmbeddedBroker {
         since_sseq: u64,
     ) -> BoxFuture<'_, Result<Fetched, BrokerError>> {
         Box::pin(async move { Ok(self.fetch_now(&patterns, since_sseq)) })
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            last_received: Some(self.dispatched.load(std::sync::atomic::Ordering::Relaxed)),
+            stream_last: Some(self.lock().last_sseq),
+        }
     }
 }

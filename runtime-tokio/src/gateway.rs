@@ -209,6 +209,11 @@ impl Gateway {
         metrics
             .connections_max
             .set(i64::from(config.max_connections));
+        if let Some(bytes) = config.guard.memory_reject_bytes {
+            metrics
+                .memory_reject_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let admission = Arc::new(Mutex::new(
             Admission::new(config.max_connections, config.shards, config.guard.clone())
                 .with_client_limits(config.client_limits),
@@ -379,12 +384,20 @@ impl Gateway {
 
     /// Prometheus text, with the summarising gauges refreshed.
     pub fn metrics_text(&self) -> String {
+        self.refresh_gauges();
+        self.ctx.metrics.encode()
+    }
+
+    /// Sets the gauges that summarise state kept elsewhere (admission's
+    /// tables, the shards' connections, the broker) to their values now.
+    fn refresh_gauges(&self) {
         let m = &self.ctx.metrics;
         {
             let admission = lock(&self.ctx.admission);
             for (i, t) in admission.shards().iter().enumerate() {
-                m.set_shard_connections(i as u32, t.live());
+                m.set_shard_connections(i as u32, t.live(), t.capacity());
             }
+            m.shard_imbalance_percent.set(admission.imbalance_percent());
             m.handshakes_in_progress
                 .set(i64::try_from(admission.handshaking()).unwrap_or(i64::MAX));
         }
@@ -401,10 +414,14 @@ impl Gateway {
             .set(i64::try_from(queue_bytes).unwrap_or(i64::MAX));
         let broker = self.ctx.broker();
         m.broker_connected.set(i64::from(broker.connected()));
+        let position = broker.position();
+        let gauge = |v: Option<u64>| v.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        m.broker_last_sseq.set(gauge(position.last_received));
+        m.broker_stream_last_sseq.set(gauge(position.stream_last));
+        m.ready.set(i64::from(self.ctx.readiness().is_ok()));
         if let Some(answers) = &self.fd_exhaustion_answers {
             m.sync_fd_exhaustion_answers(answers.load(std::sync::atomic::Ordering::Relaxed));
         }
-        m.encode()
     }
 
     /// Whether new connections would be admitted (`/readyz`).

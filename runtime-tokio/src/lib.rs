@@ -23,7 +23,7 @@ pub mod tls;
 pub mod transport;
 mod upgrade;
 
-pub use broker::{Broker, BrokerError, Fetched, Hub};
+pub use broker::{Broker, BrokerError, Fetched, Hub, Position};
 pub use clock::Clock;
 pub use gateway::{Gateway, GatewayConfig, Health};
 pub use transport::{Listener, Transport};

@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use surge_core::admission::Refusal;
 use surge_core::connection::EndReason;
 use surge_core::handshake::RejectReason;
@@ -60,9 +61,13 @@ pub struct Metrics {
     pub connections_max: Gauge,
     pub handshakes_in_progress: Gauge,
     shard_connections: Family<ShardLabel, Gauge>,
+    shard_capacity: Family<ShardLabel, Gauge>,
     shard_backlog: Family<ShardLabel, Gauge>,
+    pub shard_imbalance_percent: Gauge<f64, AtomicU64>,
+    pub ready: Gauge,
     pub published: Counter,
     pub delivered: Counter,
+    pub bytes_sent: Counter,
     dropped: Family<Reason, Counter>,
     pub deduplicated: Counter,
     pub recovered: Counter,
@@ -81,8 +86,13 @@ pub struct Metrics {
     pub broker_connected: Gauge,
     pub broker_paused: Gauge,
     pub broker_disconnects: Counter,
+    pub broker_last_sseq: Gauge,
+    pub broker_stream_last_sseq: Gauge,
     pub cpu_percent: Gauge,
     pub memory_bytes: Gauge,
+    pub memory_reject_bytes: Gauge,
+    pub open_fds: Gauge,
+    pub max_fds: Gauge,
     pub accept_errors: Counter,
     fd_exhaustion_answers: Counter,
     reloads: Family<Reload, Counter>,
@@ -146,6 +156,24 @@ impl Metrics {
             "Live connections per shard",
             shard_connections.clone(),
         );
+        let shard_capacity = Family::<ShardLabel, Gauge>::default();
+        r.register(
+            "shard_connections_max",
+            "Connection slots per shard (the shards' sum is surge_connections_max)",
+            shard_capacity.clone(),
+        );
+        let shard_imbalance_percent = Gauge::<f64, AtomicU64>::default();
+        r.register(
+            "shard_imbalance_percent",
+            "Spread between the most and least utilised shards, percentage points (/health imbalance_percent)",
+            shard_imbalance_percent.clone(),
+        );
+        let ready = Gauge::default();
+        r.register(
+            "ready",
+            "1 while new connections are admitted (/readyz answers 200), else 0",
+            ready.clone(),
+        );
         let shard_backlog = Family::<ShardLabel, Gauge>::default();
         r.register(
             "shard_backlog_connections",
@@ -163,6 +191,12 @@ impl Metrics {
             "messages_delivered",
             "Message frames queued to clients",
             delivered.clone(),
+        );
+        let bytes_sent = Counter::default();
+        r.register(
+            "bytes_sent",
+            "Bytes written to upgraded client sockets (frames of every kind)",
+            bytes_sent.clone(),
         );
         let dropped = Family::<Reason, Counter>::default();
         r.register(
@@ -268,6 +302,18 @@ impl Metrics {
             "Times the broker connection was lost",
             broker_disconnects.clone(),
         );
+        let broker_last_sseq = Gauge::default();
+        r.register(
+            "broker_last_sseq",
+            "The last stream sequence received from the broker and handed to the shards",
+            broker_last_sseq.clone(),
+        );
+        let broker_stream_last_sseq = Gauge::default();
+        r.register(
+            "broker_stream_last_sseq",
+            "The stream's last sequence as last read (NATS: polled every second); minus surge_broker_last_sseq it is the lag",
+            broker_stream_last_sseq.clone(),
+        );
         let cpu_percent = Gauge::default();
         r.register(
             "cpu_percent",
@@ -279,6 +325,24 @@ impl Metrics {
             "memory_bytes",
             "Process resident memory",
             memory_bytes.clone(),
+        );
+        let memory_reject_bytes = Gauge::default();
+        r.register(
+            "memory_reject_bytes",
+            "Resident memory at which new connections get 503 (0: no threshold known)",
+            memory_reject_bytes.clone(),
+        );
+        let open_fds = Gauge::default();
+        r.register(
+            "open_fds",
+            "Open file descriptors of the process (sampled every few seconds)",
+            open_fds.clone(),
+        );
+        let max_fds = Gauge::default();
+        r.register(
+            "max_fds",
+            "The process' open-file limit (RLIMIT_NOFILE, soft), from which the connection maximum is derived",
+            max_fds.clone(),
         );
         let accept_errors = Counter::default();
         r.register(
@@ -310,6 +374,30 @@ impl Metrics {
             "Unix time at which the served certificate expires (0 without TLS)",
             tls_certificate_expiry.clone(),
         );
+        // Every known label value exists from the start at 0: Prometheus'
+        // increase() and rate() see nothing of a series' first sample, so an
+        // alert on refusals would otherwise miss the first burst.
+        for reason in Refusal::METRIC_LABELS {
+            let _ = rejections.get_or_create(&Reason {
+                reason: reason.into(),
+            });
+        }
+        for outcome in RejectReason::METRIC_LABELS.iter().chain(&[
+            "accepted",
+            "io",
+            "probe",
+            "tls_timeout",
+            "tls_failed",
+        ]) {
+            let _ = handshakes.get_or_create(&Outcome {
+                outcome: (*outcome).into(),
+            });
+        }
+        for reason in ["throttled", "queue_full", "closed_too_slow"] {
+            let _ = dropped.get_or_create(&Reason {
+                reason: reason.into(),
+            });
+        }
         Metrics {
             registry: r,
             handshakes,
@@ -319,9 +407,13 @@ impl Metrics {
             connections_max,
             handshakes_in_progress,
             shard_connections,
+            shard_capacity,
             shard_backlog,
+            shard_imbalance_percent,
+            ready,
             published,
             delivered,
+            bytes_sent,
             dropped,
             deduplicated,
             recovered,
@@ -340,8 +432,13 @@ impl Metrics {
             broker_connected,
             broker_paused,
             broker_disconnects,
+            broker_last_sseq,
+            broker_stream_last_sseq,
             cpu_percent,
             memory_bytes,
+            memory_reject_bytes,
+            open_fds,
+            max_fds,
             accept_errors,
             fd_exhaustion_answers,
             reloads,
@@ -452,12 +549,16 @@ impl Metrics {
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
-    pub fn set_shard_connections(&self, shard: u32, live: u32) {
+    pub fn set_shard_connections(&self, shard: u32, live: u32, capacity: u32) {
+        let label = ShardLabel {
+            shard: shard.to_string(),
+        };
         self.shard_connections
-            .get_or_create(&ShardLabel {
-                shard: shard.to_string(),
-            })
+            .get_or_create(&label)
             .set(i64::from(live));
+        self.shard_capacity
+            .get_or_create(&label)
+            .set(i64::from(capacity));
     }
 
     pub fn set_throttled(&self, counts: [u64; 4]) {

@@ -133,12 +133,17 @@ async fn clients_past_the_file_limit_get_503_from_the_spare_descriptor_and_are_c
         refused as f64
     );
     // None of them was refused by admission: the gateway was far from full.
+    // (each reason's series exists from the start, at 0)
     let admission_refusals: Vec<String> = gw
         .metrics_text()
         .lines()
         .filter(|l| l.starts_with("surge_admission_rejections_total{"))
         .map(str::to_owned)
         .collect();
-    assert!(admission_refusals.is_empty(), "{admission_refusals:?}");
+    assert!(!admission_refusals.is_empty());
+    assert!(
+        admission_refusals.iter().all(|l| l.ends_with(" 0")),
+        "{admission_refusals:?}"
+    );
     gw.shutdown(Duration::from_secs(2)).await;
 }

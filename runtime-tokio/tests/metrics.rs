@@ -356,3 +356,53 @@ async fn failed_accepts_are_counted_and_accepting_goes_on() {
     assert_eq!(metric(&gw, "surge_connections"), 1.0);
     gw.shutdown(Duration::from_secs(2)).await;
 }
+
+/// The gauges and counters the dashboard and the alert rules read: each
+/// read back by value before and after the event that moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_gauges_follow_the_shards_the_broker_the_bytes_sent_and_readiness() {
+    let gw = start(|c| c.guard.memory_reject_bytes = Some(1 << 30)).await;
+    // Known label values exist at 0 before anything happened.
+    assert_eq!(
+        metric(&gw, "surge_admission_rejections_total{reason=\"full\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(&gw, "surge_handshakes_total{outcome=\"timeout\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(&gw, "surge_messages_dropped_total{reason=\"throttled\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(&gw, "surge_shard_connections_max{shard=\"0\"}"),
+        50.0
+    );
+    assert_eq!(
+        metric(&gw, "surge_memory_reject_bytes"),
+        (1u64 << 30) as f64
+    );
+    assert_eq!(metric(&gw, "surge_ready"), 1.0);
+    assert_eq!(metric(&gw, "surge_broker_last_sseq"), 0.0);
+    assert_eq!(metric(&gw, "surge_bytes_sent_total"), 0.0);
+
+    let mut ws = client(gw.local_addr()).await;
+    subscribe(&mut ws, &["odin.token.>"]).await;
+    let sent = metric(&gw, "surge_bytes_sent_total");
+    assert!(sent > 0.0, "welcome and subscribed were written");
+    assert_eq!(metric(&gw, "surge_shard_imbalance_percent"), 2.0);
+    for i in 0..3 {
+        common::publish(&gw, "odin.token.BTC.trade", json!({ "i": i })).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(next_json(&mut ws).await["type"], "message");
+    }
+    assert_eq!(metric(&gw, "surge_broker_last_sseq"), 3.0);
+    assert_eq!(metric(&gw, "surge_broker_stream_last_sseq"), 3.0);
+    assert!(metric(&gw, "surge_bytes_sent_total") > sent + 3.0 * 20.0);
+
+    gw.begin_drain();
+    assert_eq!(metric(&gw, "surge_ready"), 0.0);
+    gw.shutdown(Duration::from_secs(2)).await;
+}

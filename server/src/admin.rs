@@ -7,8 +7,9 @@
 //! caller can act on the code without parsing prose.
 //!
 //! With `SURGE_ADMIN_TOKEN` set, `POST /publish` and `GET /config` need
-//! `Authorization: Bearer <token>` (compared in constant time); the probes
-//! and `/metrics` never need a token.
+//! `Authorization: Bearer <token>` (compared in constant time), and
+//! `/dashboard` the token or its session cookie (the `dashboard` module);
+//! the probes and `/metrics` never need a token.
 //!
 //! `POST /publish` is for programs, never for web pages, which could
 //! otherwise publish through an operator's browser: a request with an
@@ -39,6 +40,9 @@ use surge_core::ratelimit::TokenBucket;
 use surge_core::subjects::{Pattern, Subject};
 use surge_runtime::{BrokerError, Gateway};
 
+use crate::dashboard::{self, Dashboard};
+use crate::token::constant_time_eq;
+
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct AdminState {
@@ -55,6 +59,8 @@ pub struct AdminState {
     pub token: Option<Arc<Secret>>,
     /// `SURGE_ADMIN_PUBLISH_RATE`, see [`publish_limiter`].
     pub publish_limit: Arc<Mutex<TokenBucket>>,
+    /// `/dashboard` and its live stream.
+    pub dashboard: Dashboard,
 }
 
 /// The bucket behind `SURGE_ADMIN_PUBLISH_RATE`: `rate` publishes per
@@ -78,6 +84,7 @@ impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Loc
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     let limit = state.max_body_bytes;
+    let dashboard = dashboard::router(state.dashboard.clone());
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -85,10 +92,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/config", get(config))
         .route("/publish", post(publish))
+        .with_state(state)
+        .merge(dashboard)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .with_state(state)
 }
 
 /// A JSON error answer.
@@ -104,7 +112,7 @@ async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; the admin listener serves /livez, /readyz, /health, /metrics, /config and POST /publish",
+        "no such endpoint; the admin listener serves /livez, /readyz, /health, /metrics, /config, /dashboard and POST /publish",
     )
 }
 
@@ -112,7 +120,7 @@ async fn method_not_allowed() -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "this endpoint does not take that method (POST /publish; GET for the others)",
+        "this endpoint does not take that method (POST /publish and /dashboard/login; GET for the others)",
     )
 }
 
@@ -200,16 +208,6 @@ fn unauthorized(message: &str) -> Response {
         axum::Json(json!({"code": "unauthorized", "message": message})),
     )
         .into_response()
-}
-
-/// Whether `presented` equals `expected`, in a time that depends on their
-/// lengths only, not on how many leading bytes match.
-fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
-    let mut diff = u8::from(presented.len() != expected.len());
-    for (i, &e) in expected.iter().enumerate() {
-        diff |= e ^ presented.get(i).copied().unwrap_or(!e);
-    }
-    std::hint::black_box(diff) == 0
 }
 
 #[derive(Debug, Deserialize)]

@@ -32,6 +32,8 @@ pub enum Task {
     Token(crate::jwt::TokenOptions),
     /// How many gateways a target needs (`surge plan`).
     Plan(crate::plan::Target),
+    /// The dashboard in a terminal (`surge top`).
+    Top(crate::top::TopOptions),
 }
 
 /// The parsed command line.
@@ -81,6 +83,7 @@ pub fn command() -> Command {
         .subcommand(feed_command())
         .subcommand(crate::jwt::command())
         .subcommand(crate::plan::command())
+        .subcommand(top_command())
         .arg(
             Arg::new("env-file")
                 .long("env-file")
@@ -125,6 +128,23 @@ fn feed_command() -> Command {
         )
 }
 
+fn top_command() -> Command {
+    Command::new("top")
+        .about("The live dashboard in the terminal, read from the running gateway's admin /dashboard/events (q or Ctrl-C quits); --admin-token or SURGE_ADMIN_TOKEN when the listener has one")
+        .arg(
+            Arg::new("admin")
+                .long("admin")
+                .value_name("URL")
+                .help("The gateway's admin URL (http://host:port) [default: --admin-listen / SURGE_ADMIN_LISTEN; a wildcard address is reached over loopback]"),
+        )
+        .arg(
+            Arg::new("once")
+                .long("once")
+                .action(ArgAction::SetTrue)
+                .help("Print one frame (with its per-second rates) as plain text and exit"),
+        )
+}
+
 fn feed_options(sub: &ArgMatches) -> FeedOptions {
     FeedOptions {
         rate: sub
@@ -155,6 +175,10 @@ where
         Some(("feed", sub)) => Task::Feed(feed_options(sub)),
         Some(("token", sub)) => Task::Token(crate::jwt::options(sub)),
         Some(("plan", sub)) => Task::Plan(crate::plan::target(sub)),
+        Some(("top", sub)) => Task::Top(crate::top::TopOptions {
+            admin: sub.get_one::<String>("admin").cloned(),
+            once: sub.get_flag("once"),
+        }),
         _ => Task::Serve,
     };
     let sub = matches.subcommand().map(|(_, m)| m);
@@ -242,7 +266,8 @@ pub fn load(invocation: &Invocation) -> Result<Loaded, LoadError> {
     let config = Config::from_sources(&sources).map_err(LoadError::Invalid)?;
     let mut problems = origin_errors(&config);
     // `feed` serves nothing: only what the gateway would expose matters.
-    if !matches!(invocation.task, Task::Feed(_)) {
+    // The clients of a running gateway do not listen themselves.
+    if !matches!(invocation.task, Task::Feed(_) | Task::Top(_)) {
         problems.extend(admin_exposure_error(&config));
     }
     if !problems.is_empty() {

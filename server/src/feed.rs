@@ -18,7 +18,6 @@
 //! Trades and liquidity together follow `--rate`; trending comes on top.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -350,36 +349,12 @@ impl Market {
     }
 }
 
-/// `host:port` of an `http://host:port[/]` URL (or of a bare `host:port`).
+/// `host:port` of `--admin`, or [`FeedError::BadAdmin`].
 fn admin_address(url: &str) -> Result<String, FeedError> {
-    let rest = match url.split_once("://") {
-        Some(("http", rest)) => rest,
-        Some(_) => return Err(FeedError::BadAdmin(url.to_owned())),
-        None => url,
-    };
-    let host_port = rest.trim_end_matches('/');
-    let valid = !host_port.is_empty()
-        && !host_port.contains('/')
-        && host_port
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-    if valid {
-        Ok(host_port.to_owned())
-    } else {
-        Err(FeedError::BadAdmin(url.to_owned()))
-    }
+    crate::admin_url::host_port(url).ok_or_else(|| FeedError::BadAdmin(url.to_owned()))
 }
 
-/// Where to reach a listener bound to `addr`: a wildcard bind is reached
-/// over loopback, as the feed usually runs beside the gateway.
-fn listener_address(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port()).to_string()
-}
+use crate::admin_url::listener_address;
 
 /// A kept-alive HTTP/1.1 connection to the admin `/publish`.
 struct AdminClient {

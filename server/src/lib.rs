@@ -5,7 +5,9 @@
 //! binary and the tests share one copy.
 
 pub mod admin;
+pub mod admin_url;
 pub mod cli;
+pub mod dashboard;
 pub mod doctor;
 pub mod feed;
 pub mod host;
@@ -16,3 +18,5 @@ pub mod reload;
 pub mod resources;
 pub mod serve;
 pub mod tls;
+pub mod token;
+pub mod top;

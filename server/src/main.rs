@@ -1,12 +1,12 @@
 //! The `surge` binary: `surge [serve]`, `surge config`, `surge doctor`,
-//! `surge feed`.
+//! `surge feed`, `surge token`, `surge top`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use surge_core::config::{Config, LogFormat};
 use surge_server::cli::{self, Task};
-use surge_server::{doctor, feed, jwt, plan, serve};
+use surge_server::{doctor, feed, jwt, plan, serve, top};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(config: &Config) {
@@ -88,6 +88,25 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("surge feed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Task::Top(options) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("surge: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(top::run(&config, options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("surge top: {e}");
                     ExitCode::from(1)
                 }
             }

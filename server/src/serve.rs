@@ -18,11 +18,16 @@ use crate::resources::ProcessSampler;
 
 /// How often the resource guard gets a new CPU / memory sample.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Open descriptors are counted every this many samples: a directory read
+/// of one entry per connection is too much for every second.
+const FDS_EVERY_SAMPLES: u64 = 5;
 
 /// Limits resolved from the configuration and the host.
 #[derive(Debug, Clone, Copy)]
 pub struct Resolved {
     pub max_connections: u32,
+    /// The open-file limit (soft) after raising it.
+    pub open_file_limit: u64,
     pub shards: u32,
     /// Memory thresholds of the resource guard (reject, pause).
     pub memory_reject_bytes: Option<u64>,
@@ -93,6 +98,7 @@ pub fn resolve_limits(config: &Config) -> anyhow::Result<Resolved> {
     );
     Ok(Resolved {
         max_connections,
+        open_file_limit: after.soft,
         shards,
         memory_reject_bytes,
         memory_pause_bytes,
@@ -144,6 +150,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot listen on {} (SURGE_LISTEN)", config.listen))?;
     let gateway = Arc::new(gateway);
+    gateway
+        .metrics()
+        .max_fds
+        .set(i64::try_from(resolved.open_file_limit).unwrap_or(i64::MAX));
     let tls = tls.map(|(tls, info)| {
         gateway.metrics().tls_certificate_expiry.set(info.not_after);
         tls
@@ -169,6 +179,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.admin_listen
             )
         })?;
+    let (live, dashboard_task) = crate::dashboard::Live::start(Arc::clone(&gateway));
+    let dashboard =
+        crate::dashboard::Dashboard::new(live, config.admin_token.clone().map(Arc::new))
+            .context("cannot draw the dashboard's session key")?;
     let state = AdminState {
         gateway: Arc::clone(&gateway),
         config: Arc::new(config.to_json()),
@@ -182,6 +196,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         token: config.admin_token.clone().map(Arc::new),
         publish_limit: admin::publish_limiter(config.admin_publish_rate, gateway.clock().now()),
+        dashboard,
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(async move {
@@ -216,6 +231,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     gateway.shutdown(config.shutdown_drain).await;
     sampler.abort();
     reloader.abort();
+    dashboard_task.abort();
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!("stopped");
@@ -225,8 +241,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn sample_resources(gateway: Arc<Gateway>) {
     let mut sampler = ProcessSampler::new();
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    let mut samples = 0u64;
     loop {
         tick.tick().await;
+        if samples.is_multiple_of(FDS_EVERY_SAMPLES)
+            && let Some(fds) = crate::resources::open_fds()
+        {
+            gateway
+                .metrics()
+                .open_fds
+                .set(i64::try_from(fds).unwrap_or(i64::MAX));
+        }
+        samples += 1;
         if let Some((cpu_percent, memory_bytes)) = sampler.sample() {
             gateway.observe(ResourceSample {
                 cpu_percent,

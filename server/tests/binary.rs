@@ -1733,3 +1733,214 @@ fn permessage_deflate_is_negotiated_and_messages_arrive_compressed() {
         assert_eq!(message["data"], data);
     }
 }
+
+/// `surge top --once` against a running gateway with an admin token: one
+/// plain-text frame with the gateway's numbers (a connection held, a
+/// refused handshake), and a clear refusal without the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_once_prints_the_running_gateways_numbers_and_needs_the_admin_token() {
+    let server = Server::start_with_env(&[], &[("SURGE_ADMIN_TOKEN", "top-test-token")]);
+    let (_ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
+        .await
+        .expect("upgrade");
+    match tokio_tungstenite::connect_async(format!("ws://{}/nowhere", server.ws)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
+        other => panic!("expected 404, got {other:?}"),
+    }
+    let admin = format!("http://{}", server.admin);
+    let out = run(&["top", "--once", "--admin", &admin], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("SURGE_ADMIN_TOKEN"),
+        "{stderr}"
+    );
+
+    let out = run(
+        &[
+            "top",
+            "--once",
+            "--admin",
+            &admin,
+            "--admin-token",
+            "top-test-token",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "READY",
+        "connections 1/1000 (0.1 %)",
+        "admitted 0/s (total 1)",
+        "#0 ",
+        "#1 ",
+        "404 not_found 0 (total 1)",
+        "broker      embedded connected",
+        "dropped/s throttled 0",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains('\x1b'), "plain text: {stdout:?}");
+}
+
+/// `surge top` on a terminal (a pseudo-terminal made by util-linux
+/// `script`): it draws on the alternate screen, and `q` or Ctrl-C ends it
+/// with status 0 and the terminal given back.
+#[test]
+fn top_on_a_terminal_quits_on_q_and_on_ctrl_c_and_restores_the_screen() {
+    let server = Server::start(&[]);
+    for key in ["q", "\u{3}"] {
+        let command = format!("{SURGE} top --admin http://{}", server.admin);
+        let mut child = Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TERM", "xterm")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("util-linux script runs");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let mut screen = Vec::new();
+            let _ = stdout.read_to_end(&mut screen);
+            String::from_utf8_lossy(&screen).into_owned()
+        });
+        // Two frames drawn, then the key.
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(key.as_bytes()).expect("key");
+        stdin.flush().expect("flush");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "surge top did not quit on {key:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(stdin);
+        let screen = reader.join().expect("reader");
+        assert!(status.success(), "{key:?}: {status}\n{screen}");
+        assert!(screen.contains("connections 0/1000"), "{screen:?}");
+        assert!(
+            screen.contains("\x1b[?1049h"),
+            "entered the alternate screen"
+        );
+        assert!(
+            screen.trim_end().ends_with("\x1b[?1049l"),
+            "left the alternate screen last: {screen:?}"
+        );
+    }
+}
+
+/// Reads server-sent events from `/dashboard/events` over HTTP/1.0 (so
+/// the body is not chunked) with `extra` request headers: the status,
+/// then the data of the first `frames` `frame` events.
+fn dashboard_frames(admin: SocketAddr, extra: &str, frames: usize) -> (u16, Vec<String>) {
+    use std::io::BufRead;
+    let mut s = TcpStream::connect(admin).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /dashboard/events HTTP/1.0\r\nHost: {admin}\r\n{extra}\r\n"
+    )
+    .expect("write");
+    let mut lines = std::io::BufReader::new(s).lines();
+    let status_line = lines.next().expect("a status line").expect("read");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut data = Vec::new();
+    let mut event = String::new();
+    for line in lines {
+        let line = line.expect("read");
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_owned();
+        } else if let Some(payload) = line.strip_prefix("data: ")
+            && event == "frame"
+        {
+            data.push(payload.to_owned());
+            if data.len() == frames {
+                break;
+            }
+        }
+    }
+    (status, data)
+}
+
+/// The dashboard's stream computes one frame per tick for every viewer:
+/// two viewers get the very same bytes, whose numbers are the gateway's
+/// (a connection held, two viewers); with an admin token the page takes
+/// it once for a session cookie, and the stream needs the cookie or the
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_frames_are_shared_by_viewers_and_protected_by_the_admin_token() {
+    let server = Server::start_with_env(&[], &[("SURGE_ADMIN_TOKEN", "dash-token")]);
+    let (_ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.ws))
+        .await
+        .expect("upgrade");
+    let admin = server.admin;
+
+    let (status, frames) = dashboard_frames(admin, "", 0);
+    assert_eq!(status, 401);
+    assert!(frames.is_empty());
+    let (status, body) = http(admin, "GET", "/dashboard", "");
+    assert_eq!(status, 401, "the token form");
+    assert!(body.contains("name=\"token\""), "{body}");
+    let (status, body) = http(admin, "GET", "/dashboard?token=wrong", "");
+    assert_eq!(status, 401);
+    assert!(body.contains("not the admin token"), "{body}");
+
+    // The token in the URL: a redirect and a session cookie, not the token.
+    let mut s = TcpStream::connect(admin).expect("connect");
+    write!(
+        s,
+        "GET /dashboard?token=dash-token HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(answer.contains("\r\nlocation: /dashboard\r\n"), "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a cookie");
+    assert!(
+        cookie.ends_with("; Path=/dashboard; HttpOnly; SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("dash-token"));
+    let session = cookie.split(';').next().expect("name=value");
+
+    let viewer = |header: String| std::thread::spawn(move || dashboard_frames(admin, &header, 3));
+    let a = viewer(format!("Cookie: {session}\r\n"));
+    let b = viewer("Authorization: Bearer dash-token\r\n".to_owned());
+    let (a, b) = (a.join().expect("a"), b.join().expect("b"));
+    assert_eq!((a.0, b.0), (200, 200));
+    // Both joined within a tick or so of each other: their later frames
+    // are from ticks both watched.
+    let shared: Vec<&String> = a.1.iter().filter(|f| b.1.contains(f)).collect();
+    assert!(!shared.is_empty(), "no frame in common:\n{a:?}\n{b:?}");
+    let frame: Value = serde_json::from_str(shared[0]).expect("JSON");
+    assert_eq!(frame["connections"]["current"], 1);
+    assert_eq!(frame["connections"]["max"], 1000);
+    assert_eq!(frame["admissions"]["total"], 1);
+    assert_eq!(frame["viewers"], 2);
+    assert_eq!(frame["broker"]["kind"], "embedded");
+    assert_eq!(frame["ready"], true);
+    assert_eq!(frame["shards"].as_array().map(Vec::len), Some(2));
+}

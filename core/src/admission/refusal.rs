@@ -27,6 +27,20 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every value [`Self::metric_label`] returns, so the metric's series
+    /// can exist (at 0) before the first refusal: an alert on its increase
+    /// then sees the first one too.
+    pub const METRIC_LABELS: [&'static str; 8] = [
+        "full",
+        "cpu",
+        "memory",
+        "shutting_down",
+        "per_ip",
+        "per_user",
+        "handshakes_per_ip",
+        "handshake_rate_per_ip",
+    ];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Refusal::Full { .. } => "full",

@@ -229,6 +229,7 @@ impl<K> Link<K> {
             };
             match result {
                 Ok(n) => {
+                    parts.ctx.metrics.bytes_sent.inc_by(n as u64);
                     self.conn.on_written(n, parts.scratch, now);
                     wrote |= n > 0;
                     if n < len {

@@ -37,7 +37,7 @@ use surge_core::protocol::Priority;
 use surge_core::subjects::{Pattern, Subject};
 use surge_runtime::broker::BoxFuture;
 use surge_runtime::metrics::Metrics;
-use surge_runtime::{Broker, BrokerError, Clock, Fetched, Hub};
+use surge_runtime::{Broker, BrokerError, Clock, Fetched, Hub, Position};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -49,6 +49,9 @@ pub const PRIORITY_HEADER: &str = "Surge-Priority";
 
 /// How long a JetStream API call or a publish acknowledgement may take.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the stream's last sequence is read, for the lag
+/// (`surge_broker_stream_last_sseq`): one small JetStream API request.
+const STREAM_POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the bridge could not start. Each case names the setting to fix.
 #[derive(Debug, thiserror::Error)]
@@ -423,11 +426,18 @@ impl NatsBridge {
                 consumer.run().await;
             })
         };
+        let stream_last = Arc::new(AtomicU64::new(0));
+        let poller = tokio::spawn(poll_stream_last(
+            Arc::clone(&shared),
+            Arc::clone(&stream_last),
+        ));
         Arc::new(NatsBroker {
             link: shared,
             paused: paused_tx,
             last_dispatched,
+            stream_last,
             task,
+            poller,
         })
     }
 
@@ -452,6 +462,25 @@ impl NatsBridge {
     }
 }
 
+/// Reads the stream's last sequence every [`STREAM_POLL_EVERY`] while
+/// connected, into `into` (0 until first read). A failed read keeps the
+/// last value: the broker panel shows the link as down meanwhile.
+async fn poll_stream_last(link: Arc<OnceLock<Link>>, into: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(STREAM_POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(link) = link.get().filter(|l| l.connected()) else {
+            continue;
+        };
+        match tokio::time::timeout(STREAM_POLL_EVERY, link.last_sequence()).await {
+            Ok(Ok(last)) => into.store(last, Ordering::Relaxed),
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read the stream's last sequence"),
+            Err(_) => tracing::debug!("reading the stream's last sequence timed out"),
+        }
+    }
+}
+
 /// The gateway's broker when NATS is configured.
 #[derive(Debug)]
 pub struct NatsBroker {
@@ -459,7 +488,10 @@ pub struct NatsBroker {
     link: Arc<OnceLock<Link>>,
     paused: watch::Sender<bool>,
     last_dispatched: Arc<AtomicU64>,
+    /// The stream's last sequence as last polled (0: not read yet).
+    stream_last: Arc<AtomicU64>,
     task: JoinHandle<()>,
+    poller: JoinHandle<()>,
 }
 
 impl NatsBroker {
@@ -478,6 +510,7 @@ impl NatsBroker {
 impl Drop for NatsBroker {
     fn drop(&mut self) {
         self.task.abort();
+        self.poller.abort();
     }
 }
 
@@ -509,6 +542,14 @@ impl Broker for NatsBroker {
         since_sseq: u64,
     ) -> BoxFuture<'_, Result<Fetched, BrokerError>> {
         Box::pin(async move { fetch::fetch(self.link()?, patterns, since_sseq).await })
+    }
+
+    fn position(&self) -> Position {
+        let stream_last = self.stream_last.load(Ordering::Relaxed);
+        Position {
+            last_received: self.link.get().map(|_| self.last_dispatched()),
+            stream_last: (stream_last > 0).then_some(stream_last),
+        }
     }
 
     fn set_paused(&self, paused: bool) {
