@@ -247,6 +247,69 @@ async fn last_sequence(js: &jetstream::Context) -> u64 {
     }
 }
 
+/// Clients resuming through the balancer and a publisher feeding the
+/// stream: what every failure test runs while it breaks something.
+struct Traffic {
+    until: Arc<AtomicU64>,
+    clients: Vec<tokio::task::JoinHandle<Outcome>>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    publisher: tokio::task::JoinHandle<u64>,
+}
+
+impl Traffic {
+    /// `clients` clients (given `within` to reach the end), then, once they
+    /// have subscribed, a publish every 5 ms.
+    async fn start(
+        lb: SocketAddr,
+        js: &jetstream::Context,
+        clients: usize,
+        within: Duration,
+    ) -> Traffic {
+        let until = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + within;
+        let clients = (0..clients)
+            .map(|_| tokio::spawn(resuming_client(lb, Arc::clone(&until), deadline)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let publisher = tokio::spawn(publish_until(
+            js.clone(),
+            Arc::clone(&stop),
+            Duration::from_millis(5),
+            Arc::clone(&acked),
+        ));
+        Traffic {
+            until,
+            clients,
+            stop,
+            acked,
+            publisher,
+        }
+    }
+
+    /// Publishes acknowledged so far.
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Stops publishing, lets every client read up to the stream's last
+    /// sequence, and returns what each experienced, that sequence and the
+    /// acknowledged count.
+    async fn finish(self, js: &jetstream::Context) -> (Vec<Outcome>, u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let acked = self.publisher.await.expect("publisher");
+        let last = last_sequence(js).await;
+        self.until.store(last, Ordering::SeqCst);
+        let mut outcomes = Vec::new();
+        for c in self.clients {
+            outcomes.push(c.await.expect("client"));
+        }
+        (outcomes, last, acked)
+    }
+}
+
 /// Asserts every client got each of `1..=last` once, in order, and prints
 /// the figures.
 fn assert_exactly_once(name: &str, outcomes: &[Outcome], last: u64, acked: u64) {
@@ -284,20 +347,7 @@ async fn killing_the_stream_leader_loses_nothing_and_keeps_clients_connected() {
     let lb = Haproxy::start([gws[0].ws, gws[1].ws, gws[2].ws]);
     balancer_settled().await;
 
-    let until = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let clients: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(resuming_client(lb.addr, Arc::clone(&until), deadline)))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let counted = Arc::new(AtomicU64::new(0));
-    let publisher = tokio::spawn(publish_until(
-        js.clone(),
-        Arc::clone(&stop),
-        Duration::from_millis(5),
-        Arc::clone(&counted),
-    ));
+    let traffic = Traffic::start(lb.addr, &js, 6, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let leader = {
@@ -309,15 +359,15 @@ async fn killing_the_stream_leader_loses_nothing_and_keeps_clients_connected() {
     };
     let killed = nats.index_of(&leader);
     nats.kill(killed);
-    let before = counted.load(Ordering::SeqCst);
+    let before = traffic.acked();
     eprintln!("killed the stream leader {leader} after {before} acknowledged publishes");
     // Publishing goes on through the election and after it.
     let killed_at = Instant::now();
-    while counted.load(Ordering::SeqCst) < before + 100 {
+    while traffic.acked() < before + 100 {
         assert!(
             killed_at.elapsed() < Duration::from_secs(30),
             "publishing never resumed: {} acknowledged, {before} before the kill",
-            counted.load(Ordering::SeqCst)
+            traffic.acked()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -325,14 +375,7 @@ async fn killing_the_stream_leader_loses_nothing_and_keeps_clients_connected() {
         "100 publishes acknowledged {:?} after the kill",
         killed_at.elapsed()
     );
-    stop.store(true, Ordering::SeqCst);
-    let acked = publisher.await.expect("publisher");
-    let last = last_sequence(&js).await;
-    until.store(last, Ordering::SeqCst);
-    let mut outcomes = Vec::new();
-    for c in clients {
-        outcomes.push(c.await.expect("client"));
-    }
+    let (outcomes, last, acked) = traffic.finish(&js).await;
     assert_exactly_once("leader killed", &outcomes, last, acked);
     for (i, o) in outcomes.iter().enumerate() {
         assert_eq!(
@@ -353,30 +396,11 @@ async fn a_killed_gateway_s_clients_resume_on_the_others_through_haproxy() {
     let lb = Haproxy::start([gws[0].ws, gws[1].ws, gws[2].ws]);
     balancer_settled().await;
 
-    let until = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let clients: Vec<_> = (0..9)
-        .map(|_| tokio::spawn(resuming_client(lb.addr, Arc::clone(&until), deadline)))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = tokio::spawn(publish_until(
-        js.clone(),
-        Arc::clone(&stop),
-        Duration::from_millis(5),
-        Arc::new(AtomicU64::new(0)),
-    ));
+    let traffic = Traffic::start(lb.addr, &js, 9, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     gws[0].kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::SeqCst);
-    let acked = publisher.await.expect("publisher");
-    let last = last_sequence(&js).await;
-    until.store(last, Ordering::SeqCst);
-    let mut outcomes = Vec::new();
-    for c in clients {
-        outcomes.push(c.await.expect("client"));
-    }
+    let (outcomes, last, acked) = traffic.finish(&js).await;
     assert_exactly_once("gateway killed", &outcomes, last, acked);
     // leastconn spread nine clients over three gateways: the killed one's
     // clients moved, and only they did.
@@ -400,19 +424,7 @@ async fn a_rolling_restart_moves_clients_with_1001_and_loses_nothing() {
     let lb = Haproxy::start([gws[0].ws, gws[1].ws, gws[2].ws]);
     balancer_settled().await;
 
-    let until = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let clients: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(resuming_client(lb.addr, Arc::clone(&until), deadline)))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = tokio::spawn(publish_until(
-        js.clone(),
-        Arc::clone(&stop),
-        Duration::from_millis(5),
-        Arc::new(AtomicU64::new(0)),
-    ));
+    let traffic = Traffic::start(lb.addr, &js, 6, Duration::from_secs(90)).await;
     for gw in gws.iter_mut() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         gw.terminate();
@@ -426,14 +438,7 @@ async fn a_rolling_restart_moves_clients_with_1001_and_loses_nothing() {
         balancer_settled().await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let acked = publisher.await.expect("publisher");
-    let last = last_sequence(&js).await;
-    until.store(last, Ordering::SeqCst);
-    let mut outcomes = Vec::new();
-    for c in clients {
-        outcomes.push(c.await.expect("client"));
-    }
+    let (outcomes, last, acked) = traffic.finish(&js).await;
     assert_exactly_once("rolling restart", &outcomes, last, acked);
     let moved: usize = outcomes.iter().map(|o| o.closes.len()).sum();
     assert!(moved >= 6, "every client moved at least once: {outcomes:?}");
