@@ -71,15 +71,9 @@ fn main() -> ExitCode {
             }
         }
         Task::Feed(options) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match current_thread_runtime() {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("surge: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(feed::run(&config, options)) {
                 Ok(report) => {
@@ -93,15 +87,9 @@ fn main() -> ExitCode {
             }
         }
         Task::Top(options) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match current_thread_runtime() {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("surge: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(top::run(&config, options)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -145,4 +133,16 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The single-threaded runtime of a client subcommand (`feed`, `top`); on
+/// failure, the exit code after saying why.
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("surge: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
 }
