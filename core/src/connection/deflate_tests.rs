@@ -33,28 +33,7 @@ fn conn(serial: u64, deflate: Option<Deflate>) -> Connection {
 
 /// Server frames: (first byte, payload), after the 101.
 fn frames(c: &mut Connection, now: Instant) -> Vec<(u8, Vec<u8>)> {
-    let mut scratch = Vec::new();
-    let mut all = Vec::new();
-    while let Some(bytes) = c.poll_transmit(&mut scratch, now) {
-        let bytes = bytes.to_vec();
-        c.on_written(bytes.len(), &scratch, now);
-        all.extend_from_slice(&bytes);
-    }
-    let start = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(0, |p| p + 4);
-    let mut rest = &all[start..];
-    let mut out = Vec::new();
-    while rest.len() >= 2 {
-        let (len, head) = match rest[1] & 0x7F {
-            126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
-            n => (usize::from(n), 2),
-        };
-        out.push((rest[0], rest[head..head + len].to_vec()));
-        rest = &rest[head + len..];
-    }
-    out
+    super::tests::drain_raw(c, now)
 }
 
 /// What a browser does with a compressed payload: put the sync tail back

@@ -39,11 +39,11 @@ fn text(s: &str) -> Vec<u8> {
     client_frame(0x81, s.as_bytes())
 }
 
-/// Server frames in `bytes`: (opcode, payload).
+/// Server frames in `bytes`: (first byte: FIN, RSV bits, opcode; payload).
 fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     while bytes.len() >= 2 {
-        let opcode = bytes[0] & 0x0F;
+        let b0 = bytes[0];
         let (len, head) = match bytes[1] & 0x7F {
             126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
             127 => (
@@ -53,7 +53,7 @@ fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
             ),
             n => (usize::from(n), 2),
         };
-        out.push((opcode, bytes[head..head + len].to_vec()));
+        out.push((b0, bytes[head..head + len].to_vec()));
         bytes = &bytes[head + len..];
     }
     out
@@ -73,8 +73,18 @@ fn events(c: &mut Connection, now: Instant) -> Vec<ConnEvent> {
 }
 
 /// Writes everything the connection has (a socket that takes it all);
-/// returns the frames after the first transmit's 101 is skipped.
+/// returns the frames after the first transmit's 101 is skipped, as
+/// (opcode, payload).
 pub(super) fn drain(c: &mut Connection, now: Instant) -> Vec<(u8, Vec<u8>)> {
+    drain_raw(c, now)
+        .into_iter()
+        .map(|(b0, payload)| (b0 & 0x0F, payload))
+        .collect()
+}
+
+/// [`drain`], each frame with its whole first byte (the RSV1 of a
+/// compressed message included).
+pub(super) fn drain_raw(c: &mut Connection, now: Instant) -> Vec<(u8, Vec<u8>)> {
     let mut scratch = Vec::new();
     let mut all = Vec::new();
     while let Some(bytes) = c.poll_transmit(&mut scratch, now) {
