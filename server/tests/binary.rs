@@ -3,6 +3,8 @@
 
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/ports.rs"]
+mod ports;
 #[path = "common/server.rs"]
 mod server;
 

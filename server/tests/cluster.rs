@@ -13,6 +13,8 @@
 mod cluster;
 #[path = "common/nats_server.rs"]
 mod nats_server;
+#[path = "common/ports.rs"]
+mod ports;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

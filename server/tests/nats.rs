@@ -6,6 +6,8 @@
 mod http;
 #[path = "common/nats_server.rs"]
 mod nats_server;
+#[path = "common/ports.rs"]
+mod ports;
 #[path = "common/surge.rs"]
 mod surge;
 

@@ -4,18 +4,13 @@
 // Each test file uses its own part of this.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const SURGE: &str = env!("CARGO_BIN_EXE_surge");
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use crate::ports::free_port;
 
 pub struct Server {
     pub child: Child,
