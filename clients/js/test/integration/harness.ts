@@ -68,7 +68,21 @@ export async function killChild(child: ChildProcess, signal: NodeJS.Signals = "S
   await gone;
 }
 
+/** Ports this test process has handed out: binding port 0 can give the same port twice in a row. */
+const givenPorts = new Set<number>();
+
 export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 1000; attempt++) {
+    const port = await kernelPort();
+    if (!givenPorts.has(port)) {
+      givenPorts.add(port);
+      return port;
+    }
+  }
+  throw new Error("no loopback port that was not handed out already in 1000 tries");
+}
+
+function kernelPort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once("error", reject);
