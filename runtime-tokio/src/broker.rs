@@ -28,6 +28,10 @@ pub enum BrokerError {
     Unavailable(String),
     #[error("broker refused: {0}")]
     Refused(String),
+    /// The shards have not taken the messages accepted before this one;
+    /// the message was not accepted (no sequence taken), retry shortly.
+    #[error("ingest queue full: {0}")]
+    Full(String),
 }
 
 /// A message broker as the gateway sees it.
@@ -79,12 +83,41 @@ pub struct Position {
 }
 
 /// Carries each live message to every shard, in the order received.
-/// A full shard queue makes `dispatch` wait: backpressure reaches the
-/// broker, which keeps the message, instead of anything being dropped.
+///
+/// Two ways in. A broker that keeps messages itself (JetStream) calls
+/// [`Hub::dispatch`], which waits while a shard's queue is full: the
+/// backpressure reaches the broker, which keeps the message. The embedded
+/// broker acknowledges a publish only once the message is on every shard's
+/// queue, and must not wait on fan-out to do so: it takes a [`Room`] first
+/// ([`Hub::try_reserve`]), which fails at once when a queue is full, so
+/// `/publish` answers either "accepted" or "full, retry" without waiting.
 #[derive(Debug, Clone)]
 pub struct Hub {
     shards: Arc<Vec<mpsc::Sender<Arc<Published>>>>,
     metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// A place reserved for one message on every running shard's queue.
+pub struct Room<'a> {
+    permits: Vec<mpsc::Permit<'a, Arc<Published>>>,
+    metrics: &'a crate::metrics::Metrics,
+}
+
+impl Room<'_> {
+    /// Puts `message` on every reserved queue; cannot fail or wait.
+    pub fn send(self, message: Arc<Published>) {
+        self.metrics.published.inc();
+        for permit in self.permits {
+            permit.send(Arc::clone(&message));
+        }
+    }
+}
+
+/// Why [`Hub::try_reserve`] found no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull {
+    /// Each shard queue's capacity, in messages.
+    pub capacity: usize,
 }
 
 impl Hub {
@@ -104,8 +137,8 @@ impl Hub {
         &self.metrics
     }
 
-    /// Hands `message` to every shard. Returns false once the gateway has
-    /// stopped.
+    /// Hands `message` to every shard, waiting while a shard's queue is
+    /// full. Returns false once the gateway has stopped.
     pub async fn dispatch(&self, message: Arc<Published>) -> bool {
         self.metrics.published.inc();
         let mut delivered = false;
@@ -113,5 +146,36 @@ impl Hub {
             delivered |= shard.send(Arc::clone(&message)).await.is_ok();
         }
         delivered
+    }
+
+    /// Reserves room for one message on every shard's queue, or says at
+    /// once that some queue is full. Shards that have stopped are skipped.
+    pub fn try_reserve(&self) -> Result<Room<'_>, QueueFull> {
+        let mut permits = Vec::with_capacity(self.shards.len());
+        for shard in self.shards.iter() {
+            match shard.try_reserve() {
+                Ok(permit) => permits.push(permit),
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    self.metrics.ingest_refusals.inc();
+                    return Err(QueueFull {
+                        capacity: shard.max_capacity(),
+                    });
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => {}
+            }
+        }
+        Ok(Room {
+            permits,
+            metrics: &self.metrics,
+        })
+    }
+
+    /// Messages waiting in the fullest shard queue.
+    pub fn queued(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .max()
+            .unwrap_or(0)
     }
 }

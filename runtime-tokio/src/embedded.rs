@@ -49,18 +49,22 @@ impl Log {
 }
 
 /// The in-process broker.
+///
+/// A publish is acknowledged once its message is in the log and on every
+/// shard's queue, and never waits for the shards to make room: with a
+/// queue full the publish is refused at once ([`BrokerError::Full`]) and
+/// takes no sequence, so `/publish` answers in microseconds whatever the
+/// fan-out is doing, and what it acknowledged is delivered.
 #[derive(Debug)]
 pub struct EmbeddedBroker {
+    /// The log; its lock also orders publishes, so sequence order and the
+    /// order messages reach the shards agree.
     log: Mutex<Log>,
     retention: Retention,
     hub: Hub,
     clock: Clock,
-    /// Serialises publish so sequence order and dispatch order agree.
-    order: tokio::sync::Mutex<()>,
     /// Sequences start at 1 in every process: this names the run.
     epoch: String,
-    /// The last sequence the hub has taken (it waits on full shards).
-    dispatched: std::sync::atomic::AtomicU64,
 }
 
 /// An epoch for a broker starting now: the wall-clock start in
@@ -91,9 +95,7 @@ impl EmbeddedBroker {
             retention,
             hub,
             clock,
-            order: tokio::sync::Mutex::new(()),
             epoch,
-            dispatched: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -103,23 +105,29 @@ impl EmbeddedBroker {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn publish_in_order(&self, subject: Subject, data: Bytes, priority: Priority) -> u64 {
-        let _order = self.order.lock().await;
-        let message = {
-            let mut log = self.lock();
-            let now = self.clock.now();
-            log.last_sseq += 1;
-            let message = Published::new(subject, log.last_sseq, priority, &data);
-            log.bytes += message.tail_len() as u64;
-            log.entries.push_back((now, Arc::clone(&message)));
-            log.prune(now, &self.retention);
-            message
-        };
+    fn publish_now(
+        &self,
+        subject: Subject,
+        data: Bytes,
+        priority: Priority,
+    ) -> Result<u64, BrokerError> {
+        let mut log = self.lock();
+        // Room first: a refused publish must not take a sequence.
+        let room = self.hub.try_reserve().map_err(|full| {
+            BrokerError::Full(format!(
+                "the shards have not yet taken the {} messages queued before this one (SURGE_INGEST_QUEUE); nothing was published, retry shortly",
+                full.capacity
+            ))
+        })?;
+        let now = self.clock.now();
+        log.last_sseq += 1;
+        let message = Published::new(subject, log.last_sseq, priority, &data);
+        log.bytes += message.tail_len() as u64;
+        log.entries.push_back((now, Arc::clone(&message)));
+        log.prune(now, &self.retention);
         let sseq = message.sseq;
-        self.hub.dispatch(message).await;
-        self.dispatched
-            .store(sseq, std::sync::atomic::Ordering::Relaxed);
-        sseq
+        room.send(message);
+        Ok(sseq)
     }
 
     fn fetch_now(&self, patterns: &[Pattern], since: u64) -> Fetched {
@@ -160,7 +168,8 @@ impl Broker for EmbeddedBroker {
         data: Bytes,
         priority: Priority,
     ) -> BoxFuture<'_, Result<u64, BrokerError>> {
-        Box::pin(async move { Ok(self.publish_in_order(subject, data, priority).await) })
+        let published = self.publish_now(subject, data, priority);
+        Box::pin(async move { published })
     }
 
     fn fetch(
@@ -172,9 +181,92 @@ impl Broker for EmbeddedBroker {
     }
 
     fn position(&self) -> Position {
+        // Every sequenced message is on the shards' queues at once.
+        let last = self.lock().last_sseq;
         Position {
-            last_received: Some(self.dispatched.load(std::sync::atomic::Ordering::Relaxed)),
-            stream_last: Some(self.lock().last_sseq),
+            last_received: Some(last),
+            stream_last: Some(last),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn broker(
+        shards: usize,
+        queue: usize,
+    ) -> (EmbeddedBroker, Vec<mpsc::Receiver<Arc<Published>>>) {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..shards).map(|_| mpsc::channel(queue)).unzip();
+        let hub = Hub::new(senders, Arc::new(crate::metrics::Metrics::new()));
+        let retention = Retention {
+            max_age: Duration::from_secs(60),
+            max_messages: 1000,
+            max_bytes: 1 << 20,
+        };
+        let broker = EmbeddedBroker::new(hub, retention, Clock::start(), "e-test".into());
+        (broker, receivers)
+    }
+
+    async fn publish(broker: &EmbeddedBroker, text: &str) -> Result<u64, BrokerError> {
+        let subject = Subject::parse("odin.token.BTC.trade").unwrap();
+        // Bounded: a publish must answer at once, whatever the shards do.
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            broker.publish(subject, Bytes::from(text.to_owned()), Priority::Medium),
+        )
+        .await
+        .expect("publish answered without waiting for the shards")
+    }
+
+    #[tokio::test]
+    async fn a_full_shard_queue_refuses_at_once_and_takes_no_sequence() {
+        let (broker, mut shards) = broker(2, 2);
+        assert_eq!(publish(&broker, "1").await, Ok(1));
+        assert_eq!(publish(&broker, "2").await, Ok(2));
+        // Neither shard has taken anything: both queues are full.
+        let refused = publish(&broker, "3").await;
+        assert!(
+            matches!(&refused, Err(BrokerError::Full(why)) if why.contains("SURGE_INGEST_QUEUE")),
+            "{refused:?}"
+        );
+        assert_eq!(broker.hub.metrics().ingest_refusals.get(), 1);
+        assert_eq!(broker.hub.queued(), 2);
+        // One shard takes a message; the other is still full.
+        assert_eq!(shards[0].recv().await.unwrap().sseq, 1);
+        assert!(matches!(
+            publish(&broker, "3").await,
+            Err(BrokerError::Full(_))
+        ));
+        assert_eq!(broker.hub.metrics().ingest_refusals.get(), 2);
+        // Both have room: accepted with the next sequence, nothing skipped.
+        assert_eq!(shards[1].recv().await.unwrap().sseq, 1);
+        assert_eq!(publish(&broker, "3").await, Ok(3));
+        for shard in &mut shards {
+            let got: Vec<u64> = [shard.recv().await, shard.recv().await]
+                .into_iter()
+                .map(|m| m.unwrap().sseq)
+                .collect();
+            assert!(got == [2, 3], "{got:?}");
+        }
+        // The log holds exactly what was acknowledged.
+        let subject = Pattern::parse("odin.>").unwrap();
+        let fetched = broker.fetch_now(&[subject], 0);
+        let sseqs: Vec<u64> = fetched.messages.iter().map(|m| m.sseq).collect();
+        assert_eq!(sseqs, [1, 2, 3]);
+        assert_eq!(broker.position().last_received, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_shard_does_not_block_publishing() {
+        let (broker, mut shards) = broker(2, 1);
+        drop(shards.pop());
+        for n in 1..=3 {
+            assert_eq!(publish(&broker, "x").await, Ok(n));
+            assert_eq!(shards[0].recv().await.unwrap().sseq, n);
         }
     }
 }

@@ -42,7 +42,8 @@ pub struct GatewayConfig {
     pub guard: GuardConfig,
     /// Per-address and per-user limits (all off by default).
     pub client_limits: ClientLimitConfig,
-    /// Messages buffered between the hub and each shard's fan-out.
+    /// Messages buffered between the hub and each shard's fan-out
+    /// (`SURGE_INGEST_QUEUE`).
     pub shard_queue: usize,
     /// A connection whose writes stall this long is closed.
     pub write_timeout: Duration,
@@ -116,7 +117,7 @@ impl GatewayConfig {
                 handshakes_per_ip: config.max_handshakes_per_ip,
                 handshake_rate_per_ip: config.handshake_rate_per_ip,
             },
-            shard_queue: 1024,
+            shard_queue: config.ingest_queue as usize,
             write_timeout: config.idle_timeout,
             ready_requires_broker: config.ready_requires_broker,
             // Certificates are read by the server.
@@ -410,6 +411,8 @@ impl Gateway {
             }
         }
         m.set_throttled(levels);
+        m.ingest_queue
+            .set(i64::try_from(self.hub.queued()).unwrap_or(i64::MAX));
         m.queue_bytes
             .set(i64::try_from(queue_bytes).unwrap_or(i64::MAX));
         let broker = self.ctx.broker();

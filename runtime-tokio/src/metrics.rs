@@ -66,6 +66,8 @@ pub struct Metrics {
     pub shard_imbalance_percent: Gauge<f64, AtomicU64>,
     pub ready: Gauge,
     pub published: Counter,
+    pub ingest_queue: Gauge,
+    pub ingest_refusals: Counter,
     pub delivered: Counter,
     pub bytes_sent: Counter,
     dropped: Family<Reason, Counter>,
@@ -185,6 +187,18 @@ impl Metrics {
             "messages_published",
             "Messages received from the broker",
             published.clone(),
+        );
+        let ingest_queue = Gauge::default();
+        r.register(
+            "ingest_queue_messages",
+            "Messages received and not yet taken by the slowest shard (its queue holds at most SURGE_INGEST_QUEUE)",
+            ingest_queue.clone(),
+        );
+        let ingest_refusals = Counter::default();
+        r.register(
+            "ingest_refusals",
+            "Publishes the embedded broker refused with 503 ingest_full because a shard's queue was full (with NATS the message waits in the stream instead)",
+            ingest_refusals.clone(),
         );
         let delivered = Counter::default();
         r.register(
@@ -412,6 +426,8 @@ impl Metrics {
             shard_imbalance_percent,
             ready,
             published,
+            ingest_queue,
+            ingest_refusals,
             delivered,
             bytes_sent,
             dropped,

@@ -3,11 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use surge_core::protocol::Priority;
-use surge_core::subjects::Subject;
 use surge_runtime::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,7 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 mod common;
 
 use common::{
-    WAIT, client, connect, metric, next_json, publish, raw, send, start, subscribe, upgrade,
+    WAIT, client, connect, metric, next_json, publish, publish_with, raw, send, start, subscribe,
+    upgrade,
 };
 
 #[tokio::test]
@@ -433,15 +432,7 @@ async fn a_client_that_stops_reading_gets_the_rest_when_it_reads_again() {
     for i in 0..4000 {
         publish(&gw, "t.x", json!({ "i": i, "pad": payload })).await;
     }
-    let last = gw
-        .broker()
-        .publish(
-            Subject::parse("t.x").expect("subject"),
-            Bytes::from(json!({ "last": true }).to_string()),
-            Priority::Critical,
-        )
-        .await
-        .expect("publish");
+    let last = publish_with(&gw, "t.x", json!({ "last": true }), Priority::Critical).await;
     let dropped = |gw: &Gateway| {
         gw.metrics_text()
             .lines()

@@ -489,6 +489,12 @@ async fn publish(State(state): State<AdminState>, request: Request) -> Response 
             axum::Json(json!({"code": "broker_unavailable", "message": e.to_string()})),
         )
             .into_response(),
+        Err(BrokerError::Full(reason)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(json!({"code": "ingest_full", "message": reason})),
+        )
+            .into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, "broker_refused", e.to_string()),
     }
 }

@@ -471,7 +471,9 @@ impl Sink {
                 let data = Bytes::from(message.data.to_string());
                 match link.publish(&subject, data, message.priority).await {
                     Ok(sseq) => Ok(Sent::Ok(sseq)),
-                    Err(BrokerError::Unavailable(e)) => Ok(Sent::Unavailable(e)),
+                    Err(BrokerError::Unavailable(e) | BrokerError::Full(e)) => {
+                        Ok(Sent::Unavailable(e))
+                    }
                     Err(BrokerError::Refused(e)) => Err(FeedError::Refused(e)),
                 }
             }

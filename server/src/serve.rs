@@ -137,12 +137,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Connect and ensure the stream before listening, so a bad stream or
     // unreachable NATS stops the start with a clear message (exit 2).
+    // The ingest side (the admin listener with `/publish`, the NATS
+    // bridge, the dashboard) gets its own thread: accepting a message must
+    // not wait for a worker thread busy fanning out, least of all on a host
+    // with one core, where the gateway's runtime has a single worker.
+    let ingest = IngestThread::start()?;
     let nats = match config.nats_url {
-        Some(_) => Some(NatsBridge::prepare(&config).await?),
+        Some(_) => {
+            let config = config.clone();
+            let prepared = ingest
+                .handle()
+                .spawn(async move { NatsBridge::prepare(&config).await })
+                .await
+                .context("the ingest thread stopped")?;
+            Some(prepared?)
+        }
         None => None,
     };
     let gateway = Gateway::start(&transport, gateway_config, |hub, clock| match nats {
-        Some(bridge) => bridge.attach(hub, clock) as Arc<dyn Broker>,
+        Some(bridge) => {
+            // Its consumer and stream poller run on the ingest thread.
+            let _ingest = ingest.handle().enter();
+            bridge.attach(hub, clock) as Arc<dyn Broker>
+        }
         None => {
             Arc::new(EmbeddedBroker::new(hub, retention, clock, fresh_epoch())) as Arc<dyn Broker>
         }
@@ -171,15 +188,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         LogFormat::Json => tracing::info!("{listening}"),
     }
 
-    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
+    // Bound here so an address in use stops the start; registered with the
+    // ingest thread's reactor there.
+    let admin_listener = std::net::TcpListener::bind(config.admin_listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .with_context(|| {
             format!(
                 "cannot listen on {} (SURGE_ADMIN_LISTEN)",
                 config.admin_listen
             )
         })?;
-    let (live, dashboard_task) = crate::dashboard::Live::start(Arc::clone(&gateway));
+    let (live, dashboard_task) = {
+        let _ingest = ingest.handle().enter();
+        crate::dashboard::Live::start(Arc::clone(&gateway))
+    };
     let dashboard =
         crate::dashboard::Dashboard::new(live, config.admin_token.clone().map(Arc::new))
             .context("cannot draw the dashboard's session key")?;
@@ -199,7 +221,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dashboard,
     };
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(async move {
+    let admin = ingest.handle().spawn(async move {
+        let admin_listener = match tokio::net::TcpListener::from_std(admin_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin listener failed");
+                return;
+            }
+        };
         let app = admin::router(state).into_make_service_with_connect_info::<admin::LocalAddr>();
         let served = axum::serve(admin_listener, app)
             .with_graceful_shutdown(async {
@@ -234,8 +263,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     dashboard_task.abort();
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    ingest.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A runtime with one worker thread of its own for the ingest side.
+struct IngestThread(Option<tokio::runtime::Runtime>);
+
+impl IngestThread {
+    fn start() -> anyhow::Result<IngestThread> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("surge-ingest")
+            .enable_all()
+            .build()
+            .context("cannot start the ingest thread")?;
+        Ok(IngestThread(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until stopped").handle()
+    }
+
+    /// Stops it without waiting (a runtime cannot be dropped from inside
+    /// another one's task).
+    fn stop(mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for IngestThread {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 async fn sample_resources(gateway: Arc<Gateway>) {

@@ -22,11 +22,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use surge_core::protocol::Priority;
 use surge_core::subjects::Subject;
-use surge_runtime::Gateway;
+use surge_runtime::{BrokerError, Gateway};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::world::hosts::{GATEWAY, INGEST_PORT, PUBLISHER, sleep_until_sim};
 use crate::world::state::RunState;
+
+/// How long the ingest port waits before retrying a publish the gateway
+/// refused with a full ingest queue (the admin API's Retry-After is 1 s;
+/// the simulated publisher is a program that retries sooner).
+const INGEST_RETRY: Duration = Duration::from_millis(10);
 
 /// The subjects messages rotate over (the layout of the Go system surge replaces).
 pub const SUBJECTS: [&str; 4] = [
@@ -231,10 +236,23 @@ pub async fn serve_ingest(gateway: Arc<Gateway>) {
                         let priority = Priority::parse(v["priority"].as_str().unwrap_or(""))
                             .unwrap_or_default();
                         let data = Bytes::from(v["data"].to_string());
-                        let Ok(sseq) = gateway.broker().publish(subject, data, priority).await
-                        else {
-                            break;
+                        // A full ingest queue refuses at once (the embedded
+                        // broker never waits on fan-out); the ingest port
+                        // retries as a publisher honouring Retry-After would.
+                        let sseq = loop {
+                            match gateway
+                                .broker()
+                                .publish(subject.clone(), data.clone(), priority)
+                                .await
+                            {
+                                Ok(sseq) => break Some(sseq),
+                                Err(BrokerError::Full(_)) => {
+                                    tokio::time::sleep(INGEST_RETRY).await;
+                                }
+                                Err(_) => break None,
+                            }
                         };
+                        let Some(sseq) = sseq else { break };
                         published.borrow_mut().insert(id, sseq);
                         sseq
                     }

@@ -312,6 +312,14 @@ settings! {
         kind: Optional<Int>, rule: derived_int(1, 1024),
         doc: "Shards that each accept and serve their own connections; unset = one per CPU, so every core works and none contends for another's connections.",
     },
+    ingest_queue: u32 {
+        env: "SURGE_INGEST_QUEUE", flag: "--ingest-queue",
+        // Four seconds of a 256 msg/s feed per shard: a burst waits here
+        // while the shards fan out, a stalled shard is refused, not waited on.
+        default: 1024, default_text: "1024",
+        kind: Int, rule: int(1, 1_000_000),
+        doc: "Messages received and not yet taken by a shard for fan-out, per shard. Full: the embedded broker answers /publish with 503 ingest_full (nothing sequenced, retry), the NATS bridge stops consuming and the messages wait in the stream.",
+    },
     backlog: u32 {
         env: "SURGE_BACKLOG", flag: "--backlog",
         // A ~128 backlog dropped 18.5 % of a 100 conn/s surge (the Go system surge replaces).

@@ -649,6 +649,7 @@ const BAD_VALUES: &[(&str, &str, &str)] = &[
     ),
     ("SURGE_HANDSHAKE_RATE_PER_IP", "1.5", "from 0 to 10000000"),
     ("SURGE_BROADCAST_RATE", "x", "from 0 to 10000000"),
+    ("SURGE_INGEST_QUEUE", "0", "from 1 to 1000000"),
     ("SURGE_COMPRESSION", "gzip", "true or false"),
     ("SURGE_COMPRESSION_MIN_BYTES", "2MiB", "from 0B to 1MiB"),
     (

@@ -102,15 +102,31 @@ pub async fn subscribe(ws: &mut Client, channels: &[&str]) {
     assert_eq!(reply["type"], "subscribed", "{reply}");
 }
 
+/// Publishes as a program honouring `503 ingest_full` would: a full
+/// ingest queue refuses at once, and the publish is retried shortly.
 pub async fn publish(gw: &Gateway, subject: &str, data: Value) -> u64 {
-    gw.broker()
-        .publish(
-            Subject::parse(subject).expect("subject"),
-            Bytes::from(data.to_string()),
-            Priority::Medium,
-        )
-        .await
-        .expect("publish")
+    publish_with(gw, subject, data, Priority::Medium).await
+}
+
+/// [`publish`] at `priority`.
+pub async fn publish_with(gw: &Gateway, subject: &str, data: Value, priority: Priority) -> u64 {
+    loop {
+        match gw
+            .broker()
+            .publish(
+                Subject::parse(subject).expect("subject"),
+                Bytes::from(data.to_string()),
+                priority,
+            )
+            .await
+        {
+            Ok(sseq) => return sseq,
+            Err(surge_runtime::BrokerError::Full(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            Err(e) => panic!("publish: {e}"),
+        }
+    }
 }
 
 /// The value of the metric line that starts with `name` (labels included
