@@ -75,7 +75,9 @@ pub struct AdminClient {
     /// Sent as `Authorization: Bearer <token>` with every request.
     bearer: Option<String>,
     timeout: Duration,
-    conn: Option<Conn>,
+    /// Boxed: hyper's connection state is most of a kilobyte, and a client
+    /// without one open should stay small.
+    conn: Option<Box<Conn>>,
 }
 
 impl AdminClient {
@@ -185,18 +187,18 @@ impl AdminClient {
         open
     }
 
-    async fn connect(&self) -> Result<Conn, AdminError> {
+    async fn connect(&self) -> Result<Box<Conn>, AdminError> {
         let stream = TcpStream::connect(&self.addr)
             .await
             .map_err(AdminError::Connect)?;
         // Small requests, one at a time: do not wait for Nagle.
         let _ = stream.set_nodelay(true);
         let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
-        Ok(Conn {
+        Ok(Box::new(Conn {
             sender,
             driver,
             ended: false,
-        })
+        }))
     }
 
     fn build(
