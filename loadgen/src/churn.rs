@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::connect::{self, AfterOpen, ConnectConfig, ConnectReport};
-use crate::http::HttpClient;
+use crate::http;
 use crate::server;
 
 /// What `churn` is asked to do.
@@ -47,7 +47,7 @@ pub struct ChurnReport {
 
 /// Runs the cycles and the leak check.
 pub async fn run(cfg: &ChurnConfig) -> anyhow::Result<ChurnReport> {
-    let mut admin = HttpClient::new(&cfg.admin, Duration::from_secs(5))?;
+    let mut admin = http::client(&cfg.admin, Duration::from_secs(5))?;
     let before = server::health(&mut admin)
         .await
         .context("reading /health before the run")?

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::attempt::{self, Failure};
 use crate::dial::SourcePool;
-use crate::http::HttpClient;
+use crate::http;
 use crate::limits::{self, FdLimit};
 use crate::record::{
     self, AttemptCounts, ConnRecord, FailKind, Outcome, ServerSample, TimelineRow,
@@ -194,7 +194,7 @@ pub async fn run_with(
     }
 
     let mut admin = match &cfg.admin {
-        Some(a) => Some(HttpClient::new(a, Duration::from_secs(5))?),
+        Some(a) => Some(http::client(a, Duration::from_secs(5))?),
         None => None,
     };
     let mut side = ServerSide::default();

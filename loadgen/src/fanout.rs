@@ -15,7 +15,9 @@
 //! with one request in flight each: a gateway busy delivering answers slowly,
 //! and one request at a time capped the rate at one over its answer time. A
 //! step whose publishes still fell more than 10 % short of the target is
-//! publisher-bound and ends the ramp.
+//! publisher-bound and ends the ramp. Each step also reports how late its
+//! publish requests were written against their due times and how long their
+//! answers took, so a report shows whether `/publish` kept the schedule.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::attempt;
 use crate::dial::SourcePool;
-use crate::http::HttpClient;
+use crate::http::{self, AdminClient};
 use crate::limits;
 use crate::record::{LatencySummary, ServerSample};
 use crate::server;
@@ -461,6 +463,19 @@ pub struct StepReport {
     /// measure the gateway.
     #[serde(default)]
     pub publisher_bound: bool,
+    /// How late publish requests were written against their fixed schedule
+    /// (written − due), over the step's answered publishes: near zero
+    /// while `/publish` answers before the next request is due on each
+    /// connection, growing once slow answers hold every connection.
+    #[serde(default)]
+    pub publish_behind_p99_ms: f64,
+    #[serde(default)]
+    pub publish_behind_max_ms: f64,
+    /// Publish request written → its answer read.
+    #[serde(default)]
+    pub publish_answer_p99_ms: f64,
+    #[serde(default)]
+    pub publish_answer_max_ms: f64,
 }
 
 /// The result of a `fanout` run.
@@ -536,7 +551,7 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
     }
     let mut publishers = (0..cfg.publishers)
         .map(|_| {
-            HttpClient::new(&cfg.admin, Duration::from_secs(10))
+            http::client(&cfg.admin, Duration::from_secs(10))
                 .map(|client| client.with_bearer(cfg.admin_token.clone()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -655,6 +670,8 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
                 Duration::from_nanos(last_ns.saturating_sub(step_start_ns)).max(cfg.duration);
             let elapsed_s = publish.elapsed.as_secs_f64().max(1e-9);
             let sent_rate = publish.answered as f64 / elapsed_s;
+            let behind = LatencySummary::of(&publish.behind);
+            let answer = LatencySummary::of(&publish.answer);
             let report = StepReport {
                 step,
                 target_rate: rate,
@@ -671,6 +688,10 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
                 loadgen_cpu_percent: cpu,
                 loadgen_bound: cpu >= limits::LOADGEN_BOUND_PERCENT,
                 publisher_bound: sent_rate < rate * PUBLISHER_BOUND_SHARE,
+                publish_behind_p99_ms: behind.p99_ms,
+                publish_behind_max_ms: behind.max_ms,
+                publish_answer_p99_ms: answer.p99_ms,
+                publish_answer_max_ms: answer.max_ms,
             };
             let over_p99 = cfg
                 .max_p99
@@ -779,6 +800,10 @@ struct StepPublish {
     /// Message indexes used (sent or not), so the next step continues after.
     scheduled: u64,
     elapsed: Duration,
+    /// Answered publishes: written − due, in µs.
+    behind: Histogram<u64>,
+    /// Answered publishes: answer read − written, in µs.
+    answer: Histogram<u64>,
 }
 
 /// The `data` of message `index`: send time, run, step, padding to `size`.
@@ -796,11 +821,28 @@ pub fn payload(run: u64, step: usize, index: u64, size: usize) -> String {
 }
 
 /// What one publisher connection did in a step.
-#[derive(Default)]
 struct PublisherTally {
     ok: u64,
     answered: u64,
     errors: BTreeMap<String, u64>,
+    behind: Histogram<u64>,
+    answer: Histogram<u64>,
+}
+
+impl PublisherTally {
+    fn new() -> PublisherTally {
+        PublisherTally {
+            ok: 0,
+            answered: 0,
+            errors: BTreeMap::new(),
+            behind: fanout_histogram(),
+            answer: fanout_histogram(),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Publishes at `rate` for the step's duration on a fixed schedule: message
@@ -808,9 +850,10 @@ struct PublisherTally {
 /// the next unsent message when it is free, so up to `clients.len()`
 /// requests are in flight and one slow answer does not delay the schedule.
 /// A message is stamped when it is actually written; messages sent late go
-/// out as soon as a connection is free, and the achieved rate is reported.
+/// out as soon as a connection is free, and the achieved rate is reported,
+/// with how far behind its due time each request was written.
 async fn publish_step(
-    clients: &mut [HttpClient],
+    clients: &mut [AdminClient],
     cfg: &FanoutConfig,
     run: u64,
     step: usize,
@@ -832,7 +875,7 @@ async fn publish_step(
     let workers = clients.iter_mut().map(|client| {
         let (next, not_sent, subjects, priority) = (&next, &not_sent, &subjects, &priority);
         async move {
-            let mut tally = PublisherTally::default();
+            let mut tally = PublisherTally::new();
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 if k >= total {
@@ -852,18 +895,19 @@ async fn publish_step(
                     "{{\"subject\":{subject},\"data\":{},\"priority\":{priority}}}",
                     payload(run, step, index, cfg.size)
                 );
-                match client
-                    .request("POST", "/publish", Some(body.as_bytes()))
-                    .await
-                {
-                    Ok(resp) => {
+                match client.post_json("/publish", body).await {
+                    Ok(answer) => {
                         tally.answered += 1;
-                        if resp.status == 202 || resp.status == 200 {
+                        let behind = answer.written.saturating_duration_since(due);
+                        tally.behind.saturating_record(micros(behind));
+                        let took = answer.answered.saturating_duration_since(answer.written);
+                        tally.answer.saturating_record(micros(took));
+                        if answer.status == 202 || answer.status == 200 {
                             tally.ok += 1;
                         } else {
                             *tally
                                 .errors
-                                .entry(format!("http_{}", resp.status))
+                                .entry(format!("http_{}", answer.status))
                                 .or_insert(0) += 1;
                         }
                     }
@@ -883,10 +927,14 @@ async fn publish_step(
         errors: BTreeMap::new(),
         scheduled: total,
         elapsed,
+        behind: fanout_histogram(),
+        answer: fanout_histogram(),
     };
     for t in tallies {
         out.ok += t.ok;
         out.answered += t.answered;
+        let _ = out.behind.add(&t.behind);
+        let _ = out.answer.add(&t.answer);
         for (kind, n) in t.errors {
             *out.errors.entry(kind).or_insert(0) += n;
         }

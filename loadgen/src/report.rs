@@ -287,6 +287,14 @@ pub fn fanout_summary(r: &FanoutReport) -> String {
                 (false, false) => "-",
             }
         );
+        let _ = writeln!(
+            s,
+            "      publishes behind schedule p99 {:.1} ms, max {:.1} ms; answered in p99 {:.1} ms, max {:.1} ms",
+            st.publish_behind_p99_ms,
+            st.publish_behind_max_ms,
+            st.publish_answer_p99_ms,
+            st.publish_answer_max_ms
+        );
         if !st.publish_errors.is_empty() {
             let _ = writeln!(s, "      publish errors: {:?}", st.publish_errors);
         }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::http::HttpClient;
+use crate::http::{self, AdminClient};
 use crate::record::ServerSample;
 
 /// The `/health` fields the loadgen reads (PROTOCOL.md, admin listener).
@@ -33,8 +33,8 @@ impl Health {
 }
 
 /// Reads `/health` once (a 503 "degraded" answer carries the same body).
-pub async fn health(client: &mut HttpClient) -> anyhow::Result<Health> {
-    let (status, body) = client.get_json("/health").await?;
+pub async fn health(client: &mut AdminClient) -> anyhow::Result<Health> {
+    let (status, body) = http::get_json(client, "/health").await?;
     if status != 200 && status != 503 {
         anyhow::bail!("GET /health answered {status}");
     }
@@ -50,7 +50,7 @@ pub fn spawn_sampler(
     mut stop: watch::Receiver<bool>,
     max_run: Duration,
 ) -> anyhow::Result<tokio::task::JoinHandle<Vec<ServerSample>>> {
-    let mut client = HttpClient::new(admin, Duration::from_millis(900))?;
+    let mut client = http::client(admin, Duration::from_millis(900))?;
     Ok(tokio::spawn(async move {
         let mut samples = Vec::new();
         let deadline = Instant::now() + max_run;

@@ -206,6 +206,25 @@ async fn fanout_clean_run_loses_nothing() {
     );
     assert_eq!(r.delivered, 300);
     assert!(r.best_lossless_deliveries_per_s.is_some());
+    // A gateway that answers at once: publishes go out on time, give or
+    // take the scheduler (a few ms here; the bound leaves room for a busy
+    // machine and is still far below the seconds of a publisher-bound step).
+    let json = result_json(&r);
+    for (st, js) in r.steps.iter().zip(json["steps"].as_array().unwrap()) {
+        for field in [
+            "publish_behind_p99_ms",
+            "publish_behind_max_ms",
+            "publish_answer_p99_ms",
+            "publish_answer_max_ms",
+        ] {
+            assert!(js[field].is_f64(), "{field} in {js}");
+        }
+        assert!(st.publish_answer_max_ms > 0.0, "{st:?}");
+        assert!(st.publish_answer_p99_ms <= st.publish_answer_max_ms);
+        assert!(st.publish_behind_p99_ms <= st.publish_behind_max_ms);
+        assert!(st.publish_behind_p99_ms < 100.0, "{st:?}");
+    }
+    assert!(report::fanout_summary(&r).contains("behind schedule p99"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,6 +343,14 @@ async fn fanout_publishers_keep_the_rate_on_a_slow_gateway() {
             st.achieved_publish_rate
         );
         assert!(!st.publisher_bound);
+        // Every answer took the server's 50 ms, yet with 16 connections
+        // publishes did not wait for answers (a few ms late here; the bound
+        // leaves room for a busy machine).
+        assert!(
+            st.publish_answer_p99_ms >= 50.0 && st.publish_answer_max_ms >= 50.0,
+            "{st:?}"
+        );
+        assert!(st.publish_behind_p99_ms < 100.0, "{st:?}");
     }
     assert_eq!((r.lost, r.duplicates), (0, 0));
     assert_eq!(r.delivered, 2 * 100 * 5);
@@ -348,6 +375,13 @@ async fn fanout_one_publisher_on_a_slow_gateway_is_publisher_bound() {
     assert_eq!(r.steps.len(), 1);
     assert!(r.steps[0].publisher_bound);
     assert!(r.steps[0].achieved_publish_rate < 90.0);
+    // Message k is due at 10 k ms but goes out only at about 50 k ms, after
+    // the answers before it: the last of the 100 is due at 0.99 s and goes
+    // out after ~5 s, about 4 s late.
+    let st = &r.steps[0];
+    assert!(st.publish_answer_p99_ms >= 50.0, "{st:?}");
+    assert!(st.publish_behind_max_ms >= 2_000.0, "{st:?}");
+    assert!(st.publish_behind_p99_ms >= 2_000.0, "{st:?}");
     assert!(
         r.stopped_because
             .as_deref()

@@ -11,7 +11,8 @@
 //!
 //! With `SURGE_NATS_URL` set it publishes to JetStream directly (ensuring
 //! the stream like `surge serve` does); otherwise it posts to the running
-//! gateway's admin `/publish` over one kept-alive HTTP/1.1 connection: the
+//! gateway's admin `/publish` over one kept-alive HTTP/1.1 connection
+//! ([`surge_admin_client`], hyper's client): the
 //! one `--admin URL` names, else the configured `SURGE_ADMIN_LISTEN`,
 //! with `Authorization: Bearer <SURGE_ADMIN_TOKEN>` when the configuration
 //! has that token.
@@ -22,13 +23,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use surge_core::config::{Config, Secret};
+use surge_admin_client::AdminClient;
+use surge_core::config::Config;
 use surge_core::protocol::Priority;
 use surge_core::subjects::Subject;
 use surge_runtime::BrokerError;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
+use crate::admin_url::listener_address;
 use crate::nats::{Link, NatsError};
 
 pub const DEFAULT_RATE: u32 = 50;
@@ -43,6 +44,9 @@ const TRENDING_TOP: usize = 5;
 const TRADE_SHARE: f64 = 0.8;
 /// Pacing step: messages due are sent in small bursts this often.
 const TICK: Duration = Duration::from_millis(5);
+/// Longest wait for the admin listener to answer one publish: a gateway
+/// that stopped answering ends the feed instead of stalling it.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `surge feed` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,102 +358,6 @@ fn admin_address(url: &str) -> Result<String, FeedError> {
     crate::admin_url::host_port(url).ok_or_else(|| FeedError::BadAdmin(url.to_owned()))
 }
 
-use crate::admin_url::listener_address;
-
-/// A kept-alive HTTP/1.1 connection to the admin `/publish`.
-struct AdminClient {
-    addr: String,
-    /// `SURGE_ADMIN_TOKEN`, sent as a bearer token when set.
-    token: Option<Secret>,
-    conn: Option<BufReader<TcpStream>>,
-}
-
-impl AdminClient {
-    fn admin_error(&self, reason: impl fmt::Display) -> FeedError {
-        FeedError::Admin {
-            addr: self.addr.clone(),
-            reason: reason.to_string(),
-        }
-    }
-
-    /// Posts one message; answers the HTTP status and body.
-    async fn post(&mut self, body: &[u8]) -> Result<(u16, String), FeedError> {
-        // One retry on a fresh connection: the server may have closed an
-        // idle kept-alive one.
-        let mut last_error = String::new();
-        for _ in 0..2 {
-            if self.conn.is_none() {
-                let stream = TcpStream::connect(&self.addr)
-                    .await
-                    .map_err(|e| self.admin_error(e))?;
-                let _ = stream.set_nodelay(true);
-                self.conn = Some(BufReader::new(stream));
-            }
-            let Some(conn) = self.conn.as_mut() else {
-                continue;
-            };
-            match exchange(conn, &self.addr, self.token.as_ref(), body).await {
-                Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    last_error = e.to_string();
-                    self.conn = None;
-                }
-            }
-        }
-        Err(self.admin_error(last_error))
-    }
-}
-
-async fn exchange(
-    conn: &mut BufReader<TcpStream>,
-    host: &str,
-    token: Option<&Secret>,
-    body: &[u8],
-) -> std::io::Result<(u16, String)> {
-    let authorization = token.map_or_else(String::new, |token| {
-        format!("Authorization: Bearer {}\r\n", token.expose())
-    });
-    let head = format!(
-        "POST /publish HTTP/1.1\r\nHost: {host}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut request = head.into_bytes();
-    request.extend_from_slice(body);
-    conn.get_mut().write_all(&request).await?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let mut line = String::new();
-    if conn.read_line(&mut line).await? == 0 {
-        return Err(bad("connection closed"));
-    }
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("not an HTTP response"))?;
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        if conn.read_line(&mut line).await? == 0 {
-            return Err(bad("connection closed in the response head"));
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value
-                .trim()
-                .parse()
-                .map_err(|_| bad("bad Content-Length"))?;
-        }
-    }
-    let mut body = vec![0; length];
-    conn.read_exact(&mut body).await?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
 /// Where the feed publishes.
 enum Sink {
     Nats(Box<Link>),
@@ -484,7 +392,15 @@ impl Sink {
                     "priority": message.priority.as_str(),
                 })
                 .to_string();
-                let (status, answer) = client.post(body.as_bytes()).await?;
+                let answer =
+                    client
+                        .post_json("/publish", body)
+                        .await
+                        .map_err(|e| FeedError::Admin {
+                            addr: client.addr().to_owned(),
+                            reason: e.to_string(),
+                        })?;
+                let (status, answer) = (answer.status, String::from_utf8_lossy(&answer.body));
                 match status {
                     202 => Ok(Sent::Ok(
                         serde_json::from_str::<Value>(&answer)
@@ -494,7 +410,7 @@ impl Sink {
                     )),
                     // Unavailable for now (broker down, or over
                     // SURGE_ADMIN_PUBLISH_RATE): the feed carries on.
-                    503 | 429 => Ok(Sent::Unavailable(answer)),
+                    503 | 429 => Ok(Sent::Unavailable(answer.into_owned())),
                     _ => Err(FeedError::Refused(format!("HTTP {status}: {answer}"))),
                 }
             }
@@ -527,11 +443,10 @@ pub async fn run(config: &Config, options: FeedOptions) -> Result<FeedReport, Fe
             "surge feed: posting to http://{addr}/publish (embedded broker) at {} msg/s",
             options.rate
         );
-        Sink::Admin(AdminClient {
-            addr,
-            token: config.admin_token.clone(),
-            conn: None,
-        })
+        Sink::Admin(
+            AdminClient::new(addr, ADMIN_TIMEOUT)
+                .with_bearer(config.admin_token.as_ref().map(|t| t.expose().to_owned())),
+        )
     };
     let seed = unix_millis() ^ u64::from(std::process::id()).rotate_left(32);
     let mut market = Market::new(&options.symbols, seed);

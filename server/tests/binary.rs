@@ -517,6 +517,32 @@ fn feed_posts_to_the_configured_admin_listener() {
     );
 }
 
+/// With no gateway on the admin address, `surge feed` fails at once and
+/// says where it looked and why.
+#[test]
+fn feed_without_a_gateway_says_where_it_looked() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let out = run(
+        &[
+            "feed",
+            "--duration",
+            "5s",
+            "--admin",
+            &format!("http://{admin}"),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach the gateway's admin listener at {admin}: connect: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("is `surge serve` running?"), "{stderr}");
+}
+
 /// `surge serve` with stdout and stderr piped (as under systemd or a log
 /// shipper) and max connections derived, from start to SIGTERM: (stdout, stderr).
 fn serve_piped(env: &[(&str, &str)]) -> (String, String) {
