@@ -144,15 +144,15 @@ pub fn execute(
     let mut threads = limits::cpu_count();
     if def.surge.pinned {
         match saved.as_deref() {
-            Some([first, rest @ ..]) if !rest.is_empty() => {
-                if surge_process::pin_current_thread(rest).is_ok() {
-                    spec.cpu = Some(*first);
-                    threads = rest.len();
-                    record.pinning = Some(Pinning {
-                        surge_cpu: *first,
-                        loadgen_cpus: rest.to_vec(),
-                    });
-                }
+            Some([first, rest @ ..])
+                if !rest.is_empty() && surge_process::pin_current_thread(rest).is_ok() =>
+            {
+                spec.cpu = Some(*first);
+                threads = rest.len();
+                record.pinning = Some(Pinning {
+                    surge_cpu: *first,
+                    loadgen_cpus: rest.to_vec(),
+                });
             }
             // One CPU: runs unpinned; the report says so.
             _ => {}
@@ -256,6 +256,7 @@ async fn drive(
             step,
             max_p99,
             stop_on_loss,
+            publishers,
         } => {
             let mut cfg =
                 fanout::FanoutConfig::new(surge.url.clone(), surge.admin.clone(), record.n);
@@ -264,6 +265,7 @@ async fn drive(
             cfg.connect_rate = connect_rate;
             cfg.max_p99 = max_p99;
             cfg.stop_on_loss = stop_on_loss;
+            cfg.publishers = publishers;
             cfg.threads = threads;
             bounded(def.limit, fanout::run(&cfg))
                 .await

@@ -41,8 +41,8 @@ pub fn describe() -> Machine {
         rlim_max: 0,
     };
     // SAFETY: getrlimit fills the struct it is given.
-    let ulimit_hn = (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
-        .then_some(lim.rlim_max as u64);
+    let ulimit_hn =
+        (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_max);
     Machine {
         nproc: crate::limits::cpu_count(),
         cpu_model,

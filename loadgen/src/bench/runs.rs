@@ -89,6 +89,8 @@ pub enum Mode {
         /// Stop the ramp after a step whose p99 exceeds this.
         max_p99: Option<Duration>,
         stop_on_loss: bool,
+        /// Keep-alive `/publish` connections sharing the send schedule.
+        publishers: usize,
     },
     /// `churn`: connect → welcome → close cycles at `rate`.
     Churn { rate: f64 },
@@ -184,6 +186,14 @@ const STEP: Sizes<Duration> = Sizes {
     normal: secs(5),
     quick: secs(2),
 };
+
+/// The loadgen's default: enough for the fan-out ramps' rates.
+const PUBLISHERS: usize = crate::fanout::DEFAULT_PUBLISHERS;
+
+/// The ingest runs publish up to 75/s against a gateway confined to one
+/// core, where each `/publish` answer takes longer: more connections keep
+/// the schedule.
+const INGEST_PUBLISHERS: usize = 16;
 
 const INGEST_STEP: Sizes<Duration> = Sizes {
     normal: secs(8),
@@ -306,6 +316,7 @@ pub const RUNS: &[RunDef] = &[
             step: STEP,
             max_p99: Some(secs(1)),
             stop_on_loss: true,
+            publishers: PUBLISHERS,
         },
         row: Row::Ramp {
             min_per_s: 120_000.0,
@@ -327,6 +338,7 @@ pub const RUNS: &[RunDef] = &[
             },
             max_p99: None,
             stop_on_loss: false,
+            publishers: PUBLISHERS,
         },
         row: Row::Broadcast { p99_ms: 100.0 },
         limit: secs(120),
@@ -345,6 +357,7 @@ pub const RUNS: &[RunDef] = &[
             step: STEP,
             max_p99: Some(Duration::from_millis(100)),
             stop_on_loss: true,
+            publishers: PUBLISHERS,
         },
         row: Row::Ramp {
             min_per_s: 120_000.0,
@@ -407,6 +420,7 @@ pub const RUNS: &[RunDef] = &[
             step: INGEST_STEP,
             max_p99: None,
             stop_on_loss: true,
+            publishers: INGEST_PUBLISHERS,
         },
         row: Row::Ingest {
             p99_ms: 100.0,
@@ -428,6 +442,7 @@ pub const RUNS: &[RunDef] = &[
             step: INGEST_STEP,
             max_p99: None,
             stop_on_loss: true,
+            publishers: INGEST_PUBLISHERS,
         },
         row: Row::Ingest {
             p99_ms: 1000.0,
@@ -472,6 +487,7 @@ impl RunDef {
                 step,
                 max_p99,
                 stop_on_loss,
+                publishers,
             } => {
                 let mut c = format!(
                     "fanout{insecure} -n {n} --size 100 --connect-rate {connect_rate} {} --duration {}s",
@@ -483,6 +499,9 @@ impl RunDef {
                 }
                 if stop_on_loss {
                     c += " --stop-on-loss";
+                }
+                if publishers != PUBLISHERS {
+                    c += &format!(" --publishers {publishers}");
                 }
                 if self.surge.pinned {
                     c += " --threads 1";
@@ -511,7 +530,14 @@ mod tests {
                 Count::Fixed(s) => assert!(s.quick >= 1 && s.quick <= s.normal, "{}", run.name),
                 Count::DerivedMax { quick } => assert!(quick >= 1),
             }
-            if let Mode::Fanout { rates, step, .. } = run.mode {
+            if let Mode::Fanout {
+                rates,
+                step,
+                publishers,
+                ..
+            } = run.mode
+            {
+                assert!(publishers >= 1, "{}", run.name);
                 for quick in [false, true] {
                     let r = rates.pick(quick);
                     assert!(
