@@ -28,6 +28,9 @@ pub enum Outcome {
 pub struct Pinning {
     pub surge_cpu: usize,
     pub loadgen_cpus: Vec<usize>,
+    /// `Cpus_allowed_list` of every surge thread once it answered /health:
+    /// the proof the pin held.
+    pub surge_threads_allowed: Vec<String>,
 }
 
 /// Everything recorded about one run on one binary.
@@ -152,6 +155,7 @@ pub fn execute(
                 record.pinning = Some(Pinning {
                     surge_cpu: *first,
                     loadgen_cpus: rest.to_vec(),
+                    surge_threads_allowed: Vec::new(),
                 });
             }
             // One CPU: runs unpinned; the report says so.
@@ -210,6 +214,9 @@ async fn drive(
         .pointer("/connections/max")
         .and_then(|m| m.as_u64());
     record.surge_derived_max = max;
+    if let Some(p) = record.pinning.as_mut() {
+        p.surge_threads_allowed = proc::threads_allowed_cpus(surge.pid);
+    }
     record.n = match def.count {
         Count::Fixed(s) => s.pick(session.quick),
         Count::DerivedMax { quick } if session.quick => quick,

@@ -49,6 +49,24 @@ pub fn cpu_sample(pid: u32) -> Option<CpuSample> {
     })
 }
 
+/// The distinct `Cpus_allowed_list` values of a process's threads.
+pub fn threads_allowed_cpus(pid: u32) -> Vec<String> {
+    let mut lists: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|task| {
+            let status = read(task.ok()?.path().join("status"));
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+            Some(line.trim().to_string())
+        })
+        .collect();
+    lists.sort();
+    lists.dedup();
+    lists
+}
+
 /// CPU ticks at `at`, interpolated between the samples around it.
 fn ticks_at(samples: &[CpuSample], at: u64) -> Option<f64> {
     let after = samples.iter().position(|s| s.unix_ms >= at)?;

@@ -951,7 +951,11 @@ fn markdown(doc: &Document) -> String {
             .collect();
         settings.extend(r.surge_args.iter().cloned());
         if let Some(p) = &r.pinning {
-            settings.push(format!("pinned to CPU {}", p.surge_cpu));
+            settings.push(format!(
+                "pinned to CPU {} (its threads allowed: {})",
+                p.surge_cpu,
+                p.surge_threads_allowed.join("; ")
+            ));
         }
         let lb = match &r.result {
             Some(Outcome::Fanout(f)) => {
