@@ -1,143 +1,31 @@
-//! The session's results: `<date>.json` (every record) and `<date>.md`
-//! (machine, Targets table with one column per surge binary, step tables,
-//! capacity math, the runs).
+//! The Targets table: each run's row(s) for one binary, computed as its
+//! [`Row`] kind says, and the capacity math from the idle runs.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use serde::Serialize;
-
-use super::execute::{Outcome, RunRecord};
-use super::machine::{Commit, Machine};
-use super::runs::{self, Row};
+use super::fmt::{bound, fails, int, ok, opt};
+use crate::bench::execute::{Outcome, RunRecord};
+use crate::bench::runs::{self, Row};
 use crate::fanout::StepReport;
 use crate::{ChurnReport, ConnectReport, FanoutReport};
 
-const GIB: f64 = (1u64 << 30) as f64;
+pub const GIB: f64 = (1u64 << 30) as f64;
 /// The VM size of the capacity target, and what is kept for the OS,
 /// surge's base RSS and traffic buffers.
-const VM_BYTES: f64 = 8.0 * GIB;
-const VM_RESERVE: f64 = GIB;
+pub const VM_BYTES: f64 = 8.0 * GIB;
+pub const VM_RESERVE: f64 = GIB;
 /// surge's own per-connection estimate for its derived maximum.
-const SURGE_ESTIMATE_BYTES: f64 = 16.0 * 1024.0;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Binary {
-    pub label: String,
-    pub path: String,
-}
-
-/// Everything a session measured: the JSON file as written.
-#[derive(Debug, Clone, Serialize)]
-pub struct Document {
-    pub date: String,
-    pub quick: bool,
-    pub only: Vec<String>,
-    pub commit: Commit,
-    pub suite_seconds: u64,
-    pub machine: Machine,
-    pub binaries: Vec<Binary>,
-    pub runs: Vec<RunRecord>,
-}
-
-/// `YYYY-MM-DD` (UTC) from `date`, which every system running surge has.
-pub fn today() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%F"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "undated".into())
-}
-
-/// `<date>[-quick][-partial][-compare]`: a smoke or partial session never
-/// overwrites the full one.
-pub fn file_stem(doc: &Document) -> String {
-    let mut stem = doc.date.clone();
-    if doc.quick {
-        stem += "-quick";
-    }
-    if !doc.only.is_empty() {
-        stem += "-partial";
-    }
-    if doc.binaries.len() > 1 {
-        stem += "-compare";
-    }
-    stem
-}
-
-/// Writes `<base>.json` and `<base>.md`.
-pub fn write(doc: &Document, base: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if let Some(dir) = base.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let json = base.with_extension("json");
-    let md = base.with_extension("md");
-    std::fs::write(&json, serde_json::to_string_pretty(doc)? + "\n")
-        .with_context(|| format!("writing {}", json.display()))?;
-    let text = markdown(doc);
-    std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
-    println!("{text}");
-    Ok(vec![md, json])
-}
-
-/// The loadgen's own summary of an outcome, for the console.
-pub fn summary(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Connect(r) => crate::report::connect_summary(r),
-        Outcome::Fanout(r) => crate::report::fanout_summary(r),
-        Outcome::Churn(r) => crate::report::churn_summary(r),
-    }
-}
-
-fn int(v: f64) -> String {
-    let n = v.round() as i64;
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
-
-fn ok(cond: bool) -> String {
-    if cond { "met" } else { "NOT met" }.into()
-}
-
-fn bound(flag: bool) -> &'static str {
-    if flag { " (loadgen-bound)" } else { "" }
-}
-
-fn fails(map: &std::collections::BTreeMap<String, u64>) -> String {
-    let parts: Vec<String> = map
-        .iter()
-        .map(|(k, v)| format!("{k} {}", int(*v as f64)))
-        .collect();
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
-fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
-    v.map_or("–".into(), f)
-}
+pub const SURGE_ESTIMATE_BYTES: f64 = 16.0 * 1024.0;
 
 /// One row of the Targets table for one binary.
-struct Line {
-    run: String,
-    target: String,
-    measured: String,
-    verdict: String,
+pub struct Line {
+    pub run: String,
+    pub target: String,
+    pub measured: String,
+    pub verdict: String,
 }
 
-fn line(run: String, target: &str, measured: String, verdict: String) -> Line {
+pub fn line(run: String, target: &str, measured: String, verdict: String) -> Line {
     Line {
         run,
         target: target.into(),
@@ -146,7 +34,7 @@ fn line(run: String, target: &str, measured: String, verdict: String) -> Line {
     }
 }
 
-fn connect(r: &RunRecord) -> Option<&ConnectReport> {
+pub fn connect(r: &RunRecord) -> Option<&ConnectReport> {
     match &r.result {
         Some(Outcome::Connect(c)) => Some(c),
         Some(Outcome::Churn(c)) => Some(&c.connect),
@@ -154,27 +42,27 @@ fn connect(r: &RunRecord) -> Option<&ConnectReport> {
     }
 }
 
-fn fanout(r: &RunRecord) -> Option<&FanoutReport> {
+pub fn fanout(r: &RunRecord) -> Option<&FanoutReport> {
     match &r.result {
         Some(Outcome::Fanout(f)) => Some(f),
         _ => None,
     }
 }
 
-fn churn(r: &RunRecord) -> Option<&ChurnReport> {
+pub fn churn(r: &RunRecord) -> Option<&ChurnReport> {
     match &r.result {
         Some(Outcome::Churn(c)) => Some(c),
         _ => None,
     }
 }
 
-fn metric(r: &RunRecord, name: &str) -> f64 {
+pub fn metric(r: &RunRecord, name: &str) -> f64 {
     r.metrics.get(name).copied().unwrap_or(0.0)
 }
 
 /// The Targets rows of run `r` (one binary); `by` finds a sibling run of
 /// the same binary (the TLS baseline).
-fn lines<'a>(
+pub fn lines<'a>(
     def: &runs::RunDef,
     r: &'a RunRecord,
     by: &dyn Fn(&str) -> Option<&'a RunRecord>,
@@ -585,15 +473,15 @@ fn ingest_line(r: &RunRecord, f: &FanoutReport, p99_ms: f64, busy_limit: f64) ->
 
 /// Capacity math from the idle run of one binary.
 #[derive(Debug, Clone)]
-struct Capacity<'a> {
-    from: &'a RunRecord,
-    user: f64,
-    kernel: f64,
-    conns: f64,
-    conns_all_slab: Option<f64>,
+pub struct Capacity<'a> {
+    pub from: &'a RunRecord,
+    pub user: f64,
+    pub kernel: f64,
+    pub conns: f64,
+    pub conns_all_slab: Option<f64>,
 }
 
-fn capacity(r: &RunRecord) -> Option<Capacity<'_>> {
+pub fn capacity(r: &RunRecord) -> Option<Capacity<'_>> {
     let s = r.server_side.as_ref()?;
     let k = s.kernel.as_ref()?;
     let user = s.rss_per_conn_bytes?;
@@ -611,7 +499,7 @@ fn capacity(r: &RunRecord) -> Option<Capacity<'_>> {
     })
 }
 
-fn capacity_line(c: &Capacity) -> Line {
+pub fn capacity_line(c: &Capacity) -> Line {
     let k = c.from.server_side.as_ref().and_then(|s| s.kernel.as_ref());
     let slab_text = k
         .map(|k| {
@@ -642,382 +530,4 @@ fn capacity_line(c: &Capacity) -> Line {
         ),
         ok(c.conns >= 1_000_000.0),
     )
-}
-
-/// Where the publisher-lag figures of a step go (p99, max ms behind the
-/// send schedule) once the fan-out step report carries them.
-// PUBLISH-LAG: fill from the step's publish_behind_p99_ms / publish_behind_max_ms.
-fn publish_behind(_step: &StepReport) -> (Option<f64>, Option<f64>) {
-    (None, None)
-}
-
-fn markdown(doc: &Document) -> String {
-    let labels: Vec<&str> = doc.binaries.iter().map(|b| b.label.as_str()).collect();
-    let compare = labels.len() > 1;
-    let record =
-        |name: &str, label: &str| doc.runs.iter().find(|r| r.name == name && r.surge == label);
-    let mut o = String::new();
-    let m = &doc.machine;
-    let _ = writeln!(
-        o,
-        "# surge benchmark results: {}{}\n",
-        file_stem(doc),
-        if doc.quick {
-            " (QUICK smoke run: small sizes, not the targets)"
-        } else {
-            ""
-        }
-    );
-    let mut args = String::new();
-    if doc.quick {
-        args += " --quick";
-    }
-    if !doc.only.is_empty() {
-        args += &format!(" --only {}", doc.only.join(","));
-    }
-    for b in doc.binaries.iter().skip(1) {
-        args += &format!(" --compare {}=…", b.label);
-    }
-    let _ = writeln!(
-        o,
-        "`surge-load bench{args}` on commit `{}`{}, {} min {} s. Figures are measured, not asserted; surge and the \
-         loadgen share the machine below. Every run is a fresh surge with default settings unless the run says otherwise. \
-         Raw figures: the `.json` next to this file.\n",
-        doc.commit.commit,
-        match (&doc.commit.head, doc.commit.commit.as_str()) {
-            (Some(head), "dirty") => format!(" (uncommitted changes on {head})"),
-            _ => String::new(),
-        },
-        doc.suite_seconds / 60,
-        doc.suite_seconds % 60
-    );
-    if compare {
-        let _ = writeln!(
-            o,
-            "Surge binaries, side by side (each run executed once per binary, one after the other):\n"
-        );
-        for b in &doc.binaries {
-            let _ = writeln!(o, "- `{}`: `{}`", b.label, b.path);
-        }
-        o.push('\n');
-    }
-    let _ = writeln!(o, "## Machine\n");
-    let _ = writeln!(
-        o,
-        "| nproc | CPU | memory | kernel | `ulimit -Hn` | somaxconn | tcp_max_syn_backlog | ports |"
-    );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|");
-    let num = |v: Option<u64>| v.map_or("–".into(), |v| v.to_string());
-    let _ = writeln!(
-        o,
-        "| {} | {} | {:.1} GiB | {} | {} | {} | {} | {} |\n",
-        m.nproc,
-        m.cpu_model.as_deref().unwrap_or("–"),
-        m.mem_total_bytes.unwrap_or(0) as f64 / GIB,
-        m.kernel,
-        num(m.ulimit_hn),
-        num(m.somaxconn),
-        num(m.tcp_max_syn_backlog),
-        m.ip_local_port_range
-    );
-
-    // Targets: one measured column per binary.
-    let _ = writeln!(o, "## Targets\n");
-    if compare {
-        let _ = writeln!(o, "| run | target | {} |", labels.join(" | "));
-        let _ = writeln!(o, "|---|---|{}", "---|".repeat(labels.len()));
-    } else {
-        let _ = writeln!(o, "| run | target | measured | |");
-        let _ = writeln!(o, "|---|---|---|---|");
-    }
-    let mut table = |per_label: Vec<Vec<Line>>| {
-        let rows = per_label.iter().map(Vec::len).max().unwrap_or(0);
-        for i in 0..rows {
-            let first = per_label.iter().find_map(|l| l.get(i));
-            let Some(first) = first else { continue };
-            let cells: Vec<String> = per_label
-                .iter()
-                .map(|l| match l.get(i) {
-                    Some(x) if compare => format!("{}; **{}**", x.measured, x.verdict),
-                    Some(x) => format!("{} | {}", x.measured, x.verdict),
-                    None if compare => "–".into(),
-                    None => "– | –".into(),
-                })
-                .collect();
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} |",
-                first.run,
-                first.target,
-                cells.join(" | ")
-            );
-        }
-    };
-    for def in runs::RUNS {
-        let per_label: Vec<Vec<Line>> = labels
-            .iter()
-            .map(|label| {
-                record(def.name, label)
-                    .map_or_else(Vec::new, |r| lines(def, r, &|name| record(name, label)))
-            })
-            .collect();
-        if per_label.iter().all(Vec::is_empty) {
-            continue;
-        }
-        table(per_label);
-    }
-    let caps: Vec<Option<Capacity>> = labels
-        .iter()
-        .map(|label| {
-            record("idle-max", label)
-                .and_then(capacity)
-                .or_else(|| record("idle-10k", label).and_then(capacity))
-        })
-        .collect();
-    if caps.iter().any(Option::is_some) {
-        table(
-            caps.iter()
-                .map(|c| c.as_ref().map(capacity_line).into_iter().collect())
-                .collect(),
-        );
-    }
-    o.push('\n');
-    let _ = writeln!(
-        o,
-        "“loadgen-bound”: the loadgen used ≥ 90 % of its cores during that run or step, so the figure may be the \
-         loadgen's limit, not surge's.\n"
-    );
-
-    // Step tables of the ramps, the binaries' rows next to each other.
-    for def in runs::RUNS {
-        let ingest = matches!(def.row, Row::Ingest { .. });
-        if !matches!(def.row, Row::Ramp { .. }) && !ingest {
-            continue;
-        }
-        let recs: Vec<&RunRecord> = labels
-            .iter()
-            .filter_map(|l| record(def.name, l))
-            .filter(|r| fanout(r).is_some_and(|f| !f.steps.is_empty()))
-            .collect();
-        if recs.is_empty() {
-            continue;
-        }
-        let _ = writeln!(o, "## {}: steps\n", def.name);
-        if ingest {
-            let _ = writeln!(
-                o,
-                "surge: `SURGE_SHARDS=1`, pinned to CPU {}; the loadgen pinned to the other CPU(s). \
-                 surge CPU is its busy share of that one core over the step (publishing and drain), from `/proc/<pid>/stat`.\n",
-                recs[0]
-                    .pinning
-                    .as_ref()
-                    .map_or("–".into(), |p| p.surge_cpu.to_string())
-            );
-        }
-        let who = if compare { "surge | " } else { "" };
-        let lag = if ingest {
-            // PUBLISH-LAG: the publisher's lag behind its schedule, per step.
-            " publish behind p99 ms | publish behind max ms |"
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            o,
-            "| step | {who}publishes/s | achieved | deliveries/s | lost | p50 ms | p99 ms | max ms | surge CPU | loadgen CPU |{lag}"
-        );
-        let cols = 10 + usize::from(compare) + if ingest { 2 } else { 0 };
-        let _ = writeln!(o, "|{}", "---|".repeat(cols));
-        let steps = recs
-            .iter()
-            .filter_map(|r| fanout(r).map(|f| f.steps.len()))
-            .max()
-            .unwrap_or(0);
-        for i in 0..steps {
-            for r in &recs {
-                let Some(st) = fanout(r).and_then(|f| f.steps.get(i)) else {
-                    continue;
-                };
-                let l = &st.latency;
-                let busy = r.step_surge_cpu_percent.get(i).copied().flatten();
-                let who = if compare {
-                    format!("{} | ", r.surge)
-                } else {
-                    String::new()
-                };
-                let lag = if ingest {
-                    let (p99, max) = publish_behind(st);
-                    let f = |v: Option<f64>| opt(v, |v| format!("{v:.1}"));
-                    format!(" {} | {} |", f(p99), f(max))
-                } else {
-                    String::new()
-                };
-                let _ = writeln!(
-                    o,
-                    "| {i} | {who}{:.0} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.0} %{}{} |{lag}",
-                    st.target_rate,
-                    st.achieved_publish_rate,
-                    int(st.deliveries_per_s),
-                    int(st.lost as f64),
-                    l.p50_ms,
-                    l.p99_ms,
-                    l.max_ms,
-                    opt(busy, |b| format!("{b:.0} %")),
-                    st.loadgen_cpu_percent,
-                    if st.loadgen_bound { " (bound)" } else { "" },
-                    if st.publisher_bound {
-                        " (publisher-bound)"
-                    } else {
-                        ""
-                    },
-                );
-            }
-        }
-        o.push('\n');
-    }
-
-    for (label, cap) in labels.iter().zip(&caps) {
-        let Some(c) = cap else { continue };
-        let Some(k) = c.from.server_side.as_ref().and_then(|s| s.kernel.as_ref()) else {
-            continue;
-        };
-        let _ = writeln!(
-            o,
-            "## Capacity math{}\n",
-            if compare {
-                format!(" ({label})")
-            } else {
-                String::new()
-            }
-        );
-        let _ = writeln!(
-            o,
-            "From `{}`, holding {} idle connections. User space: surge's VmRSS after − before, divided by the open \
-             connections. Kernel: the growth of the socket slab caches in `/proc/slabinfo` (objects × object size) plus \
-             the TCP buffer pages of `/proc/net/sockstat` (`TCP … mem`), divided by 2 × N because both ends of every \
-             loopback connection live in this kernel and each end costs the same objects.\n",
-            c.from.name,
-            int((k.sockets / 2) as f64)
-        );
-        let _ = writeln!(
-            o,
-            "| cache | objects added | object size | bytes per socket |"
-        );
-        let _ = writeln!(o, "|---|---|---|---|");
-        for (name, v) in &k.slab {
-            let _ = writeln!(
-                o,
-                "| {name} | {} | {} | {:.0} |",
-                int(v.objects_delta as f64),
-                v.objsize,
-                v.bytes_per_socket
-            );
-        }
-        let _ = writeln!(
-            o,
-            "| TCP buffer pages (sockstat) | {} pages | {} | {} |\n",
-            int(k.tcp_mem_pages_delta.unwrap_or(0) as f64),
-            super::proc::page_size(),
-            opt(k.tcp_buffer_bytes_per_socket, |v| format!("{v:.0}"))
-        );
-        let _ = writeln!(
-            o,
-            "Per connection: {:.0} B user + {:.0} B kernel = {:.0} B. An 8 GiB VM with 1 GiB kept for the OS and \
-             surge's base: 7 GiB / {:.0} B = **{} connections**, if the open-file limit is raised to match and clients \
-             come from enough addresses. Idle connections only. Counting all slab growth instead (`/proc/meminfo` Slab) \
-             gives {}. Note: surge's own derived maximum assumes {:.0} KiB per connection, i.e. {} on 8 GiB, unless \
-             `SURGE_MAX_CONNECTIONS` is set.\n",
-            c.user,
-            c.kernel,
-            c.user + c.kernel,
-            c.user + c.kernel,
-            int(c.conns),
-            opt(c.conns_all_slab, int),
-            SURGE_ESTIMATE_BYTES / 1024.0,
-            int((0.8 * VM_BYTES / SURGE_ESTIMATE_BYTES).floor()),
-        );
-    }
-
-    let _ = writeln!(o, "## Runs\n");
-    let _ = writeln!(
-        o,
-        "| run | surge | command | surge settings | surge exit | loadgen | surge CPU s | µs surge CPU per delivery | machine CPU busy | loadgen-bound |"
-    );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
-    for r in &doc.runs {
-        let mut settings: Vec<String> = r
-            .surge_env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        settings.extend(r.surge_args.iter().cloned());
-        if let Some(p) = &r.pinning {
-            settings.push(format!(
-                "pinned to CPU {} (its threads allowed: {})",
-                p.surge_cpu,
-                p.surge_threads_allowed.join("; ")
-            ));
-        }
-        let lb = match &r.result {
-            Some(Outcome::Fanout(f)) => {
-                let steps: Vec<String> = f
-                    .steps
-                    .iter()
-                    .filter(|s| s.loadgen_bound)
-                    .map(|s| s.step.to_string())
-                    .collect();
-                if steps.is_empty() {
-                    "no".into()
-                } else {
-                    format!("steps {}", steps.join(", "))
-                }
-            }
-            _ => match connect(r) {
-                Some(c) if c.loadgen_bound => "yes".into(),
-                Some(_) => "no".into(),
-                None => "–".into(),
-            },
-        };
-        let _ = writeln!(
-            o,
-            "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {lb} |",
-            r.name,
-            r.surge,
-            r.command,
-            if settings.is_empty() {
-                "defaults".into()
-            } else {
-                settings.join(" ")
-            },
-            r.surge_exit,
-            r.loadgen_error
-                .as_deref()
-                .unwrap_or("ok")
-                .replace('|', "/")
-                .replace('\n', " "),
-            opt(r.surge_cpu_s, |v| format!("{v:.1}")),
-            opt(r.surge_cpu_us_per_delivery, |v| format!("{v:.1}")),
-            opt(r.machine_cpu_busy_percent, |v| format!("{v:.0} %")),
-        );
-    }
-    let _ = writeln!(
-        o,
-        "\nsurge CPU s: from just before the loadgen started until SIGTERM (fan-out runs include connecting and \
-         subscribing). Machine CPU busy: all cores, surge and loadgen together, over the same span (connect runs: until \
-         the hold snapshot)."
-    );
-    o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thousands() {
-        assert_eq!(int(0.0), "0");
-        assert_eq!(int(999.4), "999");
-        assert_eq!(int(10_000.0), "10,000");
-        assert_eq!(int(1_234_567.0), "1,234,567");
-        assert_eq!(int(-1_000.0), "-1,000");
-    }
 }
