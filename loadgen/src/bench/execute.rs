@@ -63,6 +63,9 @@ pub struct RunRecord {
     pub server_side: Option<HeldMemory>,
     /// Fan-out runs: surge's CPU over each step, % of one core.
     pub step_surge_cpu_percent: Vec<Option<f64>>,
+    /// Pinned fan-out runs: surge's core busy over each step, every
+    /// process counted (above surge's own share: others used its core).
+    pub step_core_busy_percent: Vec<Option<f64>>,
     pub seconds: f64,
 }
 
@@ -127,6 +130,7 @@ pub fn execute(
         surge_cpu_us_per_delivery: None,
         server_side: None,
         step_surge_cpu_percent: Vec::new(),
+        step_core_busy_percent: Vec::new(),
         seconds: 0.0,
     };
     if let Err(e) = std::fs::create_dir_all(dir) {
@@ -231,7 +235,7 @@ async fn drive(
         spec.args.join(" "),
         record.command
     );
-    let sampler = CpuSampler::start(surge.pid);
+    let sampler = CpuSampler::start(surge.pid, spec.cpu);
     let before = Snapshot::take(surge.pid, None);
     let _ = before.save(&dir.join("before"));
     let mut until = None;
@@ -305,7 +309,10 @@ async fn drive(
     match result {
         Ok(outcome) => {
             if let Outcome::Fanout(f) = &outcome {
-                record.step_surge_cpu_percent = step_cpu(f, &samples);
+                record.step_surge_cpu_percent = step_cpu(f, &samples, proc::busy_percent);
+                if spec.cpu.is_some() {
+                    record.step_core_busy_percent = step_cpu(f, &samples, proc::core_busy_percent);
+                }
             }
             let delivered = match &outcome {
                 Outcome::Fanout(f) => f.delivered,
@@ -328,12 +335,16 @@ async fn drive(
     Some(surge)
 }
 
-/// Surge's CPU over each fan-out step, % of one core.
-fn step_cpu(report: &FanoutReport, samples: &[CpuSample]) -> Vec<Option<f64>> {
+/// A CPU figure of each fan-out step, from the samples over its span.
+fn step_cpu(
+    report: &FanoutReport,
+    samples: &[CpuSample],
+    figure: fn(&[CpuSample], u64, u64) -> Option<f64>,
+) -> Vec<Option<f64>> {
     report
         .steps
         .iter()
-        .map(|s| proc::busy_percent(samples, s.started_unix_ms, s.ended_unix_ms))
+        .map(|s| figure(samples, s.started_unix_ms, s.ended_unix_ms))
         .collect()
 }
 

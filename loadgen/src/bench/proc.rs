@@ -34,19 +34,40 @@ pub fn ticks_per_s() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// A process's utime + stime at a moment.
+/// A process's utime + stime at a moment, and the jiffies of the core it
+/// is pinned to (all processes), when it is.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct CpuSample {
     pub unix_ms: u64,
     pub ticks: u64,
+    /// (busy, total) jiffies of the watched core from `/proc/stat`.
+    pub core: Option<(u64, u64)>,
 }
 
-pub fn cpu_sample(pid: u32) -> Option<CpuSample> {
+pub fn cpu_sample(pid: u32, core: Option<usize>) -> Option<CpuSample> {
     let ticks = crate::limits::parse_proc_stat_ticks(&read(format!("/proc/{pid}/stat")))?;
     Some(CpuSample {
         unix_ms: unix_ms(),
         ticks,
+        core: core.and_then(|c| core_jiffies(&read("/proc/stat"), c)),
     })
+}
+
+/// (busy, total) jiffies of `cpu<core>` in `/proc/stat`.
+fn core_jiffies(text: &str, core: usize) -> Option<(u64, u64)> {
+    let name = format!("cpu{core}");
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    jiffies(line)
+}
+
+/// The busy share of the watched core over `[from, to]` (unix ms), every
+/// process counted: whether surge had its core to itself.
+pub fn core_busy_percent(samples: &[CpuSample], from: u64, to: u64) -> Option<f64> {
+    let a = samples.iter().find(|s| s.unix_ms >= from)?.core?;
+    let b = samples.iter().rev().find(|s| s.unix_ms <= to)?.core?;
+    (b.1 > a.1).then(|| 100.0 * (b.0 - a.0) as f64 / (b.1 - a.1) as f64)
 }
 
 /// The distinct `Cpus_allowed_list` values of a process's threads.
@@ -105,9 +126,12 @@ pub fn kv(text: &str, key: &str) -> Option<u64> {
 
 /// (busy, total) jiffies of all CPUs from the first line of `/proc/stat`.
 fn machine_jiffies(text: &str) -> Option<(u64, u64)> {
-    let f: Vec<u64> = text
-        .lines()
-        .next()?
+    jiffies(text.lines().next()?)
+}
+
+/// (busy, total) of one `cpu…` line: idle and iowait are not busy.
+fn jiffies(line: &str) -> Option<(u64, u64)> {
+    let f: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
@@ -375,20 +399,29 @@ mod tests {
             CpuSample {
                 unix_ms: 1000,
                 ticks: 0,
+                core: Some((0, 100)),
             },
             CpuSample {
                 unix_ms: 2000,
                 ticks: t / 2,
+                core: Some((50, 200)),
             },
             CpuSample {
                 unix_ms: 3000,
                 ticks: t,
+                core: Some((180, 300)),
             },
         ];
         let p = busy_percent(&samples, 1000, 3000).unwrap();
         assert!((p - 50.0).abs() < 1e-9, "{p}");
         assert_eq!(busy_percent(&samples, 500, 3000), None);
         assert_eq!(busy_percent(&samples, 1000, 4000), None);
+        assert_eq!(core_busy_percent(&samples, 1000, 3000), Some(90.0));
+        assert_eq!(core_busy_percent(&samples, 1500, 2500), None);
+        assert_eq!(
+            core_jiffies("cpu  1 1 1 1\ncpu0 10 0 10 70 10 0 0 0\ncpu1 5 5 5 5\n", 0),
+            Some((20, 100))
+        );
     }
 
     #[test]

@@ -205,13 +205,14 @@ pub struct CpuSampler {
 }
 
 impl CpuSampler {
-    pub fn start(pid: u32) -> CpuSampler {
+    /// `core`: also sample that core's jiffies (a pinned run).
+    pub fn start(pid: u32, core: Option<usize>) -> CpuSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut samples = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                if let Some(s) = proc::cpu_sample(pid) {
+                if let Some(s) = proc::cpu_sample(pid, core) {
                     samples.push(s);
                 }
                 std::thread::sleep(Duration::from_millis(100));

@@ -212,7 +212,9 @@ fn step_tables(o: &mut String, v: &View) {
             let _ = writeln!(
                 o,
                 "surge: `SURGE_SHARDS=1`, pinned to CPU {}; the loadgen pinned to the other CPU(s). \
-                 surge CPU is its busy share of that one core over the step (publishing and drain), from `/proc/<pid>/stat`.\n",
+                 surge CPU is its busy share of that one core over the step (publishing and drain), from `/proc/<pid>/stat`; \
+                 core busy is the same core's busy share with every process counted (`/proc/stat`): above surge CPU, other \
+                 processes took time on surge's core.\n",
                 recs[0]
                     .pinning
                     .as_ref()
@@ -220,17 +222,17 @@ fn step_tables(o: &mut String, v: &View) {
             );
         }
         let who = if v.compare { "surge | " } else { "" };
-        let lag = if ingest {
+        let extra = if ingest {
             // PUBLISH-LAG: the publisher's lag behind its schedule, per step.
-            " publish behind p99 ms | publish behind max ms |"
+            " core busy | publish behind p99 ms | publish behind max ms |"
         } else {
             ""
         };
         let _ = writeln!(
             o,
-            "| step | {who}publishes/s | achieved | deliveries/s | lost | p50 ms | p99 ms | max ms | surge CPU | loadgen CPU |{lag}"
+            "| step | {who}publishes/s | achieved | deliveries/s | lost | p50 ms | p99 ms | max ms | surge CPU | loadgen CPU |{extra}"
         );
-        let cols = 10 + usize::from(v.compare) + if ingest { 2 } else { 0 };
+        let cols = 10 + usize::from(v.compare) + if ingest { 3 } else { 0 };
         let _ = writeln!(o, "|{}", "---|".repeat(cols));
         let steps = recs
             .iter()
@@ -249,16 +251,22 @@ fn step_tables(o: &mut String, v: &View) {
                 } else {
                     String::new()
                 };
-                let lag = if ingest {
+                let extra = if ingest {
+                    let core = r.step_core_busy_percent.get(i).copied().flatten();
                     let (p99, max) = publish_behind(st);
                     let f = |v: Option<f64>| opt(v, |v| format!("{v:.1}"));
-                    format!(" {} | {} |", f(p99), f(max))
+                    format!(
+                        " {} | {} | {} |",
+                        opt(core, |b| format!("{b:.0} %")),
+                        f(p99),
+                        f(max)
+                    )
                 } else {
                     String::new()
                 };
                 let _ = writeln!(
                     o,
-                    "| {i} | {who}{:.0} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.0} %{}{} |{lag}",
+                    "| {i} | {who}{:.0} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.0} %{}{} |{extra}",
                     st.target_rate,
                     st.achieved_publish_rate,
                     int(st.deliveries_per_s),

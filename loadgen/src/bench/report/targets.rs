@@ -448,6 +448,16 @@ fn ingest_line(r: &RunRecord, f: &FanoutReport, p99_ms: f64, busy_limit: f64) ->
         "; stopped: {}",
         f.stopped_because.as_deref().unwrap_or("ramp finished")
     );
+    // Others' time on surge's core: the core busy share beyond surge's own.
+    let others = (0..f.steps.len())
+        .filter_map(|i| Some(r.step_core_busy_percent.get(i).copied().flatten()? - busy(i)?))
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    if let Some(others) = others.filter(|&o| o >= 10.0) {
+        let _ = write!(
+            measured,
+            "; other processes took up to {others:.0} % of surge's core in a step"
+        );
+    }
     if r.pinning.is_none() {
         measured += "; NOT pinned (fewer than 2 CPUs)";
     }
