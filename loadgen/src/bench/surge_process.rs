@@ -83,12 +83,23 @@ impl Surge {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(cpu) = spec.cpu {
-            // In the child before exec: every thread surge starts inherits
-            // the mask, which setting it after spawn could not promise.
-            unsafe {
-                cmd.pre_exec(move || pin_current_thread(&[cpu]));
-            }
+        let cpu = spec.cpu;
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // A bench killed by a signal leaves no gateway behind (this
+                // thread, which forks, lives as long as the bench).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // In the child before exec: every thread surge starts
+                // inherits the mask, which setting it after spawn could not
+                // promise.
+                match cpu {
+                    Some(cpu) => pin_current_thread(&[cpu]),
+                    None => Ok(()),
+                }
+            });
         }
         let child = cmd
             .spawn()
@@ -212,11 +223,12 @@ impl CpuSampler {
         let thread = std::thread::spawn(move || {
             let mut samples = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                if let Some(s) = proc::cpu_sample(pid, core) {
-                    samples.push(s);
-                }
+                samples.extend(proc::cpu_sample(pid, core));
                 std::thread::sleep(Duration::from_millis(100));
             }
+            // One after the stop, so every span that ended before it is
+            // closed by a sample.
+            samples.extend(proc::cpu_sample(pid, core));
             samples
         });
         CpuSampler { stop, thread }
