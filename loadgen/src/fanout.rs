@@ -441,6 +441,12 @@ fn on_frame(
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     pub step: usize,
+    /// Wall-clock span of the step, publishing and drain (unix ms): lets a
+    /// caller line up server-side samples with the step.
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    #[serde(default)]
+    pub ended_unix_ms: u64,
     pub target_rate: f64,
     /// Publishes answered 202.
     pub published: u64,
@@ -674,6 +680,8 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
             let answer = LatencySummary::of(&publish.answer);
             let report = StepReport {
                 step,
+                started_unix_ms: step_start_ns / 1_000_000,
+                ended_unix_ms: unix_nanos() / 1_000_000,
                 target_rate: rate,
                 published: publish.ok,
                 publish_errors: publish.errors,

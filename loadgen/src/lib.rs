@@ -17,9 +17,13 @@
 //! - [`churn::run`]: connect/close cycles; the gateway's `/health` must come
 //!   back to where it started.
 //!
+//! - [`bench`]: the benchmark suite: a table of runs, each against a fresh
+//!   `surge`, written up as a Targets report.
+//!
 //! Traffic only ever goes to loopback ([`target`]).
 
 pub mod attempt;
+pub mod bench;
 pub mod churn;
 pub mod connect;
 pub mod dial;

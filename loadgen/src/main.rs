@@ -31,6 +31,9 @@ enum Command {
     Fanout(FanoutArgs),
     /// Connect/close cycles; checks /health comes back to its start count.
     Churn(ChurnArgs),
+    /// surge's benchmark suite: every run against a fresh surge, then the
+    /// Targets report (markdown + JSON). See bench/README.md.
+    Bench(BenchArgs),
     /// Internal: one share of a multi-process `connect`.
     #[command(hide = true)]
     Worker {
@@ -177,6 +180,32 @@ struct ChurnArgs {
     settle: Duration,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// The same runs at small sizes: a smoke test, not the targets.
+    #[arg(long)]
+    quick: bool,
+    /// Only these runs (comma-separated; bench/README.md lists them).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Keep the work directory (surge logs, /proc snapshots).
+    #[arg(long)]
+    keep: bool,
+    /// Run on a working tree with uncommitted changes (recorded as "dirty").
+    #[arg(long)]
+    allow_dirty: bool,
+    /// The surge binary to measure.
+    #[arg(long, default_value = "target/release/surge")]
+    surge: PathBuf,
+    /// Also measure this binary, side by side (repeatable): LABEL=PATH.
+    #[arg(long, value_parser = surge_load::bench::parse_compare)]
+    compare: Vec<(String, PathBuf)>,
+    /// Directory for the results files (default: bench/results; with
+    /// --quick, surge-bench-quick in the temporary directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -252,6 +281,19 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", report::result_line(&r)?);
             Ok(())
+        }
+        Command::Bench(a) => {
+            let mut binaries = vec![("surge".to_string(), a.surge)];
+            binaries.extend(a.compare);
+            let opts = surge_load::bench::BenchOptions {
+                quick: a.quick,
+                only: a.only,
+                keep: a.keep,
+                allow_dirty: a.allow_dirty,
+                binaries,
+                out: a.out,
+            };
+            surge_load::bench::run(&opts).map(|_| ())
         }
         Command::Churn(a) => {
             a.common.tls()?;

@@ -1,5 +1,5 @@
-//! `bench/run`, the script that drives surge-load: its `--help` is whole and
-//! agrees with bench/README.md.
+//! `bench/run`, the wrapper that builds and runs `surge-load bench`: its
+//! `--help` is whole and agrees with bench/README.md, which lists every run.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -37,7 +37,16 @@ fn help_is_complete_and_lists_every_option() {
         last.ends_with('.'),
         "--help stops mid-sentence: {last:?}\n{help}"
     );
-    for option in ["--quick", "--only", "--keep", "--help"] {
+    for option in [
+        "--quick",
+        "--only",
+        "--keep",
+        "--allow-dirty",
+        "--surge",
+        "--compare",
+        "--out",
+        "--help",
+    ] {
         assert!(help.contains(option), "{option} missing from\n{help}");
     }
 }
@@ -52,6 +61,17 @@ fn help_and_the_readme_give_the_same_run_time() {
         run_time(&readme),
         "bench/run --help vs bench/README.md"
     );
+}
+
+#[test]
+fn the_readme_describes_every_run_of_the_table() {
+    let readme = std::fs::read_to_string(bench_dir().join("README.md")).expect("bench/README.md");
+    for name in surge_load::bench::runs::names() {
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "bench/README.md does not describe the run `{name}`"
+        );
+    }
 }
 
 /// Whether `line` cites a tracker item by number ("issue 6"), which a
