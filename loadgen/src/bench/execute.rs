@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::proc::{self, CpuSample, HeldMemory, Snapshot};
 use super::runs::{Count, Mode, RunDef};
 use super::surge_process::{self, CpuSampler, Surge, SurgeSpec};
-use crate::http::HttpClient;
+use crate::http;
 use crate::{ChurnReport, ConnectReport, FanoutReport, churn, connect, fanout, limits, server};
 
 /// What the loadgen mode reported.
@@ -369,7 +369,7 @@ async fn hold_and_sample(
 ) -> (anyhow::Result<ConnectReport>, Option<(Snapshot, Snapshot)>) {
     let cfg = cfg.clone();
     let run = tokio::spawn(async move { bounded(limit, connect::run(&cfg)).await });
-    let Ok(mut client) = HttpClient::new(&surge.admin, Duration::from_secs(2)) else {
+    let Ok(mut client) = http::client(&surge.admin, Duration::from_secs(2)) else {
         return (joined(run.await), None);
     };
     let current = |h: anyhow::Result<server::Health>| h.ok().and_then(|h| h.connections);
@@ -406,10 +406,10 @@ fn joined<T>(r: Result<anyhow::Result<T>, tokio::task::JoinError>) -> anyhow::Re
 
 /// `/metrics` figures at the end of the run (before SIGTERM).
 async fn server_figures(surge: &Surge, dir: &Path, record: &mut RunRecord) {
-    let Ok(mut client) = HttpClient::new(&surge.admin, Duration::from_secs(5)) else {
+    let Ok(mut client) = http::client(&surge.admin, Duration::from_secs(5)) else {
         return;
     };
-    let text = match client.request("GET", "/metrics", None).await {
+    let text = match client.get("/metrics").await {
         Ok(r) if r.status == 200 => String::from_utf8_lossy(&r.body).into_owned(),
         _ => return,
     };

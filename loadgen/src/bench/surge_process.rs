@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::proc;
-use crate::http::HttpClient;
+use crate::http;
 
 /// How long a fresh surge has to answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -114,9 +114,9 @@ impl Surge {
             health_at_start: serde_json::Value::Null,
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        let mut client = HttpClient::new(&surge.admin, Duration::from_secs(1))?;
+        let mut client = http::client(&surge.admin, Duration::from_secs(1))?;
         loop {
-            if let Ok((200, body)) = client.get_json("/health").await {
+            if let Ok((200, body)) = http::get_json(&mut client, "/health").await {
                 surge.health_at_start = body;
                 return Ok(surge);
             }

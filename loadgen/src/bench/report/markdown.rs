@@ -12,11 +12,14 @@ use crate::bench::execute::{Outcome, RunRecord};
 use crate::bench::runs::{self, Row};
 use crate::fanout::StepReport;
 
-/// Where the publisher-lag figures of a step go (p99, max ms behind the
-/// send schedule) once the fan-out step report carries them.
-// PUBLISH-LAG: fill from the step's publish_behind_p99_ms / publish_behind_max_ms.
-fn publish_behind(_step: &StepReport) -> (Option<f64>, Option<f64>) {
-    (None, None)
+/// How far a step's publishes fell behind their schedule (p99, max ms) and
+/// how long `/publish` took to answer (p99 ms).
+fn publish_lag(step: &StepReport) -> (f64, f64, f64) {
+    (
+        step.publish_behind_p99_ms,
+        step.publish_behind_max_ms,
+        step.publish_answer_p99_ms,
+    )
 }
 
 /// The session's labels and records, for every section.
@@ -223,8 +226,7 @@ fn step_tables(o: &mut String, v: &View) {
         }
         let who = if v.compare { "surge | " } else { "" };
         let extra = if ingest {
-            // PUBLISH-LAG: the publisher's lag behind its schedule, per step.
-            " core busy | publish behind p99 ms | publish behind max ms |"
+            " core busy | publish behind p99 ms | publish behind max ms | /publish answer p99 ms |"
         } else {
             ""
         };
@@ -232,7 +234,7 @@ fn step_tables(o: &mut String, v: &View) {
             o,
             "| step | {who}publishes/s | achieved | deliveries/s | lost | p50 ms | p99 ms | max ms | surge CPU | loadgen CPU |{extra}"
         );
-        let cols = 10 + usize::from(v.compare) + if ingest { 3 } else { 0 };
+        let cols = 10 + usize::from(v.compare) + if ingest { 4 } else { 0 };
         let _ = writeln!(o, "|{}", "---|".repeat(cols));
         let steps = recs
             .iter()
@@ -253,13 +255,10 @@ fn step_tables(o: &mut String, v: &View) {
                 };
                 let extra = if ingest {
                     let core = r.step_core_busy_percent.get(i).copied().flatten();
-                    let (p99, max) = publish_behind(st);
-                    let f = |v: Option<f64>| opt(v, |v| format!("{v:.1}"));
+                    let (behind_p99, behind_max, answer_p99) = publish_lag(st);
                     format!(
-                        " {} | {} | {} |",
+                        " {} | {behind_p99:.1} | {behind_max:.1} | {answer_p99:.1} |",
                         opt(core, |b| format!("{b:.0} %")),
-                        f(p99),
-                        f(max)
                     )
                 } else {
                     String::new()

@@ -393,8 +393,13 @@ fn ramp_line(r: &RunRecord, f: &FanoutReport, min_per_s: f64, p99_ms: f64) -> Li
     )
 }
 
-/// Target: p99 within bound in every step where surge's core was below
-/// `busy_limit`; the ramp itself goes on until loss or a publisher that
+/// A publisher "on schedule": 99 % of its publishes written within this of
+/// their due time. A gateway whose `/publish` waits on fan-out holds the
+/// publisher's connections and pushes this to tens or hundreds of ms.
+const ON_SCHEDULE_MS: f64 = 20.0;
+
+/// Target: p99 within bound, and the publisher on schedule, in every step
+/// where surge's core was below `busy_limit`; the ramp itself goes on until loss or a publisher that
 /// cannot keep the rate.
 fn ingest_line(r: &RunRecord, f: &FanoutReport, p99_ms: f64, busy_limit: f64) -> Line {
     let busy = |i: usize| r.step_surge_cpu_percent.get(i).copied().flatten();
@@ -404,14 +409,17 @@ fn ingest_line(r: &RunRecord, f: &FanoutReport, p99_ms: f64, busy_limit: f64) ->
         .enumerate()
         .filter(|(i, _)| busy(*i).is_some_and(|b| b < busy_limit))
         .collect();
-    let good = |s: &StepReport| s.lost == 0 && s.latency.p99_ms <= p99_ms;
+    let good = |s: &StepReport| {
+        s.lost == 0 && s.latency.p99_ms <= p99_ms && s.publish_behind_p99_ms <= ON_SCHEDULE_MS
+    };
     let describe = |(i, s): (usize, &StepReport)| {
         format!(
-            "{} deliveries/s (p99 {:.0} ms, surge core {} busy, lost {})",
+            "{} deliveries/s (p99 {:.0} ms, surge core {} busy, lost {}, publishes behind schedule p99 {:.0} ms)",
             int(s.deliveries_per_s),
             s.latency.p99_ms,
             opt(busy(i), |b| format!("{b:.0} %")),
-            int(s.lost as f64)
+            int(s.lost as f64),
+            s.publish_behind_p99_ms
         )
     };
     let best = f
@@ -473,7 +481,7 @@ fn ingest_line(r: &RunRecord, f: &FanoutReport, p99_ms: f64, busy_limit: f64) ->
             int(r.n as f64)
         ),
         &format!(
-            "p99 ≤ {} ms while surge's core is below {busy_limit:.0} % busy",
+            "p99 ≤ {} ms and publishes on schedule (p99 ≤ {ON_SCHEDULE_MS:.0} ms late) while surge's core is below {busy_limit:.0} % busy",
             int(p99_ms)
         ),
         measured,
