@@ -1,6 +1,8 @@
 //! The `surge` binary: `surge [serve]`, `surge config`, `surge doctor`,
 //! `surge feed`, `surge token`, `surge top`.
 
+mod allocator;
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

@@ -357,6 +357,26 @@ fn max_connections_above_the_file_limit_is_refused_with_the_arithmetic() {
     assert!(err.contains("9000000") && err.contains("reserve"), "{err}");
 }
 
+/// The options baked into the binary (src/allocator.rs), as jemalloc
+/// itself reports them when asked to print its statistics at exit.
+#[test]
+fn the_allocator_returns_freed_pages_at_once_and_keeps_small_thread_caches() {
+    let out = run(&["config"], &[("_RJEM_MALLOC_CONF", "stats_print:true")]);
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.dirty_decay_ms: 0",
+        "opt.muzzy_decay_ms: 0",
+        "opt.tcache: true",
+        "opt.tcache_nslots_small_max: 8",
+    ] {
+        assert!(
+            stats.contains(option),
+            "{option} not in jemalloc's report:\n{stats}"
+        );
+    }
+}
+
 #[test]
 fn config_prints_the_effective_configuration_with_origins() {
     let out = run(
