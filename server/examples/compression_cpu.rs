@@ -173,8 +173,10 @@ async fn subscribe(addr: SocketAddr) -> anyhow::Result<(TcpStream, bool)> {
         .headers()
         .get("sec-websocket-extensions")
         .is_some_and(|v| v.to_str().unwrap_or("").contains("permessage-deflate"));
-    ws.send(Message::text(r#"{"type":"subscribe","channels":["odin.>"]}"#))
-        .await?;
+    ws.send(Message::text(
+        r#"{"type":"subscribe","channels":["odin.>"]}"#,
+    ))
+    .await?;
     Ok((ws.into_inner(), deflate))
 }
 
