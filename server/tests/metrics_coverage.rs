@@ -44,6 +44,14 @@ const MAY_STAY_ZERO: &[(&str, &str)] = &[
         "needs a shard that cannot keep up with its sockets (CPU-bound)",
     ),
     (
+        "surge_ingest_queue_messages",
+        "a gauge read between fan-out rounds: shards that keep up leave it at 0",
+    ),
+    (
+        "surge_ingest_refusals_total",
+        "needs a shard SURGE_INGEST_QUEUE messages behind its publishers",
+    ),
+    (
         "surge_cpu_percent",
         "whole percent of the machine: a light test may round to 0",
     ),
