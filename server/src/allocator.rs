@@ -28,6 +28,11 @@
 //! | jemalloc, decay 0, thread cache 16 deep | 4.18 … 4.31 KiB | 0.46 … 0.48 KiB | 13.1 … 13.3 |
 //! | jemalloc, decay 0, thread cache 8 deep (chosen) | 4.06 … 4.17 KiB | 0.45 … 0.48 KiB | 13.6 … 15.7 |
 //!
+//! One arena for all threads (`_RJEM_MALLOC_CONF=narenas:1` on top of the
+//! chosen options) measured 4.12 and 4.12 KiB against 4.16 and 4.18 KiB in
+//! interleaved runs of the same session: 0.05 KiB, not worth serialising
+//! every thread's allocations on one arena.
+//!
 //! glibc with trimming depends on the machine: 4.0 KiB when the load
 //! generator kept its pace, up to 5 KiB when handshakes queued up; jemalloc
 //! stays within about 0.1 KiB either way. glibc's tunables (one arena, no
