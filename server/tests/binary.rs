@@ -496,12 +496,8 @@ async fn publish_reaches_a_subscriber_health_and_metrics_report_it_and_sigterm_c
 
 /// `surge_messages_published_total` of the gateway at `admin`.
 fn published(admin: SocketAddr) -> u64 {
-    let (_, metrics) = http(admin, "GET", "/metrics", "");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("surge_messages_published_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no published counter in\n{metrics}"))
+    metric_value(admin, "surge_messages_published_total ")
+        .unwrap_or_else(|| panic!("no published counter on {admin}")) as u64
 }
 
 #[test]

@@ -11,6 +11,8 @@
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/http.rs"]
+mod http;
 #[path = "common/nats_server.rs"]
 mod nats_server;
 #[path = "common/ports.rs"]
@@ -432,7 +434,7 @@ async fn a_rolling_restart_moves_clients_with_1001_and_loses_nothing() {
         gw.terminate();
         // Readiness drops first, while its clients are still connected.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let probe = probe_healthz(gw.ws).await;
+        let probe = get(gw.ws, "/healthz").await.0;
         assert_eq!(probe, 503, "readiness during the shutdown delay");
         let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(20)));
         assert!(status.success(), "SIGTERM exits 0: {status}");
@@ -461,21 +463,6 @@ async fn a_rolling_restart_moves_clients_with_1001_and_loses_nothing() {
 }
 
 /// `GET /healthz` on a gateway's public port: the status.
-async fn probe_healthz(addr: SocketAddr) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: surge\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    let head = String::from_utf8_lossy(&out);
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_gateway_is_skipped_and_nobody_times_out() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -514,7 +501,7 @@ async fn a_full_gateway_is_skipped_and_nobody_times_out() {
     }
     let mut live = Vec::new();
     for gw in &gws {
-        let (status, body) = admin_get(gw.admin, "/health").await;
+        let (status, body) = get(gw.admin, "/health").await;
         let health: Value = serde_json::from_str(&body).expect("health");
         live.push(health["connections"]["current"].as_u64().expect("current"));
         let _ = status;
@@ -531,21 +518,18 @@ async fn a_full_gateway_is_skipped_and_nobody_times_out() {
     );
 }
 
-async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// `GET path` on `addr` (an admin listener, or a public one's `/healthz`):
+/// status and body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.expect("write");
+    s.write_all(http::request(addr, "GET", path, "").as_bytes())
+        .await
+        .expect("write");
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
         .await
         .expect("answer")
         .expect("read");
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
+    http::parse(&out)
 }
