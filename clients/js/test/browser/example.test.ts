@@ -13,6 +13,8 @@ import path from "node:path";
 import { test } from "node:test";
 import { chromium } from "playwright-core";
 import {
+  CHROMIUM,
+  CHROMIUM_FLAGS,
   freePort,
   killChild,
   Nats,
@@ -23,7 +25,6 @@ import {
   surgeBinary,
 } from "../integration/harness.js";
 
-const CHROMIUM = process.env["CHROMIUM"] ?? "/usr/bin/chromium";
 
 interface Check {
   trades: number;
@@ -58,13 +59,7 @@ test("the example app shows live data and survives a gateway restart with no gap
     headless: true,
     viewport: { width: 1280, height: 720 },
     args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
+      ...CHROMIUM_FLAGS,
     ],
   });
   try {

@@ -15,9 +15,8 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { chromium } from "playwright-core";
-import { Surge } from "../integration/harness.js";
+import { CHROMIUM, CHROMIUM_FLAGS, Surge } from "../integration/harness.js";
 
-const CHROMIUM = process.env["CHROMIUM"] ?? "/usr/bin/chromium";
 const HOST = "surge.test";
 
 interface PageSide {
@@ -44,13 +43,7 @@ test("a page served over https reaches surge over wss:// and is refused ws://", 
     // The test's own self-signed certificate.
     ignoreHTTPSErrors: true,
     args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
+      ...CHROMIUM_FLAGS,
       "--ignore-certificate-errors",
       `--host-resolver-rules=MAP ${HOST} 127.0.0.1`,
     ],

@@ -27,6 +27,18 @@ export function surgeBinary(): string {
   return bin;
 }
 
+/** Debian's Chromium, and the flags it runs headless with here (as root, no network beyond loopback). */
+export const CHROMIUM = process.env["CHROMIUM"] ?? "/usr/bin/chromium";
+export const CHROMIUM_FLAGS: readonly string[] = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
 export function natsBinary(): string {
   for (const candidate of ["/usr/sbin/nats-server", "/usr/bin/nats-server"]) {
     if (existsSync(candidate)) return candidate;
