@@ -263,7 +263,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     dashboard_task.abort();
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
-    ingest.stop();
+    // Stopped without waiting (a runtime cannot be dropped from inside
+    // another one's task): see its Drop.
+    drop(ingest);
     tracing::info!("stopped");
     Ok(())
 }
@@ -283,18 +285,12 @@ impl IngestThread {
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
-        self.0.as_ref().expect("running until stopped").handle()
-    }
-
-    /// Stops it without waiting (a runtime cannot be dropped from inside
-    /// another one's task).
-    fn stop(mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
+        self.0.as_ref().expect("running until dropped").handle()
     }
 }
 
+/// Shuts the runtime down without waiting for its tasks (a runtime cannot
+/// be dropped from inside another one's task).
 impl Drop for IngestThread {
     fn drop(&mut self) {
         if let Some(runtime) = self.0.take() {
