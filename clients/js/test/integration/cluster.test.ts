@@ -13,7 +13,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { WebSocket } from "ws";
 import { connect, type ClientEvents, type SurgeClient } from "../../src/index.js";
-import { freePort, killChild, natsBinary, NatsPublisher, REPO_ROOT, sleep, spawnTracked, Surge, waitFor } from "./harness.js";
+import { FIXED_RECONNECT, freePort, killChild, natsBinary, NatsPublisher, REPO_ROOT, sleep, spawnTracked, Surge, waitFor } from "./harness.js";
 
 const DEPLOY = path.join(REPO_ROOT, "deploy", "cluster");
 
@@ -99,7 +99,7 @@ test("cluster: the client's gateway is killed behind HAProxy; it resumes on anot
     await sleep(1200);
 
     publisher = await NatsPublisher.connect(nodes[0]?.port ?? 0);
-    const client = connect(`ws://127.0.0.1:${lbPort}/ws`, { WebSocket });
+    const client = connect(`ws://127.0.0.1:${lbPort}/ws`, { WebSocket, ...FIXED_RECONNECT });
     c = client;
     const connections = record(client, "connected");
     const gaps = record(client, "gap");

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { WebSocket } from "ws";
 import { connect, CLIENT_GAVE_UP, type ClientEvents, type SurgeClient } from "../../src/index.js";
-import { Proxy, sleep, Surge, waitFor } from "./harness.js";
+import { FIXED_RECONNECT, Proxy, sleep, Surge, waitFor } from "./harness.js";
 
 let surge: Surge;
 
@@ -44,7 +44,7 @@ function oneToN(n: number): number[] {
 
 test("connection cut mid-stream: after the reconnect, resume delivers every message exactly once, in order", async () => {
   const proxy = await Proxy.start(surge.wsPort);
-  const c = connect(proxy.url, { WebSocket });
+  const c = connect(proxy.url, { WebSocket, ...FIXED_RECONNECT });
   const closes = record(c, "disconnected");
   try {
     const got = await trades(c);

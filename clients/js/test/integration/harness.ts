@@ -490,3 +490,11 @@ class ServerFrames {
     }
   }
 }
+
+/**
+ * Client options for tests that assert something came back by resume: every
+ * reconnect waits exactly 300 ms (the jitter drawn at its top), so messages
+ * published meanwhile are certain to be missed. With the default full
+ * jitter a client may come back before the next publish and miss nothing.
+ */
+export const FIXED_RECONNECT = { backoff: { baseMs: 300, capMs: 300 }, random: (): number => 1 } as const;

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { WebSocket } from "ws";
 import { connect, type ClientEvents, type SurgeClient } from "../../src/index.js";
-import { Nats, NatsPublisher, sleep, Surge, waitFor } from "./harness.js";
+import { FIXED_RECONNECT, Nats, NatsPublisher, sleep, Surge, waitFor } from "./harness.js";
 
 let nats: Nats;
 
@@ -99,7 +99,7 @@ test("NATS: two gateways on one stream; the one in use is killed; the client fai
   await brokerReady(a);
   await brokerReady(b);
   const publisher = await NatsPublisher.connect(nats.port);
-  const c = connect([a.url, b.url], { WebSocket });
+  const c = connect([a.url, b.url], { WebSocket, ...FIXED_RECONNECT });
   const connections = record(c, "connected");
   const gaps = record(c, "gap");
   try {
