@@ -102,24 +102,38 @@ pub fn classify_ws(e: &WsError) -> Failure {
     }
 }
 
+/// The offer Chromium sends.
+const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// An upgraded connection.
+pub struct Opened {
+    pub ws: Ws,
+    /// From TCP connect start to the 101.
+    pub latency: Duration,
+    /// The 101 accepted the permessage-deflate offer.
+    pub deflate: bool,
+}
+
 /// Opens one connection from `source`: TCP connect and upgrade within
-/// `timeout`. Returns the stream and the latency from connect start to 101.
-pub async fn open(
-    target: &Target,
-    source: Ipv4Addr,
-    timeout: Duration,
-) -> Result<(Ws, Duration), Failure> {
+/// `timeout`.
+pub async fn open(target: &Target, source: Ipv4Addr, timeout: Duration) -> Result<Opened, Failure> {
     let started = Instant::now();
     let addr: SocketAddrV4 = target.addr;
-    let request = target
+    let mut request = target
         .ws_url()
         .into_client_request()
         .map_err(|e| Failure::new(FailKind::Other, e.to_string()))?;
+    if target.deflate {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(DEFLATE_OFFER),
+        );
+    }
     let work = async {
         let stream = dial(source, addr)
             .await
             .map_err(|e| Failure::new(classify_io(&e), e.to_string()))?;
-        let (ws, _resp) = match (target.tls, crate::tls::client()) {
+        let (ws, response) = match (target.tls, crate::tls::client()) {
             (false, _) => {
                 tokio_tungstenite::client_async_with_config(
                     request,
@@ -145,10 +159,20 @@ pub async fn open(
             }
         }
         .map_err(|e| classify_ws(&e))?;
-        Ok::<_, Failure>(ws)
+        let deflate = response
+            .headers()
+            .get_all("sec-websocket-extensions")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.trim_start().starts_with("permessage-deflate"));
+        Ok::<_, Failure>((ws, deflate))
     };
     match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(ws)) => Ok((ws, started.elapsed())),
+        Ok(Ok((ws, deflate))) => Ok(Opened {
+            ws,
+            latency: started.elapsed(),
+            deflate,
+        }),
         Ok(Err(f)) => Err(f),
         Err(_) => Err(Failure::new(
             FailKind::Timeout,

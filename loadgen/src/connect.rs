@@ -61,6 +61,9 @@ pub struct ConnectConfig {
     pub threads: usize,
     /// How wss:// servers are trusted.
     pub tls: TlsOptions,
+    /// Offer permessage-deflate in every upgrade (see [`Target::deflate`]).
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 impl ConnectConfig {
@@ -78,6 +81,7 @@ impl ConnectConfig {
             admin: None,
             threads: limits::cpu_count(),
             tls: TlsOptions::default(),
+            deflate: false,
         }
     }
 }
@@ -116,6 +120,10 @@ pub struct ConnectReport {
     pub hold_ms: u64,
     pub sources: u32,
     pub workers: u32,
+    /// Every upgrade offered permessage-deflate (`counts.deflate` says how
+    /// many the server accepted).
+    #[serde(default)]
+    pub deflate_offered: bool,
     #[serde(flatten)]
     pub counts: AttemptCounts,
     /// Connections open when the hold ended.
@@ -148,7 +156,10 @@ pub async fn run_with(
     after: AfterOpen,
     run_name: &str,
 ) -> anyhow::Result<ConnectReport> {
-    let target = parse_ws_url(&cfg.url)?;
+    let target = Target {
+        deflate: cfg.deflate,
+        ..parse_ws_url(&cfg.url)?
+    };
     if cfg.connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -299,6 +310,7 @@ pub async fn run_with(
         hold_ms: cfg.hold.as_millis() as u64,
         sources: cfg.sources,
         workers,
+        deflate_offered: cfg.deflate,
         counts,
         open_at_hold,
         loadgen_cpu_percent,
@@ -490,12 +502,17 @@ async fn attempt_task(mut spec: AttemptSpec) -> AttemptResult {
                 },
                 end: None,
                 dropped: false,
+                deflate: false,
             },
             detail,
         )
     };
-    let (mut ws, latency) = match attempt::open(&spec.target, spec.source, spec.timeout).await {
-        Ok(ok) => ok,
+    let attempt::Opened {
+        mut ws,
+        latency,
+        deflate,
+    } = match attempt::open(&spec.target, spec.source, spec.timeout).await {
+        Ok(opened) => opened,
         Err(f) => return failed(f, &spec),
     };
     let ready = if !spec.subscribe.is_empty() {
@@ -541,6 +558,7 @@ async fn attempt_task(mut spec: AttemptSpec) -> AttemptResult {
             },
             end: Some(ms_since(spec.start)),
             dropped,
+            deflate,
         },
         None,
     )
@@ -643,7 +661,10 @@ pub async fn run_worker(spec: WorkerSpec) -> anyhow::Result<()> {
     if let Err(e) = limits::raise_nofile() {
         notes.push(format!("worker could not raise RLIMIT_NOFILE: {e}"));
     }
-    let target = parse_ws_url(&spec.config.url)?;
+    let target = Target {
+        deflate: spec.config.deflate,
+        ..parse_ws_url(&spec.config.url)?
+    };
     let cpu_before = limits::process_cpu_time();
     let start = instant_of_unix_ms(spec.start_unix_ms);
     let mut running = launch(&spec.config, &target, spec.share, start, spec.after);

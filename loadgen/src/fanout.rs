@@ -587,7 +587,7 @@ pub async fn run(cfg: &FanoutConfig) -> anyhow::Result<FanoutReport> {
         handles.push(tokio::spawn(async move {
             let mut totals = SubscriberTotals::default();
             let mut ws = match attempt::open(&target, source, timeout).await {
-                Ok((ws, _)) => ws,
+                Ok(opened) => opened.ws,
                 Err(f) => {
                     let _ = ready.send(Err(f));
                     return None;

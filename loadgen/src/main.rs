@@ -113,6 +113,12 @@ struct ConnectArgs {
     /// Admin base URL, to sample /health (RSS, CPU, connections).
     #[arg(long)]
     admin: Option<String>,
+    /// Offer permessage-deflate in every upgrade, as browsers do, and count
+    /// how many the gateway accepts. The clients cannot inflate: a
+    /// compressed `message` frame (one of at least the gateway's
+    /// SURGE_COMPRESSION_MIN_BYTES) ends its connection, counted as dropped.
+    #[arg(long)]
+    deflate: bool,
 }
 
 #[derive(Args)]
@@ -237,6 +243,7 @@ fn main() -> anyhow::Result<()> {
                 admin: a.admin,
                 threads,
                 tls,
+                deflate: a.deflate,
             };
             let r = runtime(threads)?.block_on(connect::run(&cfg))?;
             print!("{}", report::connect_summary(&r));

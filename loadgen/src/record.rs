@@ -93,6 +93,9 @@ pub struct ConnRecord {
     /// It ended because the server or network closed it before we did.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dropped: bool,
+    /// The upgrade accepted a permessage-deflate offer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deflate: bool,
 }
 
 /// A latency distribution in microseconds, 3 significant digits, up to 1 h.
@@ -155,6 +158,9 @@ pub struct AttemptCounts {
     pub with_retry_after: u64,
     /// Open connections the server or network closed before we did.
     pub dropped: u64,
+    /// Upgrades that accepted a permessage-deflate offer.
+    #[serde(default)]
+    pub deflate: u64,
     pub handshake: LatencySummary,
     /// Time to answer of HTTP rejections (TCP connect start → status line).
     #[serde(default)]
@@ -187,6 +193,7 @@ pub fn count(records: &[ConnRecord]) -> AttemptCounts {
             }
         }
         c.dropped += u64::from(r.dropped);
+        c.deflate += u64::from(r.deflate);
     }
     c.handshake = LatencySummary::of(&h);
     c.rejection_latency = LatencySummary::of(&rejected);
@@ -300,6 +307,7 @@ mod tests {
             outcome: Outcome::Ok { us },
             end,
             dropped,
+            deflate: false,
         }
     }
 
@@ -314,6 +322,7 @@ mod tests {
             },
             end: None,
             dropped: false,
+            deflate: false,
         }
     }
 
@@ -325,13 +334,15 @@ mod tests {
 
     #[test]
     fn counts_by_kind() {
-        let records = vec![
+        let mut records = vec![
             ok(0, 5, 5_000, Some(3000), false),
             ok(0, 7, 7_000, Some(1500), true),
             failed(0, 10, FailKind::Http(503), true),
             failed(0, 10_000, FailKind::Timeout, false),
         ];
+        records[1].deflate = true;
         let c = count(&records);
+        assert_eq!(c.deflate, 1);
         assert_eq!((c.attempted, c.succeeded, c.failed), (4, 2, 2));
         assert_eq!(c.failures["http_503"], 1);
         assert_eq!(c.failures["timeout"], 1);

@@ -75,6 +75,13 @@ pub fn connect_summary(r: &ConnectReport) -> String {
         "attempted {}  succeeded {} ({pct:.2} %)  failed {}",
         c.attempted, c.succeeded, c.failed
     );
+    if r.deflate_offered {
+        let _ = writeln!(
+            s,
+            "permessage-deflate: offered on every upgrade, accepted on {} of {} succeeded",
+            c.deflate, c.succeeded
+        );
+    }
     if c.failures.is_empty() {
         let _ = writeln!(s, "failures by kind: none");
     } else {
@@ -537,6 +544,7 @@ mod tests {
                 outcome: Outcome::Ok { us: 900 },
                 end: Some(2500),
                 dropped: false,
+                deflate: false,
             },
             ConnRecord {
                 start: 0,
@@ -548,6 +556,7 @@ mod tests {
                 },
                 end: None,
                 dropped: false,
+                deflate: false,
             },
         ];
         let rows = timeline(&records, &[]);

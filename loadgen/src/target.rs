@@ -36,6 +36,10 @@ pub struct Target {
     pub path: String,
     /// `wss://`: the upgrade goes over TLS.
     pub tls: bool,
+    /// Offer permessage-deflate in the upgrade, as browsers do. Only for
+    /// clients that read no `message` frame: tungstenite cannot inflate, so
+    /// a compressed one ends the connection.
+    pub deflate: bool,
 }
 
 impl Target {
@@ -108,6 +112,7 @@ fn parse(url: &str, scheme: &'static str, default_port: u16) -> Result<Target, T
         authority: authority.to_string(),
         path,
         tls: false,
+        deflate: false,
     })
 }
 

@@ -36,7 +36,7 @@ fn quick_runs_against_a_real_surge_write_the_report() {
             "bench",
             "--quick",
             "--only",
-            "fanout-2k-ramp,churn",
+            "fanout-2k-ramp,churn,idle-10k-deflate",
             "--allow-dirty",
         ])
         .arg("--surge")
@@ -62,13 +62,18 @@ fn quick_runs_against_a_real_surge_write_the_report() {
     std::fs::remove_dir_all(&out).ok();
 
     let runs = doc["runs"].as_array().expect("runs");
-    assert_eq!(runs.len(), 2, "{doc:#}");
+    assert_eq!(runs.len(), 3, "{doc:#}");
     for run in runs {
         assert_eq!(run["surge_exit"], "0", "surge exits 0 on SIGTERM: {run:#}");
         assert!(run["loadgen_error"].is_null(), "{run:#}");
     }
-    let fanout = &runs[0];
-    assert_eq!(fanout["name"], "fanout-2k-ramp");
+    // Runs execute in the suite's order, whatever order --only names them in.
+    let by_name = |name: &str| {
+        runs.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no run {name}: {doc:#}"))
+    };
+    let fanout = by_name("fanout-2k-ramp");
     let steps = fanout["result"]["steps"].as_array().expect("steps");
     assert!(!steps.is_empty());
     assert!(
@@ -82,14 +87,21 @@ fn quick_runs_against_a_real_surge_write_the_report() {
         busy.iter().all(|b| b.as_f64().is_some_and(|b| b > 0.0)),
         "{busy:?}"
     );
-    let churn = &runs[1];
+    let churn = by_name("churn");
     assert_eq!(churn["result"]["leaked"], 0, "{churn:#}");
+    // surge accepts every client's permessage-deflate offer by default.
+    let deflate = by_name("idle-10k-deflate");
+    assert_eq!(deflate["result"]["deflate_offered"], true, "{deflate:#}");
+    assert_eq!(deflate["result"]["succeeded"], 2000, "{deflate:#}");
+    assert_eq!(deflate["result"]["deflate"], 2000, "{deflate:#}");
     assert!(doc["commit"]["commit"].is_string(), "{doc:#}");
 
     for needle in [
         "## Machine",
         "## Targets",
         "churn 5,000 connect/close cycles",
+        "permessage-deflate negotiated",
+        "permessage-deflate accepted on 2,000 of 2,000",
         "## fanout-2k-ramp: steps",
         "## Runs",
     ] {

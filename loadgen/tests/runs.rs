@@ -59,6 +59,30 @@ async fn connect_200_all_succeed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deflate_offer_is_counted_as_accepted_only_when_the_101_accepts_it() {
+    // The test server's 101 carries no Sec-WebSocket-Extensions: every
+    // upgrade succeeds and none counts as negotiated.
+    let hub = Hub::new(Perturb::None);
+    let addr = common::ws_server(hub).await;
+    let cfg = ConnectConfig {
+        deflate: true,
+        ..ConnectConfig::new(ws_url(addr), 50)
+    };
+    let r = connect::run(&cfg).await.unwrap();
+    assert_eq!(r.counts.succeeded, 50, "{:?}", r.counts.failures);
+    assert!(r.deflate_offered);
+    assert_eq!(r.counts.deflate, 0);
+    let json = result_json(&r);
+    assert_eq!(json["deflate_offered"], true);
+    assert_eq!(json["deflate"], 0);
+    assert!(
+        report::connect_summary(&r).contains("accepted on 0 of 50 succeeded"),
+        "{}",
+        report::connect_summary(&r)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_503_is_http_503_with_retry_after() {
     let addr = common::reject_503_server().await;
     let r = connect::run(&ConnectConfig::new(ws_url(addr), 200))

@@ -244,6 +244,7 @@ async fn drive(
             rate,
             subscribe,
             workers,
+            deflate,
         } => {
             let mut cfg = connect::ConnectConfig::new(surge.url.clone(), record.n);
             cfg.rate = rate;
@@ -253,6 +254,7 @@ async fn drive(
             cfg.admin = Some(surge.admin.clone());
             cfg.threads = threads;
             cfg.tls.insecure = def.surge.tls;
+            cfg.deflate = deflate;
             let target = record.n.min(max.unwrap_or(u64::MAX));
             let (result, hold) = hold_and_sample(&surge, &cfg, target, def.limit, dir).await;
             if let Some((hold, hold3)) = hold {

@@ -79,6 +79,8 @@ pub enum Mode {
         subscribe: Option<&'static str>,
         /// Loadgen processes; 0 = as many as the file limit requires.
         workers: u32,
+        /// Offer permessage-deflate in every upgrade (`connect --deflate`).
+        deflate: bool,
     },
     /// `fanout`: subscribers on one subject, 100-byte publishes through
     /// the admin `/publish`, one step per rate.
@@ -204,18 +206,37 @@ const BURST: Mode = Mode::Hold {
     rate: 0.0,
     subscribe: None,
     workers: 0,
+    deflate: false,
 };
 
 const IDLE: Mode = Mode::Hold {
     rate: 5000.0,
     subscribe: None,
     workers: 0,
+    deflate: false,
+};
+
+/// As [`IDLE`], every client offering permessage-deflate.
+const IDLE_DEFLATE: Mode = Mode::Hold {
+    rate: 5000.0,
+    subscribe: None,
+    workers: 0,
+    deflate: true,
+};
+
+/// RSS per idle plain connection ≤ 0.5 KiB.
+const IDLE_ROW: Row = Row::IdleMemory {
+    max_bytes: Some(512.0),
+    tls: false,
+    subscribed: false,
+    baseline: None,
 };
 
 const IDLE_5K: Mode = Mode::Hold {
     rate: 2000.0,
     subscribe: None,
     workers: 0,
+    deflate: false,
 };
 
 pub const RUNS: &[RunDef] = &[
@@ -252,6 +273,7 @@ pub const RUNS: &[RunDef] = &[
             rate: 0.0,
             subscribe: None,
             workers: 3,
+            deflate: false,
         },
         row: Row::OverLimit,
         limit: secs(180),
@@ -262,12 +284,7 @@ pub const RUNS: &[RunDef] = &[
         surge: DEFAULTS,
         count: fixed(10_000, 2_000),
         mode: IDLE,
-        row: Row::IdleMemory {
-            max_bytes: Some(512.0),
-            tls: false,
-            subscribed: false,
-            baseline: None,
-        },
+        row: IDLE_ROW,
         limit: secs(120),
     },
     RunDef {
@@ -276,13 +293,17 @@ pub const RUNS: &[RunDef] = &[
         surge: DEFAULTS,
         count: Count::DerivedMax { quick: 4_000 },
         mode: IDLE,
-        row: Row::IdleMemory {
-            max_bytes: Some(512.0),
-            tls: false,
-            subscribed: false,
-            baseline: None,
-        },
+        row: IDLE_ROW,
         limit: secs(150),
+    },
+    RunDef {
+        name: "idle-10k-deflate",
+        about: "10,000 idle connections at 5,000/s, each offering permessage-deflate as browsers do",
+        surge: DEFAULTS,
+        count: fixed(10_000, 2_000),
+        mode: IDLE_DEFLATE,
+        row: IDLE_ROW,
+        limit: secs(120),
     },
     RunDef {
         name: "idle-10k-subscribed",
@@ -293,6 +314,7 @@ pub const RUNS: &[RunDef] = &[
             rate: 5000.0,
             subscribe: Some("odin.token.BTC.trade"),
             workers: 0,
+            deflate: false,
         },
         row: Row::IdleMemory {
             max_bytes: None,
@@ -469,10 +491,14 @@ impl RunDef {
                 rate,
                 subscribe,
                 workers,
+                deflate,
             } => {
                 let mut c = format!(
                     "connect{insecure} -n {n} --rate {rate} --handshake-timeout 10s --hold 10s"
                 );
+                if deflate {
+                    c += " --deflate";
+                }
                 if workers > 0 {
                     c += &format!(" --workers {workers}");
                 }

@@ -207,7 +207,17 @@ pub fn lines<'a>(
         } => {
             let s = r.server_side.clone().unwrap_or_default();
             let open = int(s.open_at_sample.unwrap_or(0) as f64);
+            // (accepted, succeeded) when the clients offered permessage-deflate.
+            let deflate = connect(r)
+                .filter(|c| c.deflate_offered)
+                .map(|c| (c.counts.deflate, c.counts.succeeded));
             let (run, target) = match (tls, subscribed) {
+                (false, false) if deflate.is_some() => (
+                    format!(
+                        "idle memory at {open} connections with permessage-deflate negotiated (fresh surge)"
+                    ),
+                    format!("≤ {} KiB / connection", max_bytes.unwrap_or(0.0) / 1024.0),
+                ),
                 (true, _) => (
                     format!("idle TLS memory at {open} wss:// connections (fresh surge)"),
                     format!("≤ {} KiB / connection", max_bytes.unwrap_or(0.0) / 1024.0),
@@ -253,8 +263,18 @@ pub fn lines<'a>(
                     (per - base) / 1024.0
                 );
             }
+            if let Some((accepted, succeeded)) = deflate {
+                let _ = write!(
+                    measured,
+                    "; permessage-deflate accepted on {} of {}",
+                    int(accepted as f64),
+                    int(succeeded as f64)
+                );
+            }
             measured.push(')');
-            let verdict = max_bytes.map_or("–".into(), |m| ok(per <= m));
+            // A deflate run measures negotiated connections or nothing.
+            let negotiated = deflate.is_none_or(|(a, s)| a > 0 && a == s);
+            let verdict = max_bytes.map_or("–".into(), |m| ok(per <= m && negotiated));
             vec![line(run, &target, measured, verdict)]
         }
         Row::Ramp { min_per_s, p99_ms } => {
