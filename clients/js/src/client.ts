@@ -41,6 +41,17 @@ export interface ClientOptions {
    * reconnect. `false` turns it off.
    */
   heartbeat?: { intervalMs?: number; timeoutMs?: number } | false;
+  /**
+   * Where the client hears that the network came back (`online`) or the
+   * page became visible again (`visibilitychange`). Either one checks an
+   * open connection at once with a `ping` (one that died while the laptop
+   * slept is found within the heartbeat timeout, not after the next
+   * interval); `online` also cuts a reconnect wait short, to a first
+   * backoff delay, unless the gateway asked for the wait (1013 with a
+   * retry hint). Default: `window` and `document` when they exist;
+   * `false` turns it off.
+   */
+  lifecycle?: LifecycleSources | false;
   /** Messages held while a resume or replay fills a gap before the client gives up and reconnects (default 10,000). */
   maxBufferedMessages?: number;
   /** How long a `replay` may take before the client reconnects and resumes instead (default 10 s). */
@@ -56,6 +67,38 @@ const DEFAULT_TIMERS: Timers = {
   setTimeout: (callback, ms) => setTimeout(callback, ms),
   clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
 };
+
+/** Something that fires events by name (`window`, `document`, Node's `EventTarget`). */
+export interface LifecycleTarget {
+  addEventListener(type: string, listener: () => void): void;
+  removeEventListener(type: string, listener: () => void): void;
+}
+
+/** See `ClientOptions.lifecycle`. */
+export interface LifecycleSources {
+  /** Fires `online` (in browsers: `window`). */
+  online?: LifecycleTarget;
+  /** Fires `visibilitychange`; `visible()` says whether the page is visible now (in browsers: `document`). */
+  visibility?: { target: LifecycleTarget; visible: () => boolean };
+}
+
+/** `window` and `document`, where they exist. */
+function browserLifecycle(): LifecycleSources {
+  const g = globalThis as {
+    window?: Partial<LifecycleTarget>;
+    document?: Partial<LifecycleTarget> & { visibilityState?: string };
+  };
+  const sources: LifecycleSources = {};
+  const win = g.window;
+  if (typeof win?.addEventListener === "function" && typeof win.removeEventListener === "function") {
+    sources.online = win as LifecycleTarget;
+  }
+  const doc = g.document;
+  if (typeof doc?.addEventListener === "function" && typeof doc.removeEventListener === "function") {
+    sources.visibility = { target: doc as LifecycleTarget, visible: () => doc.visibilityState !== "hidden" };
+  }
+  return sources;
+}
 
 /** Close code the client sends (and reports) when it gives up on a connection itself. */
 export const CLIENT_GAVE_UP = 4000;
@@ -117,6 +160,13 @@ interface Conn {
   httpStatus: number | null;
   probes: Map<number, { op: ResumeOp; channel: string }>;
   timers: Set<unknown>;
+  /** The pending heartbeat check. */
+  heartbeat: unknown;
+}
+
+interface HeartbeatTimes {
+  intervalMs: number;
+  timeoutMs: number;
 }
 
 /** Connects to one or several gateways; see `ClientOptions`. */
@@ -140,6 +190,10 @@ export class SurgeClient {
   private started = false;
   private syncQueued = false;
   private reconnectTimer: unknown = null;
+  /** When the pending reconnect fires, and whether the gateway asked for that wait. */
+  private reconnectAt = 0;
+  private waitRequested = false;
+  private detachLifecycle: () => void = () => {};
   private anchor: { sseq: number | null; epoch: string | null } = { sseq: null, epoch: null };
   private cachedToken: string | null = null;
   private tokenInvalid = false;
@@ -166,6 +220,7 @@ export class SurgeClient {
       lastClose: null,
     };
     if (options.failover === "random") this.urlIndex = Math.floor(this.random() * this.urls.length) % this.urls.length;
+    this.attachLifecycle();
     if (options.autoConnect !== false) this.connect();
   }
 
@@ -189,6 +244,7 @@ export class SurgeClient {
   close(): void {
     if (this.stopped) return;
     this.stopped = true;
+    this.detachLifecycle();
     if (this.reconnectTimer !== null) this.timers.clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     const conn = this.conn;
@@ -314,6 +370,7 @@ export class SurgeClient {
       replay: null,
       lastRx: this.timers.now(),
       pingSentAt: null,
+      heartbeat: null,
       httpStatus: null,
       probes: new Map(),
       timers: new Set(),
@@ -437,7 +494,59 @@ export class SurgeClient {
     const url = this.urls[this.urlIndex] as string;
     this.setState({ status: "reconnecting", retryInMs: delay, attempt: this.attempt, url });
     this.emit("reconnecting", { url, delayMs: delay, attempt, cause });
+    this.waitRequested = hintMs !== null;
+    this.reconnectAt = this.timers.now() + delay;
     this.reconnectTimer = this.timers.setTimeout(() => void this.attemptConnect(), delay);
+  }
+
+  // ---- network and page lifecycle ---------------------------------------
+
+  private attachLifecycle(): void {
+    const option = this.options.lifecycle;
+    if (option === false) return;
+    const sources = option ?? browserLifecycle();
+    const online = (): void => this.onOnline();
+    const visibility = sources.visibility;
+    const visible = (): void => {
+      if (visibility?.visible() === true) this.probeOpenConnection();
+    };
+    sources.online?.addEventListener("online", online);
+    visibility?.target.addEventListener("visibilitychange", visible);
+    this.detachLifecycle = () => {
+      sources.online?.removeEventListener("online", online);
+      visibility?.target.removeEventListener("visibilitychange", visible);
+    };
+  }
+
+  /** The network is back: a backoff wait is cut short, an open connection checked. */
+  private onOnline(): void {
+    if (this.stopped || !this.started) return;
+    if (this.reconnectTimer === null) {
+      this.probeOpenConnection();
+      return;
+    }
+    if (this.waitRequested) return;
+    // Jittered like a first retry, so the clients one network event wakes
+    // do not all arrive at the same instant.
+    const delay = backoffDelay(0, this.backoff, this.random);
+    if (this.timers.now() + delay >= this.reconnectAt) return;
+    this.timers.clearTimeout(this.reconnectTimer);
+    const url = this.urls[this.urlIndex] as string;
+    this.setState({ retryInMs: delay });
+    this.emit("reconnecting", { url, delayMs: delay, attempt: this.attempt - 1, cause: "online" });
+    this.reconnectAt = this.timers.now() + delay;
+    this.reconnectTimer = this.timers.setTimeout(() => void this.attemptConnect(), delay);
+  }
+
+  /** A `ping` now, unless one is out: a connection that died meanwhile is given up within the heartbeat timeout. */
+  private probeOpenConnection(): void {
+    const conn = this.conn;
+    if (this.stopped || conn === null || conn.dead || !conn.welcomed) return;
+    const times = this.heartbeatTimes(conn);
+    if (times === null || conn.pingSentAt !== null) return;
+    conn.pingSentAt = this.timers.now();
+    this.send(conn, { type: "ping" });
+    this.scheduleHeartbeat(conn, times, times.timeoutMs);
   }
 
   // ---- frames --------------------------------------------------------
@@ -876,42 +985,63 @@ export class SurgeClient {
 
   // ---- heartbeat -------------------------------------------------------
 
-  private armHeartbeat(conn: Conn): void {
+  private heartbeatTimes(conn: Conn): HeartbeatTimes | null {
     const option = this.options.heartbeat;
-    if (option === false) return;
-    const interval = option?.intervalMs ?? conn.limits?.ping_interval_ms ?? 25_000;
-    const timeout = option?.timeoutMs ?? 10_000;
-    const check = (): void => {
-      if (conn.dead) return;
-      const now = this.timers.now();
-      if (conn.pingSentAt !== null) {
-        if (now - conn.pingSentAt >= timeout) {
-          this.giveUp(conn, `heartbeat timeout: nothing received for ${now - conn.lastRx} ms`);
-          return;
-        }
-        this.later(conn, conn.pingSentAt + timeout - now, check);
+    if (option === false) return null;
+    return {
+      intervalMs: option?.intervalMs ?? conn.limits?.ping_interval_ms ?? 25_000,
+      timeoutMs: option?.timeoutMs ?? 10_000,
+    };
+  }
+
+  private armHeartbeat(conn: Conn): void {
+    const times = this.heartbeatTimes(conn);
+    if (times !== null) this.scheduleHeartbeat(conn, times, times.intervalMs);
+  }
+
+  /** The connection's one heartbeat check, `ms` from now (replacing any pending one). */
+  private scheduleHeartbeat(conn: Conn, times: HeartbeatTimes, ms: number): void {
+    if (conn.heartbeat !== null) {
+      this.timers.clearTimeout(conn.heartbeat);
+      conn.timers.delete(conn.heartbeat);
+    }
+    conn.heartbeat = this.later(conn, ms, () => {
+      conn.heartbeat = null;
+      this.heartbeatCheck(conn, times);
+    });
+  }
+
+  private heartbeatCheck(conn: Conn, times: HeartbeatTimes): void {
+    if (conn.dead) return;
+    const { intervalMs: interval, timeoutMs: timeout } = times;
+    const now = this.timers.now();
+    if (conn.pingSentAt !== null) {
+      if (now - conn.pingSentAt >= timeout) {
+        this.giveUp(conn, `heartbeat timeout: nothing received for ${now - conn.lastRx} ms`);
         return;
       }
-      const idle = now - conn.lastRx;
-      if (idle >= interval) {
-        conn.pingSentAt = now;
-        this.send(conn, { type: "ping" });
-        this.later(conn, timeout, check);
-      } else {
-        this.later(conn, interval - idle, check);
-      }
-    };
-    this.later(conn, interval, check);
+      this.scheduleHeartbeat(conn, times, conn.pingSentAt + timeout - now);
+      return;
+    }
+    const idle = now - conn.lastRx;
+    if (idle >= interval) {
+      conn.pingSentAt = now;
+      this.send(conn, { type: "ping" });
+      this.scheduleHeartbeat(conn, times, timeout);
+    } else {
+      this.scheduleHeartbeat(conn, times, interval - idle);
+    }
   }
 
   // ---- helpers -----------------------------------------------------------
 
-  private later(conn: Conn, ms: number, fn: () => void): void {
+  private later(conn: Conn, ms: number, fn: () => void): unknown {
     const handle = this.timers.setTimeout(() => {
       conn.timers.delete(handle);
       fn();
     }, Math.max(0, ms));
     conn.timers.add(handle);
+    return handle;
   }
 
   private send(conn: Conn, request: Record<string, unknown>): void {

@@ -1,4 +1,4 @@
-export { connect, SurgeClient, CLIENT_GAVE_UP, type ClientOptions } from "./client.js";
+export { connect, SurgeClient, CLIENT_GAVE_UP, type ClientOptions, type LifecycleSources, type LifecycleTarget } from "./client.js";
 export { backoffDelay, backoffCeiling, retryHintMs, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
 export { matches, patternError } from "./patterns.js";
 export { tokenExpiresAt } from "./token.js";

@@ -88,7 +88,9 @@ export type ReconnectCause =
   /** 4001: the token expired; a new one is fetched before the attempt. */
   | "token_expired"
   /** The client gave up on a connection (heartbeat, connect timeout, replay timeout, buffer bound). */
-  | "client_timeout";
+  | "client_timeout"
+  /** The network came back (`online`) during a backoff wait: the wait was cut short. */
+  | "online";
 
 export interface TokenEvent {
   kind: "expiring" | "refreshed";

@@ -3,8 +3,9 @@
  * playwright-core): the example app against a real surge reading a real
  * NATS stream fed by `surge feed`. The page loads and shows live data; the
  * gateway is killed and restarted; the page reconnects and resumes, and
- * the feed's trade numbers show no gap and no duplicate. A screenshot is
- * saved to test-output/sdk-example.png.
+ * the feed's trade numbers show no gap and no duplicate; the browser's
+ * `online` event makes the client check its connection with a ping. A
+ * screenshot is saved to test-output/sdk-example.png.
  */
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
@@ -12,6 +13,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { chromium } from "playwright-core";
+import type { SurgeClient } from "../../src/index.js";
 import {
   CHROMIUM,
   CHROMIUM_FLAGS,
@@ -66,6 +68,13 @@ test("the example app shows live data and survives a gateway restart with no gap
     const page = browser.pages()[0] ?? (await browser.newPage());
     const pageErrors: string[] = [];
     page.on("pageerror", (e) => pageErrors.push(String(e)));
+    // Every `ping` the client sends, on any of its sockets.
+    const pings: number[] = [];
+    page.on("websocket", (ws) => {
+      ws.on("framesent", (frame) => {
+        if (typeof frame.payload === "string" && frame.payload.includes('"type":"ping"')) pings.push(Date.now());
+      });
+    });
     await page.goto(`http://127.0.0.1:${webPort}/?gateway=${encodeURIComponent(surge.url)}`);
     const check = (): Promise<Check> =>
       page.evaluate(() => (window as unknown as { __surgeExample: { check: Check } }).__surgeExample.check);
@@ -112,6 +121,20 @@ test("the example app shows live data and survives a gateway restart with no gap
     });
     assert.match((await page.locator('[data-testid="detail-price"]').textContent()) ?? "", /\d/);
     await page.screenshot({ path: path.join(PACKAGE_DIR, "test-output", "sdk-example-detail.png") });
+
+    // The browser's `online` event reaches the client: it checks its open
+    // connection with a ping at once. Trades arrive 50 times a second, so
+    // the heartbeat itself never pings (it waits for 25 s of silence).
+    assert.equal(pings.length, 0, "no heartbeat ping while trades flow");
+    const reconnects = (): Promise<number> =>
+      page.evaluate(() => (window as unknown as { __surgeExample: { client: SurgeClient } }).__surgeExample.client.stats.reconnects);
+    const reconnectsBefore = await reconnects();
+    await browser.setOffline(true);
+    await browser.setOffline(false);
+    const deadline = Date.now() + 5_000;
+    while (pings.length === 0 && Date.now() < deadline) await sleep(50);
+    assert.equal(pings.length, 1, "one ping after the online event");
+    assert.equal(await reconnects(), reconnectsBefore, "the connection stayed");
     assert.deepEqual(pageErrors, []);
   } finally {
     await browser.close();

@@ -356,6 +356,114 @@ test("heartbeat: a ping after the welcome's ping interval of silence, a reconnec
   c.close();
 });
 
+/** An EventTarget that counts its listeners, to see them removed. */
+class Target extends EventTarget {
+  listeners = 0;
+  override addEventListener(type: string, listener: () => void): void {
+    this.listeners += 1;
+    super.addEventListener(type, listener);
+  }
+  override removeEventListener(type: string, listener: () => void): void {
+    this.listeners -= 1;
+    super.removeEventListener(type, listener);
+  }
+  fire(type: string): void {
+    this.dispatchEvent(new Event(type));
+  }
+}
+
+test("lifecycle: online cuts a backoff wait short to a first retry's delay; close() removes the listeners", async () => {
+  const net = new Target();
+  const c = client({ lifecycle: { online: net } });
+  assert.equal(net.listeners, 1);
+  const reconnecting = record(c, "reconnecting");
+  // Four refused attempts: the wait has grown to half of 2,000 ms.
+  for (let i = 0; i < 4; i++) {
+    FakeSocket.last().serverClose(1006);
+    if (i < 3) timers.advance(timers.delays()[0] ?? 0);
+  }
+  assert.deepEqual(timers.delays(), [1_000]);
+  const sockets = FakeSocket.all.length;
+  net.fire("online");
+  assert.deepEqual(timers.delays(), [125]);
+  assert.deepEqual(reconnecting[reconnecting.length - 1], { url: "ws://gw-a/ws", delayMs: 125, attempt: 3, cause: "online" });
+  assert.equal(c.state.retryInMs, 125);
+  // A second online within the shorter wait changes nothing.
+  net.fire("online");
+  assert.equal(reconnecting.length, 5);
+  timers.advance(125);
+  assert.equal(FakeSocket.all.length, sockets + 1, "reconnected");
+  c.close();
+  assert.equal(net.listeners, 0);
+});
+
+test("lifecycle: a wait the gateway asked for (1013 with a retry hint) is not cut short", async () => {
+  const net = new Target();
+  const c = client({ lifecycle: { online: net } });
+  const reconnecting = record(c, "reconnecting");
+  const ws = FakeSocket.last();
+  ws.open();
+  ws.serverClose(1013, "overloaded, retry_after_ms=5000");
+  assert.deepEqual(timers.delays(), [5_000]);
+  net.fire("online");
+  assert.deepEqual(timers.delays(), [5_000]);
+  assert.deepEqual(
+    reconnecting.map((r) => r.cause),
+    ["try_again_later"],
+  );
+  c.close();
+});
+
+test("lifecycle: the page visible again or the network back checks an open connection with a ping at once", async () => {
+  let visible = false;
+  const doc = new Target();
+  const net = new Target();
+  const c = client({ heartbeat: { timeoutMs: 2_000 }, lifecycle: { online: net, visibility: { target: doc, visible: () => visible } } });
+  const closes = record(c, "disconnected");
+  const ws = FakeSocket.last();
+  ws.open();
+  doc.fire("visibilitychange");
+  assert.equal(ws.requests("ping").length, 0, "hidden: nothing to check");
+  visible = true;
+  doc.fire("visibilitychange");
+  assert.equal(ws.requests("ping").length, 1);
+  net.fire("online");
+  assert.equal(ws.requests("ping").length, 1, "one ping out at a time");
+  ws.receive({ type: "pong" });
+  timers.advance(2_000);
+  assert.equal(closes.length, 0, "answered: the connection stays");
+  net.fire("online");
+  assert.equal(ws.requests("ping").length, 2);
+  timers.advance(1_999);
+  assert.equal(closes.length, 0);
+  timers.advance(1);
+  assert.equal(closes.length, 1, "no answer within the heartbeat timeout: given up");
+  assert.equal(closes[0]?.code, CLIENT_GAVE_UP);
+  assert.match(closes[0]?.reason ?? "", /heartbeat timeout/);
+  c.close();
+  assert.equal(doc.listeners + net.listeners, 0);
+});
+
+test("lifecycle: window and document by default, where they exist; false listens to neither", () => {
+  const g = globalThis as { window?: unknown; document?: unknown };
+  const win = new Target();
+  const doc = new Target();
+  g.window = win;
+  g.document = doc;
+  try {
+    const c = client();
+    assert.deepEqual([win.listeners, doc.listeners], [1, 1]);
+    c.close();
+    assert.deepEqual([win.listeners, doc.listeners], [0, 0]);
+    const off = client({ lifecycle: false });
+    assert.deepEqual([win.listeners, doc.listeners], [0, 0]);
+    off.close();
+  } finally {
+    delete g.window;
+    delete g.document;
+  }
+});
+
 test("refused before the welcome: backoff grows and the next gateway is tried in order", async () => {
   const c = client({}, ["ws://gw-a/ws", "ws://gw-b/ws"]);
   const reconnects = record(c, "reconnecting");
