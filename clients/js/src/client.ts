@@ -47,8 +47,8 @@ export interface ClientOptions {
    * open connection at once with a `ping` (one that died while the laptop
    * slept is found within the heartbeat timeout, not after the next
    * interval); `online` also cuts a reconnect wait short, to a first
-   * backoff delay, unless the gateway asked for the wait (1013 with a
-   * retry hint). Default: `window` and `document` when they exist;
+   * backoff delay, unless the gateway asked for the wait (a 1013 close).
+   * Default: `window` and `document` when they exist;
    * `false` turns it off.
    */
   lifecycle?: LifecycleSources | false;
@@ -494,7 +494,7 @@ export class SurgeClient {
     const url = this.urls[this.urlIndex] as string;
     this.setState({ status: "reconnecting", retryInMs: delay, attempt: this.attempt, url });
     this.emit("reconnecting", { url, delayMs: delay, attempt, cause });
-    this.waitRequested = hintMs !== null;
+    this.waitRequested = cause === "try_again_later";
     this.reconnectAt = this.timers.now() + delay;
     this.reconnectTimer = this.timers.setTimeout(() => void this.attemptConnect(), delay);
   }

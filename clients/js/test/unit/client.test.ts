@@ -397,7 +397,7 @@ test("lifecycle: online cuts a backoff wait short to a first retry's delay; clos
   assert.equal(net.listeners, 0);
 });
 
-test("lifecycle: a wait the gateway asked for (1013 with a retry hint) is not cut short", async () => {
+test("lifecycle: a wait the gateway asked for (1013, with or without a retry hint) is not cut short", async () => {
   const net = new Target();
   const c = client({ lifecycle: { online: net } });
   const reconnecting = record(c, "reconnecting");
@@ -407,9 +407,17 @@ test("lifecycle: a wait the gateway asked for (1013 with a retry hint) is not cu
   assert.deepEqual(timers.delays(), [5_000]);
   net.fire("online");
   assert.deepEqual(timers.delays(), [5_000]);
+  // Without a hint the wait is the backoff's, and still the gateway's request.
+  timers.advance(5_000);
+  const next = FakeSocket.last();
+  next.open();
+  next.serverClose(1013, "overloaded");
+  const wait = timers.delays();
+  net.fire("online");
+  assert.deepEqual(timers.delays(), wait);
   assert.deepEqual(
     reconnecting.map((r) => r.cause),
-    ["try_again_later"],
+    ["try_again_later", "try_again_later"],
   );
   c.close();
 });
