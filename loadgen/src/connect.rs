@@ -30,7 +30,7 @@ use crate::record::{
     self, AttemptCounts, ConnRecord, FailKind, Outcome, ServerSample, TimelineRow,
 };
 use crate::server::{self, Health};
-use crate::target::{Target, parse_ws_url};
+use crate::target::{Target, TargetError, parse_ws_url};
 use crate::tls::TlsOptions;
 
 /// Ephemeral ports per source address on this kind of host (32768–60999).
@@ -83,6 +83,14 @@ impl ConnectConfig {
             tls: TlsOptions::default(),
             deflate: false,
         }
+    }
+
+    /// Where the attempts go, with the deflate offer this run makes.
+    pub fn target(&self) -> Result<Target, TargetError> {
+        Ok(Target {
+            deflate: self.deflate,
+            ..parse_ws_url(&self.url)?
+        })
     }
 }
 
@@ -156,10 +164,7 @@ pub async fn run_with(
     after: AfterOpen,
     run_name: &str,
 ) -> anyhow::Result<ConnectReport> {
-    let target = Target {
-        deflate: cfg.deflate,
-        ..parse_ws_url(&cfg.url)?
-    };
+    let target = cfg.target()?;
     if cfg.connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -661,10 +666,7 @@ pub async fn run_worker(spec: WorkerSpec) -> anyhow::Result<()> {
     if let Err(e) = limits::raise_nofile() {
         notes.push(format!("worker could not raise RLIMIT_NOFILE: {e}"));
     }
-    let target = Target {
-        deflate: spec.config.deflate,
-        ..parse_ws_url(&spec.config.url)?
-    };
+    let target = spec.config.target()?;
     let cpu_before = limits::process_cpu_time();
     let start = instant_of_unix_ms(spec.start_unix_ms);
     let mut running = launch(&spec.config, &target, spec.share, start, spec.after);

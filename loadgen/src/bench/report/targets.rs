@@ -7,6 +7,7 @@ use super::fmt::{bound, fails, int, ok, opt};
 use crate::bench::execute::{Outcome, RunRecord};
 use crate::bench::runs::{self, Row};
 use crate::fanout::StepReport;
+use crate::record::AttemptCounts;
 use crate::{ChurnReport, ConnectReport, FanoutReport};
 
 pub const GIB: f64 = (1u64 << 30) as f64;
@@ -32,6 +33,21 @@ pub fn line(run: String, target: &str, measured: String, verdict: String) -> Lin
         measured,
         verdict,
     }
+}
+
+/// "succeeded / attempted (percent); failures: …" of a connect run.
+fn success(k: &AttemptCounts) -> String {
+    format!(
+        "{} / {} ({:.2} %); failures: {}",
+        int(k.succeeded as f64),
+        int(k.attempted as f64),
+        100.0 * k.succeeded as f64 / k.attempted.max(1) as f64,
+        fails(&k.failures)
+    )
+}
+
+fn all_succeeded(k: &AttemptCounts) -> bool {
+    k.attempted > 0 && k.succeeded == k.attempted
 }
 
 pub fn connect(r: &RunRecord) -> Option<&ConnectReport> {
@@ -93,14 +109,8 @@ pub fn lines<'a>(
                 line(
                     format!("burst {n} at once"),
                     "100 % success",
-                    format!(
-                        "{} / {} ({:.2} %); failures: {}",
-                        int(k.succeeded as f64),
-                        int(k.attempted as f64),
-                        100.0 * k.succeeded as f64 / k.attempted.max(1) as f64,
-                        fails(&k.failures)
-                    ),
-                    ok(k.attempted > 0 && k.succeeded == k.attempted) + bound(lb),
+                    success(k),
+                    ok(all_succeeded(k)) + bound(lb),
                 ),
                 line(
                     format!("burst {n}: handshake p99"),
@@ -134,15 +144,8 @@ pub fn lines<'a>(
             vec![line(
                 format!("burst {n} at once (surge's derived max)"),
                 "100 % success",
-                format!(
-                    "{} / {} ({:.2} %); failures: {}; handshake p99 {:.0} ms",
-                    int(k.succeeded as f64),
-                    int(k.attempted as f64),
-                    100.0 * k.succeeded as f64 / k.attempted.max(1) as f64,
-                    fails(&k.failures),
-                    k.handshake.p99_ms
-                ),
-                ok(k.attempted > 0 && k.succeeded == k.attempted) + bound(c.loadgen_bound),
+                format!("{}; handshake p99 {:.0} ms", success(k), k.handshake.p99_ms),
+                ok(all_succeeded(k)) + bound(c.loadgen_bound),
             )]
         }
         Row::OverLimit => {
