@@ -488,12 +488,16 @@ export class SurgeClient {
       }
     }
     const delay = Math.max(backoffDelay(this.attempt, this.backoff, this.random), hintMs ?? 0);
-    const attempt = this.attempt;
     this.attempt += 1;
     this.stats.reconnects += 1;
+    this.waitFor(delay, cause);
+  }
+
+  /** Arms the reconnect timer for retry number `this.attempt - 1` and reports the wait. */
+  private waitFor(delay: number, cause: ReconnectCause): void {
     const url = this.urls[this.urlIndex] as string;
     this.setState({ status: "reconnecting", retryInMs: delay, attempt: this.attempt, url });
-    this.emit("reconnecting", { url, delayMs: delay, attempt, cause });
+    this.emit("reconnecting", { url, delayMs: delay, attempt: this.attempt - 1, cause });
     this.waitRequested = cause === "try_again_later";
     this.reconnectAt = this.timers.now() + delay;
     this.reconnectTimer = this.timers.setTimeout(() => void this.attemptConnect(), delay);
@@ -531,11 +535,7 @@ export class SurgeClient {
     const delay = backoffDelay(0, this.backoff, this.random);
     if (this.timers.now() + delay >= this.reconnectAt) return;
     this.timers.clearTimeout(this.reconnectTimer);
-    const url = this.urls[this.urlIndex] as string;
-    this.setState({ retryInMs: delay });
-    this.emit("reconnecting", { url, delayMs: delay, attempt: this.attempt - 1, cause: "online" });
-    this.reconnectAt = this.timers.now() + delay;
-    this.reconnectTimer = this.timers.setTimeout(() => void this.attemptConnect(), delay);
+    this.waitFor(delay, "online");
   }
 
   /** A `ping` now, unless one is out: a connection that died meanwhile is given up within the heartbeat timeout. */
